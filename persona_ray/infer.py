@@ -1,0 +1,331 @@
+"""Persona inference (PI) job: preference pairs in, two persona records per pair out.
+
+    read input -> adapt + validate (bad rows -> quarantine/) -> two PI requests per pair
+    -> engine (vLLM on Ray Data, or an OpenAI-compatible endpoint) -> parse -> personas/ shards
+
+Output folder (local or s3://):
+    personas/part-*.parquet     persona records (schema.PERSONA_SCHEMA), each (pair_id, side) once
+    quarantine/part-*.parquet   input rows that broke the contract, with the reason
+    manifest.json               counts, model, template version, timings, throughput
+
+Running the same job again on the same output resumes: records already written are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray.data
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona_ray import storage
+from persona_ray.adapters import FORMATS, adapt_row
+from persona_ray.engines import generate
+from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.personas import guided_regex, parse_persona
+from persona_ray.pi_prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query
+from persona_ray.read import JSON_LINE, read_input
+from persona_ray.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, ContractError, check_pair, raw_json
+from persona_ray.shards import ShardWriter, done_keys, read_shards, row_keys
+from persona_ray.tiny_model import resolve_model
+
+log = logging.getLogger(__name__)
+KEY = ("pair_id", "side")
+
+
+class InferConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+    model: str = "tiny"
+    input_format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
+    input_split: str = "train"  # for Hugging Face DatasetDicts
+    source: str = ""  # source name for rows that do not carry one
+    domain: str = ""  # domain for rows that do not carry one (else the format's usual one)
+    engine: Literal["vllm", "openai"] = "vllm"
+    guided_decoding: bool = True
+    k_shot: int = Field(3, ge=0)
+    exemplars: str | None = None  # YAML of exemplars per domain; default: the bundled ones
+    prompt_format: Literal["completion", "chat"] = "completion"
+    max_attribute_chars: int = Field(120, gt=3)
+    max_preference_chars: int = Field(240, gt=3)
+    shard_size: int = Field(1000, gt=0)
+    progress_every_s: float = Field(15.0, gt=0)
+    sampling: SamplingConfig = SamplingConfig(max_tokens=128)
+    vllm: VLLMConfig = VLLMConfig()
+    openai: OpenAIConfig = OpenAIConfig()
+
+
+def _key64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+class TokenCounter:
+    """Counts tokens with the model's tokenizer, or estimates (3 characters a token) without one."""
+
+    def __init__(self, model: str):
+        try:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+        except Exception:  # noqa: BLE001 - hosted models have no local tokenizer
+            log.warning("no tokenizer for %s: estimating prompt lengths from characters", model)
+            self.tokenizer = None
+
+    def __call__(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text) // 3 + 1
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+class PrepareRows:
+    """Ray Data UDF: raw input rows -> pair rows with a valid flag and, when invalid, the reason.
+
+    Output columns: pair fields, valid, reason, raw (the input row, only when invalid),
+    id_key / content_key (64-bit hashes used to find duplicate ids cheaply).
+    """
+
+    def __init__(self, cfg: InferConfig, model_path: str):
+        self.cfg = cfg
+        self.count = TokenCounter(model_path)
+        max_len = cfg.vllm.max_model_len if cfg.engine == "vllm" else cfg.openai.context_tokens
+        self.token_budget = max_len - cfg.sampling.max_tokens
+        self.prefix_tokens: dict[str, int] = {}
+
+    def _prompt_tokens(self, pair) -> int:
+        if pair.domain not in self.prefix_tokens:
+            self.prefix_tokens[pair.domain] = self.count(build_prefix(pair.domain, self.cfg.k_shot, self.cfg.exemplars))
+        # Both sides hold the same texts, so one side's length stands for both (+ a margin for
+        # BPE merges across the prefix boundary and a chat template).
+        return self.prefix_tokens[pair.domain] + self.count(build_query(pair.prompt, pair.chosen, pair.rejected, "chosen")) + 16
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        original = row
+        try:
+            if JSON_LINE in row:
+                try:
+                    row = json.loads(row[JSON_LINE])
+                except json.JSONDecodeError as exc:
+                    raise ContractError("<line>", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise ContractError("<line>", f"expected a JSON object, got {type(row).__name__}")
+            pair = check_pair(adapt_row(row, self.cfg.input_format, self.cfg.source, self.cfg.domain))
+            needed = self._prompt_tokens(pair)
+            if needed > self.token_budget:
+                raise ContractError(
+                    "prompt", f"PI prompt needs {needed} tokens; the model context leaves {self.token_budget}"
+                )
+        except ContractError as exc:
+            raw = original.get(JSON_LINE) if JSON_LINE in original else raw_json(original)
+            row_id = row.get("pair_id") or row.get("id") if isinstance(row, dict) else None
+            row_id = str(row_id) if row_id else "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+            return {"pair_id": row_id, "prompt": "", "chosen": "", "rejected": "", "domain": "", "source": "",
+                    "valid": False, "reason": str(exc), "raw": raw, "id_key": 0, "content_key": 0}
+        out = pair.as_dict()
+        out.update(valid=True, reason="", raw="", id_key=_key64(pair.pair_id),
+                   content_key=_key64("\x1f".join((pair.prompt, pair.chosen, pair.rejected))))
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self._one(row) for row in batch.to_pylist()])
+
+
+def _keep(batch: pa.Table, dup_keys: np.ndarray) -> pa.Table:
+    """Valid rows whose id is not one of the duplicated ids (those are resolved on the driver)."""
+    mask = pc.and_(batch["valid"], pc.invert(pc.is_in(batch["id_key"], pa.array(dup_keys, pa.int64()))))
+    return batch.filter(mask)
+
+
+def _only_ids(batch: pa.Table, keys: np.ndarray) -> pa.Table:
+    return batch.filter(pc.and_(batch["valid"], pc.is_in(batch["id_key"], pa.array(keys, pa.int64()))))
+
+
+def _expand_requests(batch: pa.Table, done: pa.Array, k_shot: int, exemplars: str | None) -> pa.Table:
+    """Each pair -> one PI request per side not yet written."""
+    rows = []
+    for pair in batch.to_pylist():
+        for side in SIDES:
+            rows.append({"pair_id": pair["pair_id"], "side": side,
+                         "prompt": build_pi_prompt(pair["prompt"], pair["chosen"], pair["rejected"], side,
+                                                   pair["domain"], k_shot, exemplars)})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("pair_id", pa.string()), ("side", pa.string()),
+                                                         ("prompt", pa.string())]))
+    if len(done):
+        table = table.filter(pc.invert(pc.is_in(row_keys(table, KEY), done)))
+    return table
+
+
+def _to_records(batch: dict[str, np.ndarray], model: str) -> dict[str, Any]:
+    """Engine rows -> persona records."""
+    personas, valids, reasons = [], [], []
+    for text, finish, error in zip(batch["generated_text"], batch["finish_reason"], batch["error"]):
+        if error:
+            parsed_persona, valid, reason = "", False, f"engine error: {str(error)[:300]}"
+        else:
+            parsed = parse_persona(str(text), truncated=finish == "length")
+            parsed_persona, valid, reason = parsed.persona, parsed.valid, parsed.reason
+        personas.append(parsed_persona)
+        valids.append(valid)
+        reasons.append(reason)
+    n = len(personas)
+    return {
+        "pair_id": batch["pair_id"], "side": batch["side"], "persona": np.array(personas, dtype=object),
+        "raw_text": batch["generated_text"], "model": np.array([model] * n, dtype=object),
+        "template_version": np.array([TEMPLATE_VERSION] * n, dtype=object), "valid": np.array(valids, dtype=bool),
+        "reason": np.array(reasons, dtype=object), "num_input_tokens": batch["num_input_tokens"],
+        "num_output_tokens": batch["num_output_tokens"],
+    }
+
+
+def _validate_inputs(prepared: ray.data.Dataset, quarantine_uri: str, shard_size: int):
+    """Pass 1 (cheap, no model): count, quarantine bad rows, and find duplicate pair ids."""
+    storage.delete(quarantine_uri)  # recomputed in full on every run: deterministic
+    quarantine = ShardWriter(quarantine_uri, QUARANTINE_SCHEMA, shard_size=max(shard_size, 10_000))
+    reasons: Counter[str] = Counter()
+    id_keys: list[np.ndarray] = []
+    total = 0
+    columns = ["pair_id", "valid", "reason", "raw", "id_key"]
+    for batch in prepared.select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=4096):
+        total += batch.num_rows
+        bad = batch.filter(pc.invert(batch["valid"]))
+        if bad.num_rows:
+            quarantine.add(pa.table({"row_id": bad["pair_id"], "reason": bad["reason"], "raw": bad["raw"]}))
+            reasons.update(bad["reason"].to_pylist())
+        id_keys.append(batch.filter(batch["valid"])["id_key"].to_numpy())
+    keys = np.concatenate(id_keys) if id_keys else np.array([], np.int64)
+    unique, counts = np.unique(keys, return_counts=True)
+    return total, quarantine, reasons, unique[counts > 1], len(unique)
+
+
+def _resolve_duplicates(prepared: ray.data.Dataset, dup_keys: np.ndarray, quarantine: ShardWriter,
+                        reasons: Counter) -> list[dict]:
+    """Rows sharing a pair id: keep one per id (smallest content hash), quarantine the rest."""
+    if not len(dup_keys):
+        return []
+    rows = prepared.map_batches(_only_ids, fn_args=(dup_keys,), batch_format="pyarrow").take_all()
+    by_id: dict[str, list[dict]] = {}
+    for row in rows:
+        by_id.setdefault(row["pair_id"], []).append(row)
+    kept, dropped = [], []
+    for pair_id, group in by_id.items():
+        group.sort(key=lambda r: r["content_key"])
+        kept.append(group[0])
+        for other in group[1:]:
+            same = other["content_key"] == group[0]["content_key"]
+            reason = (f"field 'pair_id': exact duplicate of pair '{pair_id}'" if same
+                      else f"field 'pair_id': '{pair_id}' used by rows with different content (kept one)")
+            dropped.append({"row_id": pair_id, "reason": reason, "raw": raw_json(
+                {k: other[k] for k in ("pair_id", "prompt", "chosen", "rejected", "domain", "source")})})
+            reasons[reason] += 1
+    if dropped:
+        quarantine.add(pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA))
+    return kept
+
+
+def run_infer(cfg: InferConfig) -> dict[str, Any]:
+    """Run (or resume) persona inference; returns the manifest."""
+    from persona_ray.ray_runtime import ensure_ray
+
+    started = time.time()
+    ensure_ray()
+    personas_uri = storage.join(cfg.output, "personas")
+    quarantine_uri = storage.join(cfg.output, "quarantine")
+    model_path = resolve_model(cfg.model)
+
+    already = done_keys(personas_uri, KEY)
+    prepared = read_input(cfg.input, cfg.input_split).map_batches(
+        PrepareRows, fn_constructor_kwargs={"cfg": cfg, "model_path": model_path},
+        batch_format="pyarrow", batch_size=256, concurrency=(1, 2),
+    )
+    total_rows, quarantine, bad_reasons, dup_keys, unique_ids = _validate_inputs(prepared, quarantine_uri,
+                                                                                 cfg.shard_size)
+    kept_duplicates = _resolve_duplicates(prepared, dup_keys, quarantine, bad_reasons)
+    quarantine.close()
+    validated_at = time.time()
+    valid_pairs = unique_ids
+    log.info("input: %d rows, %d valid pairs, %d quarantined, %d personas already written",
+             total_rows, valid_pairs, sum(bad_reasons.values()), len(already))
+
+    pairs = prepared.map_batches(_keep, fn_args=(dup_keys,), batch_format="pyarrow")
+    if kept_duplicates:
+        pairs = pairs.union(ray.data.from_items(kept_duplicates))
+    requests = pairs.map_batches(_expand_requests, fn_args=(already, cfg.k_shot, cfg.exemplars),
+                                 batch_format="pyarrow")
+    regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.guided_decoding else None
+    generated = generate(requests, cfg.engine, model_path, cfg.sampling, regex=regex,
+                         prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai)
+    records = generated.map_batches(_to_records, fn_args=(cfg.model,), batch_format="numpy")
+
+    writer = ShardWriter(personas_uri, PERSONA_SCHEMA, cfg.shard_size)
+    expected_new = max(2 * valid_pairs - len(already), 0)
+    tokens = 0
+    last_report = time.time()
+    for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.add(batch)
+        tokens += pc.sum(batch["num_input_tokens"]).as_py() or 0
+        tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
+        if time.time() - last_report >= cfg.progress_every_s:
+            last_report = time.time()
+            done = writer.rows_written + writer.buffered
+            elapsed = last_report - validated_at
+            log.info("personas %d/%d  %.2f pairs/s  %.0f tokens/s", done, expected_new,
+                     done / 2 / elapsed, tokens / elapsed)
+    writer.close()
+    finished = time.time()
+
+    manifest = _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, len(already),
+                         writer.rows_written, tokens, started, validated_at, finished)
+    storage.write_json(manifest, storage.join(cfg.output, "manifest.json"))
+    _log_summary(manifest)
+    return manifest
+
+
+def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, resumed, written, tokens,
+              started, validated_at, finished) -> dict[str, Any]:
+    table = read_shards(personas_uri, columns=["pair_id", "side", "valid", "reason"])
+    if table is None:
+        table = PERSONA_SCHEMA.empty_table().select(["pair_id", "side", "valid", "reason"])
+    records = table.num_rows
+    keys = row_keys(table, KEY)
+    valid = pc.sum(table["valid"]).as_py() or 0
+    invalid_reasons = Counter(table.filter(pc.invert(table["valid"]))["reason"].to_pylist())
+    generate_s = finished - validated_at
+    return {
+        "input": cfg.input, "output": cfg.output, "model": cfg.model, "model_path": model_path,
+        "engine": cfg.engine, "template_version": TEMPLATE_VERSION, "guided_decoding": cfg.guided_decoding,
+        "k_shot": cfg.k_shot,
+        "counts": {
+            "input_rows": total_rows, "valid_pairs": valid_pairs, "quarantined": sum(bad_reasons.values()),
+            "quarantine_reasons": dict(bad_reasons.most_common()), "persona_records": records,
+            "unique_keys": len(pc.unique(keys)), "expected_records": 2 * valid_pairs,
+            "resumed_records": resumed, "written_this_run": written, "valid_personas": valid,
+            "invalid_personas": records - valid, "invalid_reasons": dict(invalid_reasons.most_common(20)),
+        },
+        "timings_s": {"validate": round(validated_at - started, 3), "generate": round(generate_s, 3),
+                      "total": round(finished - started, 3)},
+        "throughput": {"pairs_per_s": round(written / 2 / generate_s, 3) if generate_s > 0 else 0.0,
+                       "tokens_per_s": round(tokens / generate_s, 1) if generate_s > 0 else 0.0,
+                       "valid_pct": round(100.0 * valid / records, 2) if records else 0.0},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+    }
+
+
+def _log_summary(manifest: dict[str, Any]) -> None:
+    c, t = manifest["counts"], manifest["throughput"]
+    log.info(
+        "done: %d valid pairs, %d quarantined; %d persona records (%d new, %d resumed), %.1f%% valid; "
+        "%.2f pairs/s, %.0f tokens/s; %.1f s total",
+        c["valid_pairs"], c["quarantined"], c["persona_records"], c["written_this_run"], c["resumed_records"],
+        t["valid_pct"], t["pairs_per_s"], t["tokens_per_s"], manifest["timings_s"]["total"],
+    )
+    if c["unique_keys"] != c["persona_records"]:
+        log.error("output holds %d records for %d keys: duplicates found", c["persona_records"], c["unique_keys"])

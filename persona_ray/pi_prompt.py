@@ -1,0 +1,95 @@
+"""The persona-inference prompt: instruction + k exemplars of the pair's domain + the query.
+
+The instruction and exemplars come first and are identical for every request of a domain,
+so an engine with prefix caching computes them once. For side "chosen" the chosen response is
+shown as the preferred one; for side "rejected" the two responses swap roles, which asks for the
+persona of a user who would have preferred the rejected response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+TEMPLATE_VERSION = "pi-v1"
+DEFAULT_DOMAIN = "safety_qa"
+
+INSTRUCTION = (
+    "Two assistant responses to the same prompt are shown, and one of them is marked as the one "
+    "a particular user preferred. Describe that user in one sentence of the form "
+    '"The user is [attribute] and prefers [explanation]." The attribute names high-level traits '
+    "such as needs, goals, interests, expertise or personality; the explanation says what about "
+    "the preferred response suits them. Never mention race, ethnicity, religion, gender, sexual "
+    "orientation, nationality, age, disability or health. Write only the sentence."
+)
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    prompt: str
+    response_1: str
+    response_2: str
+    preferred: int
+    persona: str
+
+
+@lru_cache(maxsize=None)
+def load_exemplars(path: str | None = None) -> dict[str, tuple[Exemplar, ...]]:
+    """Exemplars per domain from YAML (the bundled file unless `path` is given)."""
+    if path is None:
+        text = resources.files("persona_ray.data").joinpath("pi_exemplars.yaml").read_text()
+    else:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    raw = yaml.safe_load(text)
+    exemplars = {}
+    for domain, items in raw.items():
+        exemplars[domain] = tuple(Exemplar(**item) for item in items)
+        for i, ex in enumerate(exemplars[domain]):
+            if ex.preferred not in (1, 2):
+                raise ValueError(f"exemplar {domain}[{i}]: 'preferred' must be 1 or 2")
+    return exemplars
+
+
+def _block(prompt: str, response_1: str, response_2: str, preferred: int) -> str:
+    return (
+        f"Prompt: {prompt.strip()}\n"
+        f"Response 1: {response_1.strip()}\n"
+        f"Response 2: {response_2.strip()}\n"
+        f"Preferred: Response {preferred}\n"
+        "Persona:"
+    )
+
+
+@lru_cache(maxsize=None)
+def build_prefix(domain: str, k: int, exemplar_path: str | None = None) -> str:
+    """Instruction and k exemplars for a domain (falls back to the default domain)."""
+    exemplars = load_exemplars(exemplar_path)
+    shots = exemplars.get(domain) or exemplars[DEFAULT_DOMAIN]
+    if k > len(shots):
+        raise ValueError(f"k_shot={k} but domain '{domain}' has only {len(shots)} exemplars")
+    parts = [INSTRUCTION, ""]
+    for i, ex in enumerate(shots[:k], start=1):
+        parts.append(f"### Example {i}")
+        parts.append(_block(ex.prompt, ex.response_1, ex.response_2, ex.preferred) + " " + ex.persona)
+        parts.append("")
+    parts.append("### Task")
+    return "\n".join(parts) + "\n"
+
+
+def build_query(prompt: str, chosen: str, rejected: str, side: str) -> str:
+    """The pair-specific tail: the response whose persona is wanted is shown as preferred."""
+    if side == "chosen":
+        return _block(prompt, chosen, rejected, preferred=1)
+    if side == "rejected":
+        return _block(prompt, rejected, chosen, preferred=1)
+    raise ValueError(f"side must be 'chosen' or 'rejected', got {side!r}")
+
+
+def build_pi_prompt(
+    prompt: str, chosen: str, rejected: str, side: str, domain: str, k: int, exemplar_path: str | None = None
+) -> str:
+    return build_prefix(domain, k, exemplar_path) + build_query(prompt, chosen, rejected, side)

@@ -1,0 +1,139 @@
+"""Local paths and s3:// URIs behind one small set of file operations.
+
+S3 settings come from the standard environment variables (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL), never from
+configs, so no secret ends up in a YAML file or a log.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+S3_PREFIX = "s3://"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_PREFIX)
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {"region": region}
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs["endpoint_override"] = parsed.netloc
+        kwargs["scheme"] = parsed.scheme
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it). S3 paths are "bucket/key", local ones absolute."""
+    if is_s3(uri):
+        fs = _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        return fs, uri[len(S3_PREFIX):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def _to_uri(uri_like: str, path: str) -> str:
+    return S3_PREFIX + path if is_s3(uri_like) else path
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """Files under a folder (recursively, sorted), or [uri] for a single file; [] if absent."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        return [uri]
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    names = sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and not os.path.basename(i.path).startswith((".", "_"))
+        and (not suffixes or i.path.endswith(suffixes))
+    )
+    return [_to_uri(uri, name) for name in names]
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as handle:
+        return handle.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file so that readers see all of it or nothing.
+
+    Locally: a hidden temporary file in the same folder, then an atomic rename.
+    On S3 an object appears only when its upload completes, so a direct write is atomic.
+    """
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as handle:
+            handle.write(data)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def delete(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes(uri, buffer.getvalue())
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
+
+
+def write_json(obj: Any, uri: str) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
