@@ -29,8 +29,8 @@ def detect_format(row: dict[str, Any]) -> str:
         return "shp"
     if {"chosen", "rejected"} <= keys and "prompt" not in keys:
         return "hh_rlhf"
-    if {"prompt", "chosen", "rejected"} <= keys:
-        return "flat"
+    if "prompt" in keys and keys & {"chosen", "rejected"}:
+        return "flat"  # a missing chosen/rejected is then reported by name
     raise ContractError("<row>", f"unknown schema (keys: {sorted(keys)[:8]})")
 
 

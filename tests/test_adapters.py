@@ -81,7 +81,8 @@ def test_sample_data_is_valid_and_covers_four_domains():
 @pytest.mark.parametrize(
     "row, field, reason",
     [
-        ({"prompt": "q", "chosen": "a"}, "<row>", "unknown schema"),
+        ({"question": "q", "answer": "a"}, "<row>", "unknown schema"),
+        ({"prompt": "q", "chosen": "a"}, "rejected", "missing"),
         ({"prompt": "q", "chosen": "a", "rejected": None}, "rejected", "missing"),
         ({"prompt": "q", "chosen": "", "rejected": "b"}, "chosen", "empty"),
         ({"prompt": 7, "chosen": "a", "rejected": "b"}, "prompt", "expected text, got int"),

@@ -1,0 +1,136 @@
+"""Persona inference end to end: real Ray Data + vLLM (CPU) with the tiny model, S3 on moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from persona_ray import storage
+from persona_ray.infer import InferConfig, run_infer
+from persona_ray.personas import guided_regex
+from persona_ray.shards import read_shards
+from tests.conftest import REPO, SAMPLE_PAIRS
+
+pytestmark = pytest.mark.slow
+
+# Small guided bounds so that max_tokens always covers the longest match (a token is >= 1 char).
+SETTINGS = {"model": "tiny", "guided_decoding": True, "max_attribute_chars": 40, "max_preference_chars": 60,
+            "shard_size": 8, "sampling": {"max_tokens": 128},
+            # few sequences at a time, so results arrive over seconds and a kill lands mid-run
+            "vllm": {"batch_size": 8, "max_num_seqs": 4}}
+
+# Planted rows that break the contract, one of each kind (8 of 68 rows = 12 %).
+PLANTED = [
+    ('{"id": "bad-missing", "prompt": "Q?", "chosen": "A."}', "bad-missing", "field 'rejected': missing"),
+    ('{"id": "bad-empty", "prompt": "Q?", "chosen": "  ", "rejected": "B."}', "bad-empty", "field 'chosen': empty"),
+    ('{"id": "bad-same", "prompt": "Q?", "chosen": "Same.", "rejected": "Same."}', "bad-same",
+     "identical to chosen"),
+    ('{"id": "bad-type", "prompt": ["Q?"], "chosen": "A.", "rejected": "B."}', "bad-type",
+     "field 'prompt': expected text, got list"),
+    ('{"id": "bad-json", "prompt": "Q?", "chosen": "A."', None, "not valid JSON"),
+    ('["not", "an", "object"]', None, "expected a JSON object, got list"),
+    (json.dumps({"id": "bad-long", "prompt": "word " * 6000, "chosen": "A.", "rejected": "B."}), "bad-long",
+     "PI prompt needs"),
+    (json.dumps({"id": "safety_qa-000", "prompt": "A different question?", "chosen": "A.", "rejected": "B."}),
+     "safety_qa-000", "field 'pair_id'"),
+]
+
+
+def planted_lines() -> list[str]:
+    lines = [line for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()]
+    for i, (line, _, _) in enumerate(PLANTED):
+        lines.insert(7 * i + 3, line)
+    return lines
+
+
+def personas_by_key(output: str) -> dict[tuple[str, str], dict]:
+    table = read_shards(storage.join(output, "personas"))
+    rows = table.to_pylist()
+    keys = [(r["pair_id"], r["side"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a (pair_id, side) appears twice"
+    return dict(zip(keys, rows))
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3_server, ray_local):
+    """One uninterrupted run: input from S3, output to S3."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="pi-data")
+    storage.write_bytes("s3://pi-data/in/pairs.jsonl", "\n".join(planted_lines()).encode())
+    cfg = InferConfig(input="s3://pi-data/in/pairs.jsonl", output="s3://pi-data/out", **SETTINGS)
+    manifest = run_infer(cfg)
+    return cfg, manifest
+
+
+def test_guided_run_from_and_to_s3(s3_run):
+    cfg, manifest = s3_run
+    counts = manifest["counts"]
+    assert counts["input_rows"] == 68 and counts["valid_pairs"] == 60
+    assert counts["persona_records"] == counts["unique_keys"] == 120
+    personas = personas_by_key(cfg.output)
+    assert {side for _, side in personas} == {"chosen", "rejected"}
+    # Guided decoding: every output has the persona form. Only content checks may reject one.
+    pattern = re.compile(guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars))
+    assert all(pattern.fullmatch(r["raw_text"]) for r in personas.values())
+    assert all(r["valid"] or "protected attribute" in r["reason"] for r in personas.values())
+    assert all(r["model"] == "tiny" and r["template_version"] == "pi-v1" for r in personas.values())
+    assert storage.read_json("s3://pi-data/out/manifest.json")["counts"] == counts
+
+
+def test_quarantine_holds_exactly_the_planted_rows(s3_run):
+    cfg, manifest = s3_run
+    quarantine = read_shards(storage.join(cfg.output, "quarantine")).to_pylist()
+    assert len(quarantine) == len(PLANTED) == manifest["counts"]["quarantined"]
+    for line, row_id, reason in PLANTED:
+        matches = [q for q in quarantine if reason in q["reason"]]
+        assert len(matches) == 1, (reason, quarantine)
+        if row_id:
+            assert matches[0]["row_id"] == row_id
+    assert any(q["raw"] == PLANTED[4][0] for q in quarantine)  # the broken line is kept verbatim
+    # The 60 good pairs all got both personas: nothing valid was dropped.
+    good_ids = {json.loads(line)["id"] for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()}
+    assert {pid for pid, _ in personas_by_key(cfg.output)} == good_ids
+
+
+def test_killed_run_resumes_to_the_same_output(s3_run, tmp_path):
+    cfg, _ = s3_run
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("\n".join(planted_lines()))
+    output = tmp_path / "out"
+    config = tmp_path / "infer.yaml"
+    config.write_text(yaml.safe_dump({"input": str(source), "output": str(output), **SETTINGS}))
+    command = [sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = output / "personas"
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None and not list(shards.glob("part-*.parquet")):
+        time.sleep(0.2)
+    assert first.poll() is None, "the first run ended before it could be interrupted"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver, its Ray cluster and the engine, mid-run
+    first.wait()
+    written_before = sum(pq.read_metadata(p).num_rows for p in shards.glob("part-*.parquet"))
+    assert 0 < written_before < 120
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["counts"]["resumed_records"] == written_before
+    assert manifest["counts"]["written_this_run"] == 120 - written_before
+
+    resumed, uninterrupted = personas_by_key(str(output)), personas_by_key(cfg.output)
+    assert resumed.keys() == uninterrupted.keys()
+    fields = ("persona", "raw_text", "valid", "reason")
+    assert all({f: resumed[k][f] for f in fields} == {f: uninterrupted[k][f] for f in fields} for k in resumed)
