@@ -261,7 +261,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     requests = pairs.map_batches(_expand_requests, fn_args=(already, cfg.k_shot, cfg.exemplars),
                                  batch_format="pyarrow")
     regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.guided_decoding else None
-    generated = generate(requests, cfg.engine, model_path, cfg.sampling, regex=regex,
+    # vLLM loads the resolved folder; an HTTP endpoint knows the model by its served name.
+    engine_model = model_path if cfg.engine == "vllm" else cfg.model
+    generated = generate(requests, cfg.engine, engine_model, cfg.sampling, regex=regex,
                          prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai)
     records = generated.map_batches(_to_records, fn_args=(cfg.model,), batch_format="numpy")
 

@@ -30,6 +30,10 @@ class EngineConnectionError(RuntimeError):
     """The endpoint could not be reached after every retry."""
 
 
+class EngineNotFoundError(RuntimeError):
+    """Wrong base URL or model name: every request would fail the same way."""
+
+
 def request_body(model: str, prompt: str, sampling: SamplingConfig, cfg: OpenAIConfig,
                  regex: str | None, choice: list[str] | None) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -99,6 +103,11 @@ class OpenAICaller:
                 raise EngineAuthError(
                     f"{self.url} answered {response.status_code}: check the API key in "
                     f"${self.cfg.api_key_env} and that it may use model '{self.model}'"
+                )
+            if response.status_code == 404:
+                raise EngineNotFoundError(
+                    f"{self.url} answered 404 (check base_url and the model name '{self.model}'): "
+                    f"{response.text[:300]}"
                 )
             if response.status_code in RETRYABLE_STATUS:
                 last_problem = f"HTTP {response.status_code} from {self.url}"
