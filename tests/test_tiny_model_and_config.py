@@ -1,0 +1,66 @@
+"""The self-built tiny model, and typed config loading with clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from persona_ray.config import ConfigError, load_config
+from persona_ray.infer import InferConfig
+from persona_ray.tiny_model import build_tiny_model
+from tests.conftest import REPO
+
+
+def _digest(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_tiny_model_is_deterministic_and_loads(tmp_path):
+    first = build_tiny_model(tmp_path / "a")
+    second = build_tiny_model(tmp_path / "b")
+    assert first.name == second.name and _digest(first) == _digest(second)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    model = AutoModelForCausalLM.from_pretrained(first)
+    ids = tokenizer("The user is curious and prefers examples.", return_tensors="pt").input_ids
+    assert tokenizer.decode(ids[0]) == "The user is curious and prefers examples."
+    assert model.config.hidden_size // model.config.num_attention_heads >= 32  # vLLM CPU attention
+    assert model(ids).logits.shape[-1] == len(tokenizer)
+
+
+def test_local_config_loads_with_overrides():
+    cfg = load_config(InferConfig, str(REPO / "cluster" / "local.yaml"), {"vllm.batch_size": 8, "k_shot": None})
+    assert cfg.model == "tiny" and cfg.vllm.batch_size == 8 and cfg.k_shot == 3
+    gpu = load_config(InferConfig, str(REPO / "cluster" / "infer-gpu.yaml"))
+    assert gpu.vllm.gpu and gpu.engine == "vllm"
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("input: a\noutput: b\nengine: tgi\n", "engine: Input should be 'vllm' or 'openai'"),
+        ("input: a\noutput: b\nvllm:\n  batch_sise: 4\n", "vllm.batch_sise: Extra inputs are not permitted"),
+        ("output: b\n", "input: Field required"),
+        ("- a\n", "expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(InferConfig, str(path))
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: a\noutput: b\nk_shot: -1\n")
+    done = subprocess.run([sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(path)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    assert "k_shot: Input should be greater than or equal to 0" in done.stderr
+    assert "Traceback" not in done.stderr
