@@ -271,7 +271,10 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     expected_new = max(2 * valid_pairs - len(already), 0)
     tokens = 0
     last_report = time.time()
+    first_result_at, first_rows = None, 0
     for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
+        if first_result_at is None:  # steady state starts once the engines are up
+            first_result_at, first_rows = time.time(), batch.num_rows
         writer.add(batch)
         tokens += pc.sum(batch["num_input_tokens"]).as_py() or 0
         tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
@@ -281,11 +284,16 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
             elapsed = last_report - validated_at
             log.info("personas %d/%d  %.2f pairs/s  %.0f tokens/s", done, expected_new,
                      done / 2 / elapsed, tokens / elapsed)
+    last_result_at = time.time()
     writer.close()
     finished = time.time()
 
+    steady_s = last_result_at - first_result_at if first_result_at else 0.0
+    steady = (writer.rows_written - first_rows) / 2 / steady_s if steady_s > 0 else 0.0
     manifest = _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, len(already),
                          writer.rows_written, tokens, started, validated_at, finished)
+    manifest["throughput"]["steady_pairs_per_s"] = round(steady, 3)
+    manifest["timings_s"]["first_result"] = round((first_result_at or finished) - validated_at, 3)
     storage.write_json(manifest, storage.join(cfg.output, "manifest.json"))
     _log_summary(manifest)
     return manifest

@@ -32,6 +32,7 @@ class VLLMConfig(_Strict):
     dtype: str = "auto"
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     cpu_kv_cache_gib: int = Field(1, gt=0)  # VLLM_CPU_KVCACHE_SPACE
+    cpus_per_engine: int = Field(1, gt=0)  # CPU engines: Ray CPUs reserved per engine worker
     max_num_seqs: int | None = None
     engine_kwargs: dict = Field(default_factory=dict)  # passed to vLLM as is, last
 

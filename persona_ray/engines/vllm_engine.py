@@ -52,7 +52,7 @@ def build_vllm_processor(model: str, sampling: SamplingConfig, cfg: VLLMConfig, 
     extra: dict[str, Any] = {}
     if not cfg.gpu:
         # Without this the processor asks for a GPU and waits forever on a CPU cluster.
-        extra["placement_group_config"] = {"bundles": [{"CPU": 1}] * cfg.tensor_parallel_size}
+        extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_engine}] * cfg.tensor_parallel_size}
         extra["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kv_cache_gib)}}
     processor_config = vLLMEngineProcessorConfig(
         model_source=model,
