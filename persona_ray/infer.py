@@ -94,9 +94,10 @@ class PrepareRows:
     id_key / content_key (64-bit hashes used to find duplicate ids cheaply).
     """
 
-    def __init__(self, cfg: InferConfig, model_path: str):
+    def __init__(self, cfg: InferConfig, model_path: str, count_tokens: bool = True):
         self.cfg = cfg
-        self.count = TokenCounter(model_path)
+        # Pass 2 skips the (costly) length check: pass 1 already listed the rows that are too long.
+        self.count = TokenCounter(model_path) if count_tokens else None
         max_len = cfg.vllm.max_model_len if cfg.engine == "vllm" else cfg.openai.context_tokens
         self.token_budget = max_len - cfg.sampling.max_tokens
         self.prefix_tokens: dict[str, int] = {}
@@ -119,11 +120,13 @@ class PrepareRows:
                 if not isinstance(row, dict):
                     raise ContractError("<line>", f"expected a JSON object, got {type(row).__name__}")
             pair = check_pair(adapt_row(row, self.cfg.input_format, self.cfg.source, self.cfg.domain))
-            needed = self._prompt_tokens(pair)
+            needed = self._prompt_tokens(pair) if self.count else 0
             if needed > self.token_budget:
-                raise ContractError(
+                too_long = ContractError(
                     "prompt", f"PI prompt needs {needed} tokens; the model context leaves {self.token_budget}"
                 )
+                return {**pair.as_dict(), "valid": False, "reason": str(too_long), "raw": raw_json(original),
+                        "id_key": _key64(pair.pair_id), "content_key": 0}
         except ContractError as exc:
             raw = original.get(JSON_LINE) if JSON_LINE in original else raw_json(original)
             row_id = row.get("pair_id") or row.get("id") if isinstance(row, dict) else None
@@ -139,9 +142,9 @@ class PrepareRows:
         return pa.Table.from_pylist([self._one(row) for row in batch.to_pylist()])
 
 
-def _keep(batch: pa.Table, dup_keys: np.ndarray) -> pa.Table:
-    """Valid rows whose id is not one of the duplicated ids (those are resolved on the driver)."""
-    mask = pc.and_(batch["valid"], pc.invert(pc.is_in(batch["id_key"], pa.array(dup_keys, pa.int64()))))
+def _keep(batch: pa.Table, skip_keys: np.ndarray) -> pa.Table:
+    """Valid rows, less duplicated ids (resolved on the driver) and prompts found too long in pass 1."""
+    mask = pc.and_(batch["valid"], pc.invert(pc.is_in(batch["id_key"], pa.array(skip_keys, pa.int64()))))
     return batch.filter(mask)
 
 
@@ -192,18 +195,20 @@ def _validate_inputs(prepared: ray.data.Dataset, quarantine_uri: str, shard_size
     quarantine = ShardWriter(quarantine_uri, QUARANTINE_SCHEMA, shard_size=max(shard_size, 10_000))
     reasons: Counter[str] = Counter()
     id_keys: list[np.ndarray] = []
+    too_long_keys: list[np.ndarray] = [np.array([], np.int64)]  # valid pairs whose prompt is too long
     total = 0
     columns = ["pair_id", "valid", "reason", "raw", "id_key"]
     for batch in prepared.select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=4096):
         total += batch.num_rows
         bad = batch.filter(pc.invert(batch["valid"]))
+        too_long_keys.append(bad.filter(pc.not_equal(bad["id_key"], 0))["id_key"].to_numpy())
         if bad.num_rows:
             quarantine.add(pa.table({"row_id": bad["pair_id"], "reason": bad["reason"], "raw": bad["raw"]}))
             reasons.update(bad["reason"].to_pylist())
         id_keys.append(batch.filter(batch["valid"])["id_key"].to_numpy())
     keys = np.concatenate(id_keys) if id_keys else np.array([], np.int64)
     unique, counts = np.unique(keys, return_counts=True)
-    return total, quarantine, reasons, unique[counts > 1], len(unique)
+    return total, quarantine, reasons, unique[counts > 1], len(unique), np.concatenate(too_long_keys)
 
 
 def _resolve_duplicates(prepared: ray.data.Dataset, dup_keys: np.ndarray, quarantine: ShardWriter,
@@ -246,8 +251,8 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         PrepareRows, fn_constructor_kwargs={"cfg": cfg, "model_path": model_path},
         batch_format="pyarrow", batch_size=256, concurrency=(1, 2),
     )
-    total_rows, quarantine, bad_reasons, dup_keys, unique_ids = _validate_inputs(prepared, quarantine_uri,
-                                                                                 cfg.shard_size)
+    total_rows, quarantine, bad_reasons, dup_keys, unique_ids, too_long = _validate_inputs(
+        prepared, quarantine_uri, cfg.shard_size)
     kept_duplicates = _resolve_duplicates(prepared, dup_keys, quarantine, bad_reasons)
     quarantine.close()
     validated_at = time.time()
@@ -255,7 +260,10 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     log.info("input: %d rows, %d valid pairs, %d quarantined, %d personas already written",
              total_rows, valid_pairs, sum(bad_reasons.values()), len(already))
 
-    pairs = prepared.map_batches(_keep, fn_args=(dup_keys,), batch_format="pyarrow")
+    pairs = read_input(cfg.input, cfg.input_split).map_batches(
+        PrepareRows, fn_constructor_kwargs={"cfg": cfg, "model_path": model_path, "count_tokens": False},
+        batch_format="pyarrow", batch_size=256, concurrency=(1, 2),
+    ).map_batches(_keep, fn_args=(np.concatenate([dup_keys, too_long]),), batch_format="pyarrow")
     if kept_duplicates:
         pairs = pairs.union(ray.data.from_items(kept_duplicates))
     requests = pairs.map_batches(_expand_requests, fn_args=(already, cfg.k_shot, cfg.exemplars),
@@ -271,10 +279,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     expected_new = max(2 * valid_pairs - len(already), 0)
     tokens = 0
     last_report = time.time()
-    first_result_at, first_rows = None, 0
+    first_result_at = None
     for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
-        if first_result_at is None:  # steady state starts once the engines are up
-            first_result_at, first_rows = time.time(), batch.num_rows
+        first_result_at = first_result_at or time.time()  # roughly: when the engines were up
         writer.add(batch)
         tokens += pc.sum(batch["num_input_tokens"]).as_py() or 0
         tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
@@ -284,15 +291,11 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
             elapsed = last_report - validated_at
             log.info("personas %d/%d  %.2f pairs/s  %.0f tokens/s", done, expected_new,
                      done / 2 / elapsed, tokens / elapsed)
-    last_result_at = time.time()
     writer.close()
     finished = time.time()
 
-    steady_s = last_result_at - first_result_at if first_result_at else 0.0
-    steady = (writer.rows_written - first_rows) / 2 / steady_s if steady_s > 0 else 0.0
     manifest = _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, len(already),
                          writer.rows_written, tokens, started, validated_at, finished)
-    manifest["throughput"]["steady_pairs_per_s"] = round(steady, 3)
     manifest["timings_s"]["first_result"] = round((first_result_at or finished) - validated_at, 3)
     storage.write_json(manifest, storage.join(cfg.output, "manifest.json"))
     _log_summary(manifest)

@@ -9,6 +9,8 @@ crash on a filesystem without atomic rename) and leftover temporary files are re
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 import uuid
 
@@ -19,6 +21,8 @@ from persona_ray import storage
 
 log = logging.getLogger(__name__)
 SHARD_SUFFIX = ".parquet"
+# Fault injection for crash tests: SIGKILL this process right after writing this many shards.
+KILL_AFTER_SHARDS_ENV = "PERSONA_RAY_KILL_AFTER_SHARDS"
 
 
 def shard_files(folder: str) -> list[str]:
@@ -95,3 +99,5 @@ class ShardWriter:
         self.rows_written += shard.num_rows
         self.buffer = [rest] if rest.num_rows else []
         self.buffered = rest.num_rows
+        if os.environ.get(KILL_AFTER_SHARDS_ENV) == str(self.shards_written):
+            os.kill(os.getpid(), signal.SIGKILL)

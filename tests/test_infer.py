@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,8 +24,7 @@ pytestmark = pytest.mark.slow
 # Small guided bounds so that max_tokens always covers the longest match (a token is >= 1 char).
 SETTINGS = {"model": "tiny", "guided_decoding": True, "max_attribute_chars": 40, "max_preference_chars": 60,
             "shard_size": 8, "sampling": {"max_tokens": 128},
-            # few sequences at a time, so results arrive over seconds and a kill lands mid-run
-            "vllm": {"batch_size": 8, "max_num_seqs": 4}}
+            "vllm": {"batch_size": 8}}
 
 # Planted rows that break the contract, one of each kind (8 of 68 rows = 12 %).
 PLANTED = [
@@ -112,17 +110,19 @@ def test_killed_run_resumes_to_the_same_output(s3_run, tmp_path):
     command = [sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
-    first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The driver SIGKILLs itself right after its 3rd shard (a fault hook), mid-run; then the
+    # rest of its process group (its Ray cluster, the engine) is killed too.
+    first = subprocess.Popen(command, cwd=REPO, env={**env, "PERSONA_RAY_KILL_AFTER_SHARDS": "3"},
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert first.wait(timeout=600) == -signal.SIGKILL
+    try:
+        os.killpg(first.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     shards = output / "personas"
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None and not list(shards.glob("part-*.parquet")):
-        time.sleep(0.2)
-    assert first.poll() is None, "the first run ended before it could be interrupted"
-    os.killpg(first.pid, signal.SIGKILL)  # the driver, its Ray cluster and the engine, mid-run
-    first.wait()
     written_before = sum(pq.read_metadata(p).num_rows for p in shards.glob("part-*.parquet"))
-    assert 0 < written_before < 120
+    assert written_before == 3 * SETTINGS["shard_size"]
+    assert not (output / "manifest.json").exists()
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
