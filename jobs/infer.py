@@ -6,7 +6,9 @@ Joins the cluster given by RAY_ADDRESS (set by Ray for submitted jobs). Resubmit
 config resumes from what the output folder already holds.
 """
 
+import sys
+
 from persona_ray.cli import app
 
 if __name__ == "__main__":
-    app(["infer", *__import__("sys").argv[1:]])
+    app(["infer", *sys.argv[1:]])

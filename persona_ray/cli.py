@@ -33,7 +33,6 @@ def infer(
     shard_size: Optional[int] = typer.Option(None, "--shard-size"),
 ) -> None:
     """Persona inference: two personas (chosen, rejected) for every preference pair."""
-    from persona_ray.config import ConfigError, load_config
     from persona_ray.infer import InferConfig, run_infer
 
     _setup_logging()
@@ -42,13 +41,83 @@ def infer(
         "guided_decoding": guided, "k_shot": k_shot, "sampling.max_tokens": max_tokens,
         "vllm.concurrency": concurrency, "openai.base_url": base_url, "shard_size": shard_size,
     }
+    cfg = _load(InferConfig, config, overrides)
+    manifest = run_infer(cfg)
+    typer.echo(json.dumps({"output": cfg.output, **manifest["counts"], **manifest["throughput"]}))
+
+
+def _load(cls, config, overrides):
+    from persona_ray.config import ConfigError, load_config
+
     try:
-        cfg = load_config(InferConfig, config, overrides)
+        return load_config(cls, config, overrides)
     except (ConfigError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    manifest = run_infer(cfg)
-    typer.echo(json.dumps({"output": cfg.output, **manifest["counts"], **manifest["throughput"]}))
+
+
+@app.command()
+def augment(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (AugmentConfig)"),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="the pairs PI ran on (same formats as infer)"),
+    input_format: Optional[str] = typer.Option(None, "--input-format"),
+    personas: Optional[str] = typer.Option(None, "--personas", help="PI output folder"),
+    output: Optional[str] = typer.Option(None, "--output"),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="hub repo id (needs $HF_TOKEN)"),
+) -> None:
+    """Join personas to their pairs and write deterministic splits (Parquet, JSONL, HF DatasetDict)."""
+    from persona_ray.augment import AugmentConfig, run_augment
+
+    _setup_logging()
+    cfg = _load(AugmentConfig, config, {"pairs.input": pairs, "pairs.input_format": input_format,
+                                        "personas": personas, "output": output, "push_to_hub": push_to_hub})
+    typer.echo(json.dumps(run_augment(cfg)["counts"]))
+
+
+@app.command("pi-eval")
+def pi_eval(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (PIEvalConfig)"),
+    data: list[str] = typer.Option([], "--data", help="LABEL=PATH: augmented data of one PI model (repeat)"),
+    output: Optional[str] = typer.Option(None, "--output", help="local folder for results and report.md"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vllm | openai"),
+    base_url: Optional[str] = typer.Option(None, "--base-url"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="first N pairs of each dataset"),
+) -> None:
+    """PI accuracy (both orders), persona preference and word saliency, with a Markdown report."""
+    from persona_ray.pi_eval import PIEvalConfig, run_pi_eval
+
+    _setup_logging()
+    pairs = {}
+    for item in data:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            typer.echo(f"error: --data expects LABEL=PATH, got {item!r}", err=True)
+            raise typer.Exit(2)
+        pairs[label] = path
+    cfg = _load(PIEvalConfig, config, {"data": pairs or None, "output": output, "judge_model": judge_model,
+                                       "engine": engine, "openai.base_url": base_url, "limit": limit})
+    typer.echo(json.dumps(run_pi_eval(cfg)["summary"]))
+
+
+@app.command()
+def report(
+    personas: str = typer.Option(..., "--personas", help=".jsonl/.parquet with chosen_persona and rejected_persona"),
+    output: str = typer.Option(..., "--output", help="local folder for report.md and plots"),
+    min_count: int = typer.Option(5, "--min-count"),
+    top_k: int = typer.Option(15, "--top-k"),
+) -> None:
+    """Persona diagnostics alone: word saliency of chosen vs rejected personas and top traits."""
+    from persona_ray.diagnose import top_traits, word_saliency
+    from persona_ray.pi_eval import load_personas_for_report
+    from persona_ray.report import write_report
+
+    chosen, rejected = load_personas_for_report(personas)
+    saliency = word_saliency(chosen, rejected, min_count=min_count, top_k=top_k)
+    path = write_report(output, title=f"Persona diagnostics: {personas}", saliency=saliency,
+                        traits=top_traits(chosen + rejected),
+                        notes=[f"{len(chosen)} chosen and {len(rejected)} rejected personas."])
+    typer.echo(path)
 
 
 @app.command("build-tiny-model")

@@ -13,8 +13,6 @@ Running the same job again on the same output resumes: records already written a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections import Counter
@@ -27,13 +25,13 @@ import ray.data
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona_ray import storage
-from persona_ray.adapters import FORMATS, adapt_row
+from persona_ray.adapters import FORMATS
 from persona_ray.engines import generate
 from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
 from persona_ray.personas import guided_regex, parse_persona
 from persona_ray.pi_prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query
-from persona_ray.read import JSON_LINE, read_input
-from persona_ray.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, ContractError, check_pair, raw_json
+from persona_ray.pairs import PairSource, read_pairs
+from persona_ray.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, raw_json
 from persona_ray.shards import ShardWriter, done_keys, read_shards, row_keys
 from persona_ray.tiny_model import resolve_model
 
@@ -64,9 +62,9 @@ class InferConfig(BaseModel):
     vllm: VLLMConfig = VLLMConfig()
     openai: OpenAIConfig = OpenAIConfig()
 
-
-def _key64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+    def pair_source(self) -> PairSource:
+        return PairSource(input=self.input, input_format=self.input_format, input_split=self.input_split,
+                          source=self.source, domain=self.domain)
 
 
 class TokenCounter:
@@ -87,59 +85,28 @@ class TokenCounter:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
-class PrepareRows:
-    """Ray Data UDF: raw input rows -> pair rows with a valid flag and, when invalid, the reason.
+class PromptFits:
+    """Stage check for pairs: both PI prompts plus the output budget fit the model context."""
 
-    Output columns: pair fields, valid, reason, raw (the input row, only when invalid),
-    id_key / content_key (64-bit hashes used to find duplicate ids cheaply).
-    """
-
-    def __init__(self, cfg: InferConfig, model_path: str, count_tokens: bool = True):
-        self.cfg = cfg
-        # Pass 2 skips the (costly) length check: pass 1 already listed the rows that are too long.
-        self.count = TokenCounter(model_path) if count_tokens else None
+    def __init__(self, cfg: InferConfig, model_path: str):
+        self.k_shot, self.exemplars, self.model_path = cfg.k_shot, cfg.exemplars, model_path
         max_len = cfg.vllm.max_model_len if cfg.engine == "vllm" else cfg.openai.context_tokens
-        self.token_budget = max_len - cfg.sampling.max_tokens
+        self.budget = max_len - cfg.sampling.max_tokens
+        self.count: TokenCounter | None = None  # loaded where the check runs (a Ray worker)
         self.prefix_tokens: dict[str, int] = {}
 
-    def _prompt_tokens(self, pair) -> int:
+    def __call__(self, pair) -> str | None:
+        if self.count is None:
+            self.count = TokenCounter(self.model_path)
         if pair.domain not in self.prefix_tokens:
-            self.prefix_tokens[pair.domain] = self.count(build_prefix(pair.domain, self.cfg.k_shot, self.cfg.exemplars))
+            self.prefix_tokens[pair.domain] = self.count(build_prefix(pair.domain, self.k_shot, self.exemplars))
         # Both sides hold the same texts, so one side's length stands for both (+ a margin for
         # BPE merges across the prefix boundary and a chat template).
-        return self.prefix_tokens[pair.domain] + self.count(build_query(pair.prompt, pair.chosen, pair.rejected, "chosen")) + 16
-
-    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
-        original = row
-        try:
-            if JSON_LINE in row:
-                try:
-                    row = json.loads(row[JSON_LINE])
-                except json.JSONDecodeError as exc:
-                    raise ContractError("<line>", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise ContractError("<line>", f"expected a JSON object, got {type(row).__name__}")
-            pair = check_pair(adapt_row(row, self.cfg.input_format, self.cfg.source, self.cfg.domain))
-            needed = self._prompt_tokens(pair) if self.count else 0
-            if needed > self.token_budget:
-                too_long = ContractError(
-                    "prompt", f"PI prompt needs {needed} tokens; the model context leaves {self.token_budget}"
-                )
-                return {**pair.as_dict(), "valid": False, "reason": str(too_long), "raw": raw_json(original),
-                        "id_key": _key64(pair.pair_id), "content_key": 0}
-        except ContractError as exc:
-            raw = original.get(JSON_LINE) if JSON_LINE in original else raw_json(original)
-            row_id = row.get("pair_id") or row.get("id") if isinstance(row, dict) else None
-            row_id = str(row_id) if row_id else "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
-            return {"pair_id": row_id, "prompt": "", "chosen": "", "rejected": "", "domain": "", "source": "",
-                    "valid": False, "reason": str(exc), "raw": raw, "id_key": 0, "content_key": 0}
-        out = pair.as_dict()
-        out.update(valid=True, reason="", raw="", id_key=_key64(pair.pair_id),
-                   content_key=_key64("\x1f".join((pair.prompt, pair.chosen, pair.rejected))))
-        return out
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self._one(row) for row in batch.to_pylist()])
+        query = build_query(pair.prompt, pair.chosen, pair.rejected, "chosen")
+        needed = self.prefix_tokens[pair.domain] + self.count(query) + 16
+        if needed > self.budget:
+            return f"field 'prompt': PI prompt needs {needed} tokens; the model context leaves {self.budget}"
+        return None
 
 
 def _keep(batch: pa.Table, skip_keys: np.ndarray) -> pa.Table:
@@ -247,10 +214,8 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     model_path = resolve_model(cfg.model)
 
     already = done_keys(personas_uri, KEY)
-    prepared = read_input(cfg.input, cfg.input_split).map_batches(
-        PrepareRows, fn_constructor_kwargs={"cfg": cfg, "model_path": model_path},
-        batch_format="pyarrow", batch_size=256, concurrency=(1, 2),
-    )
+    src = cfg.pair_source()
+    prepared = read_pairs(src, PromptFits(cfg, model_path))
     total_rows, quarantine, bad_reasons, dup_keys, unique_ids, too_long = _validate_inputs(
         prepared, quarantine_uri, cfg.shard_size)
     kept_duplicates = _resolve_duplicates(prepared, dup_keys, quarantine, bad_reasons)
@@ -260,10 +225,8 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     log.info("input: %d rows, %d valid pairs, %d quarantined, %d personas already written",
              total_rows, valid_pairs, sum(bad_reasons.values()), len(already))
 
-    pairs = read_input(cfg.input, cfg.input_split).map_batches(
-        PrepareRows, fn_constructor_kwargs={"cfg": cfg, "model_path": model_path, "count_tokens": False},
-        batch_format="pyarrow", batch_size=256, concurrency=(1, 2),
-    ).map_batches(_keep, fn_args=(np.concatenate([dup_keys, too_long]),), batch_format="pyarrow")
+    # Pass 2 skips the (costly) length check: pass 1 already listed the prompts that are too long.
+    pairs = read_pairs(src).map_batches(_keep, fn_args=(np.concatenate([dup_keys, too_long]),), batch_format="pyarrow")
     if kept_duplicates:
         pairs = pairs.union(ray.data.from_items(kept_duplicates))
     requests = pairs.map_batches(_expand_requests, fn_args=(already, cfg.k_shot, cfg.exemplars),

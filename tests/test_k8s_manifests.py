@@ -494,7 +494,10 @@ def test_local_config_values():
     assert cfg["vllm"]["gpu"] is False
     assert cfg["vllm"]["concurrency"] == 1
     assert cfg["vllm"]["max_model_len"] == 4096
-    assert cfg["sampling"] == {"temperature": 0.0, "max_tokens": 96}
+    assert cfg["sampling"]["temperature"] == 0.0
+    # every token is at least one character: the budget must cover the longest guided persona
+    longest = len("The user is ") + cfg["max_attribute_chars"] + len(" and prefers ") + cfg["max_preference_chars"] + 1
+    assert cfg["sampling"]["max_tokens"] >= longest
 
 
 def test_infer_gpu_config_matches_configmap_shape():

@@ -143,3 +143,25 @@ def test_pi_through_an_openai_compatible_server(vllm_server, ray_local, tmp_path
     pattern = re.compile(guided_regex(40, 60))
     assert [r["raw_text"] for r in records if not pattern.fullmatch(r["raw_text"])] == []
     assert all(r["num_input_tokens"] > 500 and r["num_output_tokens"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_unguided_judge_retries_then_counts_unparseable_verdicts(vllm_server, ray_local, tmp_path):
+    """Over HTTP without guided decoding the random tiny judge rarely answers "1" or "2":
+    unparseable verdicts are re-asked a bounded number of times, then counted, never dropped."""
+    from persona_ray.pi_eval import PIEvalConfig, run_pi_eval
+    from tests.test_pi_eval import paper_rows, write_jsonl
+
+    data = {"gold": write_jsonl(tmp_path / "gold.jsonl", paper_rows("", n=4))}
+    cfg = PIEvalConfig(data=data, output=str(tmp_path / "eval"), judge_model="tiny", engine="openai",
+                       guided_decoding=False, max_parse_retries=2, persona_preference=False,
+                       saliency_min_count=1, openai={"base_url": vllm_server, "max_concurrency": 8})
+    summary = run_pi_eval(cfg)["summary"]
+    assert summary["requests"] == 4 * 2 * 2
+    unparseable = summary["unparseable_after_retries"]
+    # every request that stayed unparseable was asked 1 + max_parse_retries times
+    assert summary["retried"] >= 2 * unparseable
+    accuracy = json.loads((tmp_path / "eval" / "pi_accuracy.json").read_text())["accuracy"]
+    overall = [r for r in accuracy if r["domain"] == "all"]
+    assert sum(r["n"] for r in overall) == 8  # every persona counted, parseable or not
+    assert sum(r["unparseable"] for r in overall) <= unparseable

@@ -3,7 +3,8 @@
     generate(ds, ...) -> ds
 
 Input rows carry a "prompt" column (plain text; sent as one user message when the engine is in
-chat mode) and any other columns, which pass through untouched. Output rows add:
+chat mode) and any other columns, which pass through untouched -- except names Ray Data LLM
+uses for itself (RESERVED_COLUMNS; "model", for one, selects a LoRA adapter). Output rows add:
     generated_text     str   what the model wrote ("" on error)
     num_input_tokens   int   prompt tokens (0 if unknown)
     num_output_tokens  int   generated tokens
@@ -19,6 +20,8 @@ import ray.data
 
 from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
 
+RESERVED_COLUMNS = ("model", "request_id", "messages", "sampling_params", "generated_text", "metrics",
+                    "prompt_token_ids", "tokenized_prompt", "params", "batch_uuid")
 OUTPUT_COLUMNS = ("generated_text", "num_input_tokens", "num_output_tokens", "finish_reason", "error")
 
 

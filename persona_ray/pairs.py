@@ -1,0 +1,86 @@
+"""Preference pairs from any supported input: adapt, validate, and tell good rows from bad.
+
+`read_pairs` opens the input as a streaming Ray Dataset of prepared rows:
+    pair fields (schema.PAIR_FIELDS), valid (bool), reason ("" when valid, else the field and
+    what is wrong), raw (the input row as text, only when invalid), id_key / content_key
+    (64-bit hashes of the pair id and of the pair's text: duplicate ids are found from these).
+A stage may add its own check (e.g. the PI prompt must fit the model context) as `extra_check`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, Literal
+
+import pyarrow as pa
+import ray.data
+from pydantic import BaseModel, ConfigDict
+
+from persona_ray.adapters import FORMATS, adapt_row
+from persona_ray.read import JSON_LINE, read_input
+from persona_ray.schema import ContractError, PreferencePair, check_pair, raw_json
+
+ExtraCheck = Callable[[PreferencePair], "str | None"]  # returns the reason a valid pair is unusable
+
+
+class PairSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    input_format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
+    input_split: str = "train"  # for Hugging Face DatasetDicts
+    source: str = ""  # source name for rows that do not carry one
+    domain: str = ""  # domain for rows that do not carry one (else the format's usual one)
+
+
+def key64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def _invalid(row_id: str, reason: str, raw: str, pair: PreferencePair | None = None) -> dict[str, Any]:
+    fields = pair.as_dict() if pair else {"pair_id": row_id, "prompt": "", "chosen": "", "rejected": "",
+                                          "domain": "", "source": ""}
+    # A pair that is fine except for a stage check keeps its id key, so later passes can skip it.
+    return {**fields, "valid": False, "reason": reason, "raw": raw, "id_key": key64(row_id) if pair else 0,
+            "content_key": 0}
+
+
+def prepare_row(row: dict[str, Any], src: PairSource, extra_check: ExtraCheck | None = None) -> dict[str, Any]:
+    original = row
+    try:
+        if JSON_LINE in row:
+            try:
+                row = json.loads(row[JSON_LINE])
+            except json.JSONDecodeError as exc:
+                raise ContractError("<line>", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise ContractError("<line>", f"expected a JSON object, got {type(row).__name__}")
+        pair = check_pair(adapt_row(row, src.input_format, src.source, src.domain))
+    except ContractError as exc:
+        raw = original[JSON_LINE] if JSON_LINE in original else raw_json(original)
+        row_id = (row.get("pair_id") or row.get("id")) if isinstance(row, dict) else None
+        row_id = str(row_id) if row_id else "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+        return _invalid(row_id, str(exc), raw)
+    problem = extra_check(pair) if extra_check else None
+    if problem:
+        return _invalid(pair.pair_id, problem, raw_json(original), pair)
+    return {**pair.as_dict(), "valid": True, "reason": "", "raw": "", "id_key": key64(pair.pair_id),
+            "content_key": key64("\x1f".join((pair.prompt, pair.chosen, pair.rejected)))}
+
+
+class PreparePairs:
+    """Ray Data UDF over pyarrow batches (a class, so a stage check can hold e.g. a tokenizer)."""
+
+    def __init__(self, src: PairSource, extra_check: ExtraCheck | None = None):
+        self.src, self.extra_check = src, extra_check
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([prepare_row(row, self.src, self.extra_check) for row in batch.to_pylist()])
+
+
+def read_pairs(src: PairSource, extra_check: ExtraCheck | None = None) -> ray.data.Dataset:
+    return read_input(src.input, src.input_split).map_batches(
+        PreparePairs, fn_constructor_kwargs={"src": src, "extra_check": extra_check},
+        batch_format="pyarrow", batch_size=256, concurrency=(1, 2),
+    )

@@ -1,0 +1,209 @@
+"""Persona quality: PI accuracy, persona preference and persona diagnostics, with a report.
+
+PI accuracy — does the persona explain the choice? A judge model sees the prompt, both responses
+and one persona and names the response that user would pick, in both response orders. A persona
+is accurate only when the judge picks its own response both times.
+Persona preference — is the rejected persona judged as good as the chosen one? The judge sees
+both personas of a pair (both orders); disagreeing orders are ties.
+Diagnostics — word saliency P(label | word) over chosen vs rejected personas, and top traits.
+
+Input: one or more augmented datasets (the output of `persona-ray augment`, or any
+.parquet/.jsonl with pair_id, prompt, chosen, rejected, domain, chosen_persona,
+rejected_persona), each labelled with the PI model that wrote its personas.
+Output folder: verdicts.parquet (every judge request and answer), pi_accuracy.json,
+persona_preference.json, saliency.json, report.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from typing import Any, Literal
+
+import pyarrow as pa
+import ray.data
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona_ray import storage
+from persona_ray.diagnose import top_traits, word_saliency
+from persona_ray.engines import generate
+from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.pi_accuracy import (
+    CHOICES,
+    accuracy_requests,
+    aggregate_accuracy,
+    aggregate_preference,
+    parse_choice,
+    preference_requests,
+    score_persona,
+    score_preference,
+)
+from persona_ray.report import write_report
+from persona_ray.tiny_model import resolve_model
+
+log = logging.getLogger(__name__)
+NEEDED = ("pair_id", "prompt", "chosen", "rejected", "chosen_persona", "rejected_persona")
+
+
+class PIEvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: dict[str, str]  # PI model label -> augmented folder or file
+    split: str = "test"  # which split of an augmented folder
+    output: str  # a local folder (the report is written there)
+    judge_model: str = "tiny"
+    engine: Literal["vllm", "openai"] = "vllm"
+    guided_decoding: bool = True  # vLLM: the answer is constrained to "1" or "2"
+    prompt_format: Literal["completion", "chat"] = "completion"
+    max_parse_retries: int = Field(2, ge=0)  # re-ask unparseable verdicts, sampling, this many times
+    retry_temperature: float = Field(0.7, ge=0)
+    persona_preference: bool = True
+    limit: int | None = Field(None, gt=0)  # first N pairs of each dataset (by pair id)
+    saliency_min_count: int = Field(5, gt=0)
+    saliency_top_k: int = Field(15, gt=0)
+    sampling: SamplingConfig = SamplingConfig(max_tokens=8, stop=["\n"])
+    vllm: VLLMConfig = VLLMConfig()
+    openai: OpenAIConfig = OpenAIConfig()
+
+
+def load_rows(path: str, split: str, limit: int | None) -> list[dict]:
+    """Augmented rows from a folder (<split>.parquet) or a .parquet/.jsonl file, sorted by pair id."""
+    if storage.exists(storage.join(path, f"{split}.parquet")):
+        path = storage.join(path, f"{split}.parquet")
+    if path.endswith(".parquet"):
+        rows = storage.read_parquet(path).to_pylist()
+    else:
+        rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        missing = [f for f in NEEDED if not isinstance(row.get(f), str) or not row[f].strip()]
+        if missing:
+            raise ValueError(f"{path} row {i} ({row.get('pair_id')}): missing or empty {missing}")
+        row.setdefault("domain", "unknown")
+    rows.sort(key=lambda r: r["pair_id"])
+    return rows[:limit] if limit else rows
+
+
+def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
+    """Chosen and rejected personas from a .jsonl/.parquet file or an augmented folder (all splits)."""
+    if storage.is_dir(path):
+        files = [f for f in storage.list_files(path, suffixes=(".parquet",)) if "/hf/" not in f]
+        rows = [r for f in files for r in storage.read_parquet(f, columns=["chosen_persona", "rejected_persona"])
+                .to_pylist()]
+    elif path.endswith(".parquet"):
+        rows = storage.read_parquet(path, columns=["chosen_persona", "rejected_persona"]).to_pylist()
+    else:
+        rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+    pick = [(r.get("chosen_persona"), r.get("rejected_persona")) for r in rows]
+    return ([c for c, _ in pick if isinstance(c, str) and c], [x for _, x in pick if isinstance(x, str) and x])
+
+
+def _ask(requests: list[dict], cfg: PIEvalConfig, judge: str, temperature: float | None = None,
+         seed: int | None = None) -> list[dict]:
+    """Run judge requests through the engine; returns them with 'answer' (text) and 'choice'."""
+    if not requests:
+        return []
+    sampling = cfg.sampling
+    if temperature is not None:
+        sampling = sampling.model_copy(update={"temperature": temperature, "seed": seed})
+    guided = list(CHOICES) if cfg.guided_decoding and cfg.engine == "vllm" else None
+    ds = ray.data.from_items(requests)
+    out = generate(ds, cfg.engine, judge, sampling, choice=guided, prompt_format=cfg.prompt_format,
+                   vllm=cfg.vllm, openai=cfg.openai).take_all()
+    for row in out:
+        row["answer"] = row.get("generated_text", "")
+        row["choice"] = parse_choice(row["answer"]) if not row.get("error") else None
+    return out
+
+
+def judge_all(requests: list[dict], cfg: PIEvalConfig, judge: str) -> tuple[list[dict], int]:
+    """All requests answered; unparseable ones are re-asked (sampling) a bounded number of times."""
+    answered = {r["judge_key"]: r for r in _ask(requests, cfg, judge)}
+    retried = 0
+    for attempt in range(1, cfg.max_parse_retries + 1):
+        pending = [r for r in requests if answered[r["judge_key"]]["choice"] is None]
+        if not pending:
+            break
+        retried += len(pending)
+        for row in _ask(pending, cfg, judge, temperature=cfg.retry_temperature, seed=attempt):
+            answered[row["judge_key"]] = row
+    return [answered[r["judge_key"]] for r in requests], retried
+
+
+def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: str):
+    requests = []
+    for model, rows in rows_by_model.items():
+        for row in rows:
+            for side in ("chosen", "rejected"):
+                for req in accuracy_requests(row["pair_id"], row["prompt"], row["chosen"], row["rejected"],
+                                             row[f"{side}_persona"], side):
+                    requests.append({**req, "pi_model": model, "domain": row["domain"],
+                                     "judge_key": f"acc\x1f{model}\x1f{req['pair_id']}\x1f{side}\x1f{req['order']}"})
+    answered, retried = judge_all(requests, cfg, judge)
+    verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
+    meta = {}
+    for row in answered:
+        key = (row["pi_model"], row["pair_id"], row["side"])
+        verdicts[key][row["order"]] = row["choice"]
+        meta[key] = row["domain"]
+    scored = [{"model": k[0], "domain": meta[k], "side": k[2],
+               **score_persona(v.get("own_first"), v.get("own_second"))} for k, v in sorted(verdicts.items())]
+    return aggregate_accuracy(scored), answered, retried
+
+
+def _preference(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: str):
+    requests = []
+    for model, rows in rows_by_model.items():
+        for row in rows:
+            for req in preference_requests(row["pair_id"], row["prompt"], row["chosen_persona"],
+                                           row["rejected_persona"]):
+                requests.append({**req, "pi_model": model,
+                                 "judge_key": f"pref\x1f{model}\x1f{req['pair_id']}\x1f{req['order']}"})
+    answered, retried = judge_all(requests, cfg, judge)
+    verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
+    for row in answered:
+        verdicts[(row["pi_model"], row["pair_id"])][row["order"]] = row["choice"]
+    outcomes: dict[str, list[str]] = defaultdict(list)
+    for (model, _), v in sorted(verdicts.items()):
+        outcomes[model].append(score_preference(v.get("chosen_first"), v.get("rejected_first")))
+    return {model: aggregate_preference(items) for model, items in outcomes.items()}, answered, retried
+
+
+def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
+    from persona_ray.ray_runtime import ensure_ray
+
+    ensure_ray()
+    judge = resolve_model(cfg.judge_model) if cfg.engine == "vllm" else cfg.judge_model
+    rows_by_model = {label: load_rows(path, cfg.split, cfg.limit) for label, path in cfg.data.items()}
+
+    accuracy, acc_answers, acc_retried = _accuracy(rows_by_model, cfg, judge)
+    preference, pref_answers, pref_retried = ({}, [], 0)
+    if cfg.persona_preference:
+        preference, pref_answers, pref_retried = _preference(rows_by_model, cfg, judge)
+
+    all_rows = [r for rows in rows_by_model.values() for r in rows]
+    saliency = word_saliency([r["chosen_persona"] for r in all_rows], [r["rejected_persona"] for r in all_rows],
+                             min_count=cfg.saliency_min_count, top_k=cfg.saliency_top_k)
+    traits = top_traits([r[f"{s}_persona"] for r in all_rows for s in ("chosen", "rejected")])
+
+    answers = acc_answers + pref_answers
+    verdict_columns = ("judge_key", "pi_model", "pair_id", "order", "answer", "error")
+    storage.write_parquet(pa.Table.from_pylist(
+        [{**{c: str(r.get(c) or "") for c in verdict_columns}, "choice": r["choice"]} for r in answers]),
+        storage.join(cfg.output, "verdicts.parquet"))
+    unparseable = sum(r["choice"] is None for r in answers)
+    summary = {"judge_model": cfg.judge_model, "engine": cfg.engine, "guided_decoding": cfg.guided_decoding,
+               "requests": len(answers), "unparseable_after_retries": unparseable,
+               "retried": acc_retried + pref_retried}
+    storage.write_json({"summary": summary, "accuracy": accuracy}, storage.join(cfg.output, "pi_accuracy.json"))
+    storage.write_json(preference, storage.join(cfg.output, "persona_preference.json"))
+    storage.write_json({"saliency": saliency, "traits": traits}, storage.join(cfg.output, "saliency.json"))
+    first_preference = next(iter(preference.values()), None)
+    notes = [f"Judge: {cfg.judge_model} ({cfg.engine}, guided={cfg.guided_decoding}); "
+             f"{len(answers)} verdicts, {unparseable} unparseable after {cfg.max_parse_retries} retries."]
+    if len(preference) > 1:
+        notes += [f"Persona preference for {m}: {json.dumps(p)}" for m, p in preference.items()]
+    report = write_report(cfg.output, title="Persona quality report", accuracy=accuracy,
+                          preference=first_preference, saliency=saliency, traits=traits, notes=notes)
+    log.info("PI eval: %d verdicts (%d unparseable), report at %s", len(answers), unparseable, report)
+    return {"summary": summary, "accuracy": accuracy, "preference": preference, "report": report}

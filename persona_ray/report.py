@@ -1,0 +1,143 @@
+"""A Markdown report with PNG plots for persona-inference diagnostics, in a local folder.
+
+`write_report(folder, title=..., ...)` writes `folder/report.md` and, when there is data for
+them, `accuracy.png` and `saliency.png` next to it (image links are relative). Every
+section is optional; a section given as None is left out.
+
+Data contract:
+    accuracy    [{"model", "domain" ("all" = overall), "side" ("chosen" | "rejected"),
+                  "n", "accuracy" (0..1), "consistency" (0..1), "unparseable"}]
+    preference  {"n", "chosen_wins", "rejected_wins", "ties", "unparseable",
+                  "rejected_as_good_rate"}
+    saliency    `diagnose.word_saliency` output: {"chosen": [...], "rejected": [...]}
+    traits      `diagnose.top_traits` output: [{"trait", "count"}]
+    notes       free-text lines, listed at the end
+
+Plots use matplotlib's Agg canvas directly (no pyplot), so no display and no global
+backend state are involved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+SIDES = ("chosen", "rejected")
+_SIDE_COLOURS = {"chosen": "#2b7bba", "rejected": "#d95f02"}
+
+
+def _cell(value: object) -> str:
+    """One Markdown table cell: floats to 3 decimals, pipes escaped, no line breaks."""
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _save(fig: Figure, path: str) -> None:
+    FigureCanvasAgg(fig)  # attaches the Agg canvas to the figure
+    fig.savefig(path, dpi=120)
+
+
+def _accuracy_plot(rows: list[dict], path: str) -> bool:
+    """Grouped bars: one group per model, one bar per side, from the domain == "all" rows."""
+    overall = {(r["model"], r["side"]): r["accuracy"] for r in rows if r["domain"] == "all"}
+    if not overall:
+        return False
+    models = list(dict.fromkeys(model for model, _ in overall))
+    width = 0.8 / len(SIDES)
+    fig = Figure(figsize=(max(4.0, 1.6 * len(models) + 2), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, side in enumerate(SIDES):
+        # A missing (model, side) gets no bar rather than a misleading zero.
+        present = [m for m, model in enumerate(models) if (model, side) in overall]
+        xs = [m + (i - (len(SIDES) - 1) / 2) * width for m in present]
+        ys = [overall[(models[m], side)] for m in present]
+        bars = ax.bar(xs, ys, width, label=side, color=_SIDE_COLOURS[side])
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(models)), models, rotation=15, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Persona accuracy (all domains)")
+    ax.legend()
+    _save(fig, path)
+    return True
+
+
+def _saliency_plot(saliency: dict, path: str) -> None:
+    """Two horizontal bar panels, P(label | word) for each label's top words (best on top)."""
+    fig = Figure(figsize=(9, 0.3 * max(len(saliency.get(s, [])) for s in SIDES) + 1.5),
+                 layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, side in zip(axes, SIDES):
+        items = saliency.get(side, [])
+        ax.barh([it["word"] for it in items], [it["p_label"] for it in items],
+                color=_SIDE_COLOURS[side])
+        ax.invert_yaxis()
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=0.8)  # no preference either way
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"P({side} | word)")
+        ax.set_title(f"{side} personas")
+    _save(fig, path)
+
+
+def write_report(
+    folder: str,
+    *,
+    title: str,
+    accuracy: list[dict] | None = None,
+    preference: dict | None = None,
+    saliency: dict | None = None,
+    traits: list[dict] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """Write `folder/report.md` (and its PNG plots); returns the report's path."""
+    os.makedirs(folder, exist_ok=True)
+    md = [f"# {' '.join(title.split())}", ""]
+
+    if accuracy is not None:
+        md += ["## Persona accuracy", ""]
+        md += _table(
+            ["model", "domain", "side", "n", "accuracy", "consistency", "unparseable"],
+            [[r["model"], r["domain"], r["side"], r["n"], float(r["accuracy"]),
+              float(r["consistency"]), r["unparseable"]] for r in accuracy],
+        )
+        if _accuracy_plot(accuracy, os.path.join(folder, "accuracy.png")):
+            md += ["![accuracy](accuracy.png)", ""]
+
+    if preference is not None:
+        md += ["## Preference judgements", ""]
+        keys = ["n", "chosen_wins", "rejected_wins", "ties", "unparseable", "rejected_as_good_rate"]
+        md += _table(["metric", "value"], [[k, preference[k]] for k in keys if k in preference])
+
+    if saliency is not None:
+        md += ["## Word saliency", ""]
+        for side in SIDES:
+            md += [f"### {side.capitalize()} personas", ""]
+            md += _table(
+                ["word", f"P({side} | word)", "count chosen", "count rejected"],
+                [[it["word"], float(it["p_label"]), it["count_chosen"], it["count_rejected"]]
+                 for it in saliency.get(side, [])],
+            )
+        _saliency_plot(saliency, os.path.join(folder, "saliency.png"))
+        md += ["![saliency](saliency.png)", ""]
+
+    if traits is not None:
+        md += ["## Top traits", ""]
+        md += _table(["trait", "count"], [[t["trait"], t["count"]] for t in traits])
+
+    if notes:
+        md += ["## Notes", ""] + [f"- {' '.join(n.split())}" for n in notes] + [""]
+
+    path = os.path.join(folder, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return path

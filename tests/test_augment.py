@@ -1,0 +1,103 @@
+"""Augmentation: join personas to pairs, deterministic prompt-grouped splits, side files."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from persona_ray import storage
+from persona_ray.augment import AugmentConfig, SplitConfig, assign_split, join_personas, run_augment, split_rows
+from persona_ray.schema import PERSONA_SCHEMA
+from persona_ray.shards import ShardWriter
+from tests.conftest import SAMPLE_PAIRS, read_jsonl
+
+
+def _persona_records(pair_ids, invalid=(), skip=(), orphans=()):
+    records = []
+    for pid in [*pair_ids, *orphans]:
+        for side in ("chosen", "rejected"):
+            if (pid, side) in skip:
+                continue
+            bad = (pid, side) in invalid
+            records.append({"pair_id": pid, "side": side, "persona": "" if bad else
+                            f"The user is a {side} reader and prefers {pid} answers.", "raw_text": "x",
+                            "model": "m", "template_version": "pi-v1", "valid": not bad,
+                            "reason": "no 'The user ...' sentence in output" if bad else "",
+                            "num_input_tokens": 1, "num_output_tokens": 1})
+    return pa.Table.from_pylist(records, schema=PERSONA_SCHEMA)
+
+
+def _pairs(rows):
+    return pa.Table.from_pylist([{"pair_id": r["id"], **{k: r[k] for k in ("prompt", "chosen", "rejected",
+                                                                          "domain", "source")}} for r in rows])
+
+
+def test_join_excludes_invalid_and_reports_missing_and_orphans():
+    rows = read_jsonl(SAMPLE_PAIRS)[:6]
+    ids = [r["id"] for r in rows]
+    personas = _persona_records(ids, invalid={(ids[0], "rejected")}, skip={(ids[1], "chosen")},
+                                orphans=["ghost-1"])
+    joined, side = join_personas(_pairs(rows), personas)
+    assert [r["pair_id"] for r in joined] == ids[2:]
+    assert joined[0]["chosen_persona"] == f"The user is a chosen reader and prefers {ids[2]} answers."
+    assert side["invalid_personas"] == [{"pair_id": ids[0], "chosen_reason": "",
+                                         "rejected_reason": "no 'The user ...' sentence in output"}]
+    assert side["pairs_without_personas"] == [{"pair_id": ids[1], "missing": ["chosen"]}]
+    assert side["orphan_personas"] == [{"pair_id": "ghost-1"}]
+
+
+def test_splits_group_by_prompt_and_never_leak_test_prompts():
+    cfg = SplitConfig(test=0.3, fewshot=0.1, val=0.1)
+    rows = [{"pair_id": f"p{i}", "prompt": f"Question number {i // 3}?"} for i in range(300)]  # 3 pairs a prompt
+    splits = split_rows(rows, cfg)
+    test_prompts = {r["prompt"] for r in splits["test"]}
+    for name in ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val"):
+        assert not test_prompts & {r["prompt"] for r in splits[name]}, name
+    assert splits["sft_train"] == splits["dpo_train"]  # shared train pool, as in the paper
+    assert sum(len(splits[n]) for n in ("test", "fewshot", "sft_train", "sft_val")) == 300
+    assert 0.15 < len(splits["test"]) / 300 < 0.45
+    # whitespace and case do not move a prompt to another split
+    assert assign_split("What  is X?", cfg) == assign_split("what is x?", cfg)
+
+
+def test_unshared_pools_split_train_between_sft_and_dpo():
+    cfg = SplitConfig(share_train_pool=False)
+    splits = split_rows([{"pair_id": f"p{i}", "prompt": f"Q{i}"} for i in range(400)], cfg)
+    assert splits["sft_train"] and splits["dpo_train"]
+    assert not {r["pair_id"] for r in splits["sft_train"]} & {r["pair_id"] for r in splits["dpo_train"]}
+
+
+def test_split_config_must_leave_a_train_pool():
+    with pytest.raises(ValueError, match="leave a train pool"):
+        SplitConfig(test=0.5, fewshot=0.3, val=0.3)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_augment_job_writes_identical_splits_twice(tmp_path):
+    rows = read_jsonl(SAMPLE_PAIRS)
+    ids = [r["id"] for r in rows]
+    writer = ShardWriter(str(tmp_path / "pi" / "personas"), PERSONA_SCHEMA, shard_size=50)
+    writer.add(_persona_records(ids, invalid={(ids[5], "chosen")}, orphans=["ghost-1"]))
+    writer.close()
+    outputs = []
+    for run in ("a", "b"):
+        cfg = AugmentConfig(pairs={"input": str(SAMPLE_PAIRS)}, personas=str(tmp_path / "pi"),
+                            output=str(tmp_path / run))
+        manifest = run_augment(cfg)
+        outputs.append({f.name: f.read_bytes() for f in (tmp_path / run).iterdir() if f.is_file()})
+    counts = manifest["counts"]
+    assert counts["augmented_pairs"] == 59 and counts["excluded_invalid_persona"] == 1
+    assert counts["orphan_persona_pairs"] == 1 and counts["pairs_without_personas"] == 0
+    assert outputs[0].keys() == outputs[1].keys() and "test.parquet" in outputs[0]
+    assert all(outputs[0][name] == outputs[1][name] for name in outputs[0] if name != "augment_manifest.json")
+
+    import datasets
+
+    loaded = datasets.load_from_disk(str(tmp_path / "a" / "hf"))
+    assert set(loaded) == {"fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val", "test"}
+    assert len(loaded["test"]) == counts["splits"]["test"]
+    test_rows = [json.loads(line) for line in (tmp_path / "a" / "test.jsonl").read_text().splitlines()]
+    assert [r["pair_id"] for r in test_rows] == loaded["test"]["pair_id"]
+    assert storage.read_json(str(tmp_path / "a" / "augment_manifest.json"))["counts"] == counts

@@ -1,0 +1,183 @@
+"""Persona diagnostics (word saliency, traits) and the Markdown/PNG report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from persona_ray.diagnose import persona_words, preference_part, top_traits, word_saliency
+from persona_ray.report import write_report
+
+PERSONAS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beavertails-test-personas.jsonl"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "persona, expected",
+    [
+        ("The user is busy and prefers concise answers over detailed ones.", "busy and prefers concise answers"),
+        ("The user is calm and prefers facts rather than opinions.", "calm and prefers facts"),
+        ("The user values examples instead of theory.", "values examples"),
+        ("The user is wary and prefers data as opposed to  anecdotes.", "wary and prefers data"),
+        ("The user prefers tables versus prose.", "prefers tables"),
+        ("The user prefers tables vs prose.", "prefers tables"),
+        # "overly" and "overview" contain "over" but are not the marker.
+        ("The user is cautious and prefers an overview, not overly dramatic.",
+         "cautious and prefers an overview, not overly dramatic"),
+        ("the user is  curious and prefers depth", "curious and prefers depth"),
+    ],
+)
+def test_preference_part_drops_opener_and_contrast(persona, expected):
+    assert preference_part(persona) == expected
+
+
+@pytest.mark.parametrize(
+    "persona, expected",
+    [
+        # The contrasted part ("detailed explanations") is gone; "answers" is boilerplate.
+        ("The user is a busy professional and prefers concise answers over detailed explanations.",
+         ["busy", "professional", "concise"]),
+        # Hyphenated words stay whole; plurals are lemmatised.
+        ("The user is curious and prefers multi-faceted, step-by-step explanations rather than simple lists.",
+         ["curious", "multi-faceted", "step-by-step", "explanation"]),
+        # "-ed" adjectives keep their form; each word counts once per persona.
+        ("The user values detailed examples and detailed explanations.",
+         ["detailed", "example", "explanation"]),
+        ("The user is cautious and prefers an overview of risks instead of overly dramatic warnings.",
+         ["cautious", "overview", "risk"]),
+        ("The user is a practical individual who prefers their responses to be brief.",
+         ["practical", "brief"]),
+    ],
+)
+def test_persona_words(persona, expected):
+    assert persona_words(persona) == expected
+
+
+def test_word_saliency_is_class_balanced_and_filtered():
+    chosen = [
+        "The user is curious and prefers thorough examples.",   # curious thorough example
+        "The user is curious and prefers thorough examples.",
+        "The user is calm and prefers thorough examples.",      # calm thorough example
+        "The user is calm and prefers short examples.",         # calm short example
+    ]
+    rejected = [
+        "The user is calm and prefers short examples.",
+        "The user is busy and prefers short examples over thorough ones.",  # busy short example
+    ]
+    # Counts (chosen/rejected): thorough 3/0, example 4/2, short 1/2, calm 2/1, curious 2/0, busy 0/1.
+    # min_count=3 keeps thorough, example, short, calm. With 4 chosen and 2 rejected personas:
+    #   short:   (1/4) / (1/4 + 2/2) = 0.2 chosen, 0.8 rejected  (unbalanced would give 1/3)
+    #   example: (4/4) / (4/4 + 2/2) = 0.5;  calm: (2/4) / (2/4 + 1/2) = 0.5;  thorough: 1.0
+    result = word_saliency(chosen, rejected, min_count=3, top_k=10)
+    as_pairs = {side: [(r["word"], round(r["p_label"], 6)) for r in rows] for side, rows in result.items()}
+    # Ties on p_label are broken by total count (example 6 > calm 3).
+    assert as_pairs["chosen"] == [("thorough", 1.0), ("example", 0.5), ("calm", 0.5), ("short", 0.2)]
+    assert as_pairs["rejected"] == [("short", 0.8), ("example", 0.5), ("calm", 0.5), ("thorough", 0.0)]
+    assert result["rejected"][0] == {"word": "short", "p_label": pytest.approx(0.8),
+                                     "count_chosen": 1, "count_rejected": 2}
+
+    top2 = word_saliency(chosen, rejected, min_count=3, top_k=2)
+    assert [r["word"] for r in top2["chosen"]] == ["thorough", "example"]
+    # min_count=2 lets "curious" (2/0) in; "busy" (0/1) stays out.
+    words = {r["word"] for r in word_saliency(chosen, rejected, min_count=2, top_k=10)["chosen"]}
+    assert "curious" in words and "busy" not in words
+
+
+def test_word_saliency_on_empty_label():
+    result = word_saliency(["The user is calm and prefers tea."], [], min_count=1)
+    assert [(r["word"], r["p_label"]) for r in result["chosen"]] == [("calm", 1.0), ("tea", 1.0)]
+    assert all(r["p_label"] == 0.0 for r in result["rejected"])
+
+
+def test_top_traits_reads_the_attribute_part():
+    personas = [
+        "The user is a practical and detail-oriented individual who prefers clear lists.",
+        "The user is practical, preferring short steps.",
+        "The user values honesty.",  # no attribute part
+        "The user is practical and practical and prioritizes speed.",  # counted once
+    ]
+    assert top_traits(personas) == [{"trait": "practical", "count": 3}, {"trait": "detail-oriented", "count": 1}]
+    assert top_traits(personas, top_k=1) == [{"trait": "practical", "count": 3}]
+
+
+def _sections(markdown: str, level: str) -> dict[str, str]:
+    """Heading text -> body, for headings starting with `level` ("## " or "### ")."""
+    out, current = {}, None
+    for line in markdown.splitlines():
+        if line.startswith(level):
+            current = line[len(level):]
+            out[current] = ""
+        elif current is not None:
+            out[current] += line + "\n"
+    return out
+
+
+def test_report_omits_missing_sections_and_escapes_pipes(tmp_path):
+    path = write_report(str(tmp_path / "r"), title="Only | notes", notes=["a | b"])
+    text = Path(path).read_text()
+    assert text.startswith("# Only | notes\n")
+    assert "## Notes" in text and "- a | b" in text
+    assert "## Persona accuracy" not in text and "## Word saliency" not in text
+    assert not list((tmp_path / "r").glob("*.png"))
+
+    accuracy = [{"model": "m|x", "domain": "all", "side": "chosen", "n": 3, "accuracy": 0.5,
+                 "consistency": 1.0, "unparseable": 0}]
+    text = Path(write_report(str(tmp_path / "a"), title="t", accuracy=accuracy)).read_text()
+    assert "| m\\|x | all | chosen | 3 | 0.500 | 1.000 | 0 |" in text
+    assert "![accuracy](accuracy.png)" in text
+
+
+def test_real_personas_show_verbosity_bias_and_report(tmp_path):
+    if not PERSONAS_FILE.exists():
+        pytest.skip(f"real persona data not found at {PERSONAS_FILE}")
+    rows = [json.loads(line) for line in PERSONAS_FILE.read_text().splitlines() if line.strip()]
+    chosen = [r["chosen_persona"] for r in rows]
+    rejected = [r["rejected_persona"] for r in rows]
+    assert len(chosen) == len(rejected) == 499
+
+    saliency = word_saliency(chosen, rejected, top_k=15)
+    top_chosen = {r["word"] for r in saliency["chosen"]}
+    top_rejected = {r["word"] for r in saliency["rejected"]}
+    chosen_expected = top_chosen & {"comprehensive", "detailed", "thorough", "nuanced", "multi-faceted"}
+    rejected_expected = top_rejected & {"concise", "straightforward", "simple", "simplicity"}
+    assert len(chosen_expected) >= 2, saliency["chosen"]
+    assert len(rejected_expected) >= 2, saliency["rejected"]
+    for rows_ in saliency.values():
+        assert all(r["count_chosen"] + r["count_rejected"] >= 5 for r in rows_)
+        assert [r["p_label"] for r in rows_] == sorted((r["p_label"] for r in rows_), reverse=True)
+
+    traits = top_traits(chosen + rejected, top_k=10)
+    accuracy = [
+        {"model": "llama-8b", "domain": "all", "side": "chosen", "n": 499, "accuracy": 0.81,
+         "consistency": 0.9, "unparseable": 2},
+        {"model": "llama-8b", "domain": "all", "side": "rejected", "n": 499, "accuracy": 0.64,
+         "consistency": 0.85, "unparseable": 5},
+        {"model": "llama-8b", "domain": "BeaverTails", "side": "chosen", "n": 499, "accuracy": 0.81,
+         "consistency": 0.9, "unparseable": 2},
+    ]
+    preference = {"n": 499, "chosen_wins": 300, "rejected_wins": 150, "ties": 40, "unparseable": 9,
+                  "rejected_as_good_rate": 0.3}
+    folder = tmp_path / "report"
+    path = write_report(str(folder), title="BeaverTails personas", accuracy=accuracy,
+                        preference=preference, saliency=saliency, traits=traits,
+                        notes=["499 persona pairs"])
+    assert path == str(folder / "report.md")
+    text = Path(path).read_text()
+    top = _sections(text, "## ")
+    assert list(top) == ["Persona accuracy", "Preference judgements", "Word saliency", "Top traits", "Notes"]
+    assert "| llama-8b | all | rejected | 499 | 0.640 | 0.850 | 5 |" in top["Persona accuracy"]
+    assert "| rejected_as_good_rate | 0.300 |" in top["Preference judgements"]
+    assert "![saliency](saliency.png)" in top["Word saliency"]
+
+    sub = _sections(top["Word saliency"], "### ")
+    for word in chosen_expected:
+        assert f"| {word} |" in sub["Chosen personas"] and f"| {word} |" not in sub["Rejected personas"]
+    for word in rejected_expected:
+        assert f"| {word} |" in sub["Rejected personas"] and f"| {word} |" not in sub["Chosen personas"]
+    for t in traits:
+        assert f"| {t['trait']} | {t['count']} |" in top["Top traits"]
+
+    for name in ("accuracy.png", "saliency.png"):
+        assert (folder / name).read_bytes()[:8] == PNG_SIGNATURE
