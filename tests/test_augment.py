@@ -101,3 +101,21 @@ def test_augment_job_writes_identical_splits_twice(tmp_path):
     test_rows = [json.loads(line) for line in (tmp_path / "a" / "test.jsonl").read_text().splitlines()]
     assert [r["pair_id"] for r in test_rows] == loaded["test"]["pair_id"]
     assert storage.read_json(str(tmp_path / "a" / "augment_manifest.json"))["counts"] == counts
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_augment_reads_and_writes_s3(s3_bucket, tmp_path):
+    rows = read_jsonl(SAMPLE_PAIRS)[:20]
+    storage.write_bytes(f"s3://{s3_bucket}/pairs/pairs.jsonl",
+                        "".join(json.dumps(r) + "\n" for r in rows).encode())
+    writer = ShardWriter(f"s3://{s3_bucket}/pi/personas", PERSONA_SCHEMA, shard_size=100)
+    writer.add(_persona_records([r["id"] for r in rows]))
+    writer.close()
+    cfg = AugmentConfig(pairs={"input": f"s3://{s3_bucket}/pairs/pairs.jsonl"}, personas=f"s3://{s3_bucket}/pi",
+                        output=f"s3://{s3_bucket}/aug")
+    assert run_augment(cfg)["counts"]["augmented_pairs"] == 20
+    names = {uri.rsplit("/", 1)[-1] for uri in storage.list_files(f"s3://{s3_bucket}/aug")}
+    assert {"test.parquet", "sft_train.jsonl", "augment_manifest.json", "dataset_dict.json"} <= names
+    total = sum(storage.read_parquet(f"s3://{s3_bucket}/aug/{s}.parquet").num_rows
+                for s in ("fewshot", "sft_train", "sft_val", "test"))
+    assert total == 20
