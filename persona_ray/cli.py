@@ -120,6 +120,55 @@ def report(
     typer.echo(path)
 
 
+@app.command()
+def train(
+    method: str = typer.Argument(..., help="sft | dpo"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (SFTJobConfig / DPOJobConfig)"),
+    data: Optional[str] = typer.Option(None, "--data", help="augmented folder (output of `augment`)"),
+    output: Optional[str] = typer.Option(None, "--output", help="Ray Train storage: folder or s3:// prefix"),
+    training_type: Optional[str] = typer.Option(None, "--training-type", help="chosen | rejected | all | none"),
+    model: Optional[str] = typer.Option(None, "--model", help="SFT base model ('tiny' = built-in)"),
+    sft_model: Optional[str] = typer.Option(None, "--sft-model", help="DPO: the merged SFT model folder"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+) -> None:
+    """Persona tailoring with TRL + LoRA under Ray Train: SFT, or DPO from the merged SFT model."""
+    from persona_ray.train import DPOJobConfig, SFTJobConfig, TrainConfigError, train_dpo, train_sft
+
+    _setup_logging()
+    jobs = {"sft": (SFTJobConfig, train_sft), "dpo": (DPOJobConfig, train_dpo)}
+    if method not in jobs:
+        typer.echo(f"error: method must be 'sft' or 'dpo', got {method!r}", err=True)
+        raise typer.Exit(2)
+    cls, run = jobs[method]
+    overrides = {"data": data, "output": output, "training_type": training_type, "num_workers": num_workers,
+                 "max_steps": max_steps}
+    if method == "sft":
+        overrides["model"] = model
+    else:
+        overrides["sft_model"] = sft_model
+    cfg = _load(cls, config, overrides)
+    try:
+        summary = run(cfg)
+    except TrainConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(summary, default=str))
+
+
+@app.command()
+def merge(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Ray Train checkpoint or LoRA adapter folder (or s3://)"),
+    base_model: str = typer.Option(..., "--base-model", help="the model the adapter was trained on ('tiny' ok)"),
+    output: str = typer.Option(..., "--output", help="folder for the merged model (vLLM/transformers load it)"),
+) -> None:
+    """Merge a LoRA adapter into its base model and save model + tokenizer."""
+    from persona_ray.train import merge_adapter
+
+    _setup_logging()
+    typer.echo(merge_adapter(checkpoint, base_model, output))
+
+
 @app.command("build-tiny-model")
 def build_tiny_model_cmd(cache_dir: Optional[str] = typer.Option(None, "--cache-dir")) -> None:
     """Build (or find) the tiny random-weight test model and print its folder."""

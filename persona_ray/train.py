@@ -1,0 +1,76 @@
+"""Persona-tailoring training on Ray Train: SFT, then DPO from the merged SFT model.
+
+    from persona_ray.train import SFTJobConfig, DPOJobConfig, train_sft, train_dpo, merge_adapter
+
+    sft = train_sft(SFTJobConfig(data="out/augmented", output="s3://bucket/runs", num_workers=2))
+    merged = merge_adapter(sft["checkpoint"], "tiny", "out/sft-merged")
+    dpo = train_dpo(DPOJobConfig(data="out/augmented", output="s3://bucket/runs", sft_model=merged))
+
+Each job validates its config, split files, rows and model before any Ray worker starts
+(TrainConfigError names the field and the fix), tokenises in Ray Data and trains with TRL under
+TorchTrainer. Modules: train_common (configs, pre-flight checks), train_ray (Ray Data input, the
+worker loop, fit and summary), train_sft / train_dpo (the TRL trainers), and here merge_adapter.
+Test hook: PERSONA_RAY_TRAIN_FAIL_AT_STEP=N makes worker rank 0 exit once at step N, so that
+FailureConfig restarts the run from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from persona_ray import storage
+from persona_ray.tiny_model import resolve_model
+from persona_ray.train_common import JobConfig, LoraSettings, TrainConfigError
+from persona_ray.train_dpo import DPOJobConfig, build_dpo_trainer, check_dpo_job, train_dpo
+from persona_ray.train_ray import FAIL_AT_STEP_ENV, RAY_CHECKPOINT_SUBDIR, plan_steps
+from persona_ray.train_sft import SFTJobConfig, build_sft_trainer, check_sft_job, train_sft
+
+__all__ = [
+    "FAIL_AT_STEP_ENV", "JobConfig", "LoraSettings", "TrainConfigError", "merge_adapter", "plan_steps",
+    "SFTJobConfig", "check_sft_job", "build_sft_trainer", "train_sft",
+    "DPOJobConfig", "check_dpo_job", "build_dpo_trainer", "train_dpo",
+]
+
+
+def _local_adapter_dir(source: Any, scratch: str) -> str:
+    """A local folder holding adapter_config.json, from a ray.train.Checkpoint, a Ray checkpoint
+    folder (holding checkpoint/), an adapter folder, or the s3:// URI of either."""
+    if hasattr(source, "to_directory"):  # ray.train.Checkpoint
+        source = source.to_directory(os.path.join(scratch, "ckpt"))
+    source = str(source)
+    if storage.is_s3(source):
+        fs, path = storage.filesystem(source)
+        local = os.path.join(scratch, "download")
+        pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        source = local
+    for candidate in (source, os.path.join(source, RAY_CHECKPOINT_SUBDIR)):
+        if os.path.isfile(os.path.join(candidate, "adapter_config.json")):
+            return candidate
+    raise FileNotFoundError(f"{source}: no adapter_config.json here or in {RAY_CHECKPOINT_SUBDIR}/ "
+                            "(expected a LoRA checkpoint written by persona_ray.train)")
+
+
+def merge_adapter(checkpoint_or_adapter_dir: Any, base_model: str, out_dir: str) -> str:
+    """Load `base_model` + the LoRA adapter, merge_and_unload, save model + tokenizer to `out_dir`
+    (a local folder that transformers and vLLM load like any checkpoint). Returns out_dir."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if storage.is_s3(out_dir):
+        raise ValueError("out_dir must be a local folder (vLLM and transformers load merged models from disk)")
+    base_path = resolve_model(base_model)
+    with tempfile.TemporaryDirectory(prefix="persona-ray-merge-") as scratch:
+        adapter = _local_adapter_dir(checkpoint_or_adapter_dir, scratch)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        has_tokenizer = any(os.path.exists(os.path.join(adapter, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = AutoTokenizer.from_pretrained(adapter if has_tokenizer else base_path)
+        os.makedirs(out_dir, exist_ok=True)
+        merged.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,184 @@
+"""Training configs and pre-flight checks shared by SFT and DPO (no Ray here).
+
+JobConfig holds the fields of every job; train_sft.SFTJobConfig and train_dpo.DPOJobConfig add
+their own. The checks run in the driver before any Ray worker starts and raise TrainConfigError,
+whose message starts with the config field to change and ends with the fix:
+
+    load_tokenizer_checked()   the model (or sft_model) loads: AutoConfig + AutoTokenizer
+    check_split()              <data>/<split>.parquet exists, has rows, and every row gives valid
+                               examples for the training type (pt_templates errors, e.g. a row
+                               without the persona that type needs); a sample tokenises within
+                               max_length
+
+trl_arguments() maps a JobConfig onto the TrainingArguments that SFTConfig and DPOConfig share.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from persona_ray import storage
+from persona_ray.pt_templates import TRAINING_TYPES, dpo_examples, sft_examples, tokenize_dpo, tokenize_sft
+from persona_ray.tiny_model import resolve_model
+
+Method = Literal["sft", "dpo"]
+
+class TrainConfigError(ValueError):
+    """A training job cannot start; `field` names the config field to change, the message the fix."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        super().__init__(f"{field}: {problem}. Fix: {fix}")
+        self.field = field
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs shared by both methods.
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), task_type="CAUSAL_LM")
+
+
+class JobConfig(BaseModel):
+    """Fields of every training job. `data` is an augmented folder (local or s3://) holding
+    <split>.parquet files written by persona_ray.augment; `output` is Ray Train's storage path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    train_split: str
+    val_split: str | None  # None: no evaluation
+    training_type: Literal[TRAINING_TYPES] = "all"  # type: ignore[valid-type]
+    output: str
+    name: str | None = None  # run folder under output; default <method>-<type>-<UTC time>
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)  # also the torch thread count of a CPU worker
+    use_gpu: bool = False
+    bf16: bool = False  # GPU only
+    max_length: int = Field(512, ge=2)
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler: str = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs
+    per_device_batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False  # TRL's default is True: slower, only worth it for big models
+    seed: int = 0
+    lora: LoraSettings = LoraSettings()
+    logging_steps: int = Field(1, ge=1)  # every logged step goes to metrics.jsonl / metrics.csv
+    # Logged steps also reported to Ray every N steps (and always the last step, evaluation and
+    # checkpoints). ray.train.report waits until the controller has taken the previous report, and
+    # it polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a report every step caps training at
+    # ~0.5 steps/s. Pick N so that N steps take longer than that interval.
+    ray_report_steps: int = Field(10, ge=1)
+    save_steps: int = Field(50, ge=1)  # a checkpoint every N steps, and always at the end
+    num_to_keep: int | None = Field(2, ge=1)  # checkpoints Ray Train keeps; None keeps all
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint; -1: unlimited
+    evaluate: bool = True  # evaluate on val_split once at the end
+
+    @model_validator(mode="after")
+    def _bf16_needs_gpu(self):
+        if self.bf16 and not self.use_gpu:
+            raise ValueError("bf16 needs use_gpu: true (CPU training runs in float32)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight checks (driver, before any Ray worker starts).
+
+def split_uri(data: str, split: str) -> str:
+    return storage.join(data, f"{split}.parquet")
+
+
+def examples_for(method: Method, row: dict, training_type: str) -> list[dict]:
+    return (sft_examples if method == "sft" else dpo_examples)(row, training_type)
+
+
+def tokenize_for(method: Method, example: dict, tokenizer, max_length: int) -> dict:
+    return (tokenize_sft if method == "sft" else tokenize_dpo)(example, tokenizer, max_length)
+
+
+def _looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id ("name" or "org/name")."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or os.path.exists(path)
+
+
+def load_tokenizer_checked(field: str, name_or_path: str):
+    """resolve_model + AutoConfig + AutoTokenizer, or TrainConfigError naming `field`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    fix = "give a local model folder (config.json + tokenizer files), 'tiny', or a hub id cached offline"
+    path = resolve_model(name_or_path)
+    if _looks_local(path) and not os.path.isdir(os.path.expanduser(path)):
+        raise TrainConfigError(field, f"model folder {path!r} does not exist", fix)
+    try:
+        AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
+        raise TrainConfigError(field, f"cannot load model {path!r} ({type(err).__name__}: {err})", fix) from None
+    if not tokenizer.eos_token:
+        raise TrainConfigError(field, f"the tokenizer of {path!r} has no EOS token", "use a tokenizer with one")
+    return path, tokenizer
+
+
+def check_split(cfg: JobConfig, method: Method, field: str, split: str, tokenizer, required_rows: bool) -> int:
+    """Row count of a split after checking that the file exists, has rows, and every row gives
+    valid examples for cfg.training_type (pt_templates errors, e.g. a missing persona)."""
+    uri = split_uri(cfg.data, split)
+    if not storage.exists(uri):
+        present = sorted(os.path.basename(u)[: -len(".parquet")] for u in storage.list_files(cfg.data, (".parquet",)))
+        raise TrainConfigError(field, f"split file {uri} does not exist (splits there: {present or 'none'})",
+                               "run `persona-ray augment` into `data`, or name an existing split")
+    rows = storage.read_parquet(uri).to_pylist()
+    if not rows:
+        if required_rows:
+            raise TrainConfigError(field, f"split file {uri} has no rows",
+                                   "point at a split with data (check the augment manifest's split counts)")
+        return 0
+    problems, examples = [], []
+    for row in rows:
+        try:
+            examples.extend(examples_for(method, row, cfg.training_type))
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        fix = ("re-run augmentation so every row has both personas, or use training_type 'none' (no persona)"
+               if cfg.training_type != "none" else "drop rows without a prompt or response")
+        raise TrainConfigError("training_type", f"{len(problems)} of {len(rows)} rows of {uri} cannot be used for "
+                               f"training type {cfg.training_type!r}, e.g. {problems[0]}", fix)
+    for example in examples[:64]:  # the whole split is tokenised in Ray Data; catch a too small max_length now
+        try:
+            tokenize_for(method, example, tokenizer, cfg.max_length)
+        except ValueError as err:
+            raise TrainConfigError("max_length", f"{uri}: {err}", "raise max_length") from None
+    return len(rows)
+
+
+
+def trl_arguments(cfg: JobConfig, max_steps: int, output_dir: str) -> dict[str, Any]:
+    """TrainingArguments shared by SFTConfig and DPOConfig (set explicitly: TRL 1.16 defaults to
+    bf16=True, even on CPU, and to gradient_checkpointing=True)."""
+    return dict(
+        output_dir=output_dir, per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
+        max_steps=max_steps, max_length=cfg.max_length, seed=cfg.seed, bf16=cfg.bf16, use_cpu=not cfg.use_gpu,
+        gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+    )
+

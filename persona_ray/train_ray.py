@@ -1,0 +1,359 @@
+"""The Ray side of training: Ray Data input, the per-worker loop, TorchTrainer.fit() and the summary.
+
+The method modules (train_sft, train_dpo) only know TRL: each builds its TRL trainer from a
+typed config and hands run_training() a train loop that calls run_worker() with that builder.
+
+    driver   tokenized_split()      Ray Data: read <data>/<split>.parquet, tokenise into TRL's format,
+                                    materialize()
+             run_training()         TorchTrainer(...).fit(), then a summary from the files below
+    worker   run_worker()           the per-worker loop: TRL trainer with a placeholder dataset, then
+                                    the Ray shard as its train_dataset (collated by TRL's collator),
+                                    prepare_trainer, callbacks, resume from ray.train.get_checkpoint(),
+                                    train, evaluate, write the run files
+
+Run folder (local or s3://, <output>/<name>/), next to Ray Train's own checkpoint_* folders:
+    metrics.jsonl / metrics.csv    one line per logged step (loss, grad_norm, learning_rate, and for
+                                   DPO rewards/margins, rewards/accuracies, ...), kept across restarts
+    workers/rank-<r>.json          per worker: rows delivered, the (pair_id, persona_side) of every
+                                   example delivered, step timestamps, the step it resumed from
+    _fault_injected                written by the test fault hook before it kills rank 0
+
+Sharding: Ray Train splits the tokenised dataset with streaming_split(equal=True), so every worker
+gets floor(rows / num_workers) rows per epoch (up to num_workers - 1 rows are left out when rows
+do not divide evenly). max_steps = epochs * (batches per worker // gradient_accumulation).
+Restarts: with FailureConfig(max_failures) Ray restarts the worker group after a worker dies; the
+loop resumes the TRL trainer from the latest reported checkpoint (optimizer, scheduler, step) and
+skips the batches that step had consumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from persona_ray import storage
+from persona_ray.train_common import JobConfig, Method, TrainConfigError, examples_for, split_uri, tokenize_for
+
+log = logging.getLogger(__name__)
+
+FAIL_AT_STEP_ENV = "PERSONA_RAY_TRAIN_FAIL_AT_STEP"  # test hook: rank 0 dies once at this step
+FAULT_MARKER = "_fault_injected"
+RAY_CHECKPOINT_SUBDIR = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
+
+# Token columns of the tokenised Ray dataset -> the keys TRL's collators read.
+TOKEN_COLUMNS: dict[str, dict[str, str]] = {
+    "sft": {"input_ids": "input_ids", "labels": "labels"},
+    # tokenize_dpo writes *_input_ids; TRL 1.16's DataCollatorForPreference reads *_ids.
+    "dpo": {"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data input.
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class _Tokenize:
+    """Ray Data batch function: augmented rows -> tokenised examples (+ pair_id, persona_side)."""
+
+    def __init__(self, method: Method, training_type: str, tokenizer_path: str, max_length: int):
+        self.method, self.training_type = method, training_type
+        self.tokenizer_path, self.max_length = tokenizer_path, max_length
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tokenizer = _tokenizer(self.tokenizer_path)
+        out: dict[str, list] = {"pair_id": [], "persona_side": [], **{c: [] for c in TOKEN_COLUMNS[self.method]}}
+        for row in batch.to_pylist():
+            for example in examples_for(self.method, row, self.training_type):
+                tokens = tokenize_for(self.method, example, tokenizer, self.max_length)
+                out["pair_id"].append(str(example["pair_id"]))
+                out["persona_side"].append(example["persona_side"])
+                for column in TOKEN_COLUMNS[self.method]:
+                    out[column].append(tokens[column])
+        schema = pa.schema([("pair_id", pa.string()), ("persona_side", pa.string()),
+                            *[(c, pa.list_(pa.int32())) for c in TOKEN_COLUMNS[self.method]]])
+        return pa.Table.from_pydict(out, schema=schema)
+
+
+def tokenized_split(uri: str, method: Method, training_type: str, tokenizer_path: str, max_length: int):
+    """A materialized Ray dataset of TRL-format examples read from one split file."""
+    import ray.data
+
+    fs, path = storage.filesystem(uri)
+    ds = ray.data.read_parquet(path, filesystem=fs)
+    ds = ds.map_batches(_Tokenize(method, training_type, tokenizer_path, max_length), batch_format="pyarrow")
+    return ds.materialize()
+
+
+# ---------------------------------------------------------------------------------------------
+# Files in the run folder, through a picklable pyarrow filesystem (works on workers too).
+
+class RunFiles:
+    def __init__(self, output: str, name: str):
+        self.uri = storage.join(output, name)
+        self.fs, self.root = storage.filesystem(self.uri)
+
+    def _path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def write(self, rel: str, data: bytes) -> None:
+        path = self._path(rel)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.create_dir(os.path.dirname(path), recursive=True)
+        with self.fs.open_output_stream(path) as handle:
+            handle.write(data)
+
+    def read(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self._path(rel)) as handle:
+            return handle.read()
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self._path(rel)).type != pafs.FileType.NotFound
+
+    def uri_of(self, rel: str) -> str:
+        return storage.join(self.uri, rel)
+
+
+def metrics_csv(records: list[dict]) -> bytes:
+    columns = sorted({k for r in records for k in r}, key=lambda k: (k != "step", k))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue().encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side.
+
+def _make_collate(collator, columns: dict[str, str]):
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class TRLCollate(NumpyBatchCollateFn):
+        """Ray numpy batch -> TRL's own collator (padding, masks); remembers the examples it saw."""
+
+        def __init__(self):
+            self.seen: list[list[str]] = []
+
+        def __call__(self, batch):
+            # Ragged token columns arrive as object arrays of numpy arrays: to lists, or TRL's
+            # DPO collator would add prompt and completion arrays element-wise instead of joining.
+            examples = [{key: batch[col][i].tolist() for col, key in columns.items()}
+                        for i in range(len(batch["pair_id"]))]
+            self.seen.extend([p, s] for p, s in zip(batch["pair_id"].tolist(), batch["persona_side"].tolist()))
+            return collator(examples)
+
+    return TRLCollate()
+
+
+def _callbacks(files: RunFiles, rank: int, fail_at_step: int | None, report_steps: int):
+    import ray.train
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """Reports logs to Ray and keeps step times. ray.train.report is collective: every rank
+        decides from the same step numbers, so all ranks report the same logs."""
+
+        def __init__(self):
+            self.step_end_times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_end_times.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            step_log = "loss" in metrics
+            if not step_log or state.global_step % report_steps == 0 or state.global_step >= state.max_steps:
+                ray.train.report({"step": state.global_step, **metrics})
+
+    class FaultCallback(TrainerCallback):
+        """Test hook: rank 0 exits hard once at `fail_at_step`, on the first attempt only."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if rank == 0 and fail_at_step is not None and state.global_step == fail_at_step \
+                    and not files.exists(FAULT_MARKER):
+                files.write(FAULT_MARKER, json.dumps({"step": state.global_step, "time": time.time()}).encode())
+                # Give the controller time to register the last reported checkpoint (it polls every ~2 s).
+                time.sleep(5)
+                os._exit(1)
+
+    return MetricsCallback(), FaultCallback()
+
+
+def run_worker(loop: dict, build_trainer: Callable[[dict, str], Any]) -> None:
+    """Per-worker training loop. `build_trainer(loop, output_dir)` returns a TRL trainer built on a
+    placeholder dataset; `loop` is the dict from run_training: cfg (the job config), method,
+    model_path, files (RunFiles), max_steps, evaluate, fail_at_step."""
+    import ray.train
+    import torch
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    cfg: JobConfig = loop["cfg"]
+    if not cfg.use_gpu:
+        torch.set_num_threads(cfg.cpus_per_worker)
+    files: RunFiles = loop["files"]
+    workdir = tempfile.mkdtemp(prefix=f"persona-ray-{loop['method']}-rank{rank}-")
+
+    try:
+        _train_on_shard(loop, build_trainer, cfg, context, rank, files, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the trainer's local checkpoints; Ray keeps its own
+
+
+def _train_on_shard(loop: dict, build_trainer, cfg: JobConfig, context, rank: int, files: RunFiles,
+                    workdir: str) -> None:
+    """Build the TRL trainer, feed it this worker's shard, train (resuming if Ray has a
+    checkpoint), evaluate, and write the run files."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+
+    trainer = build_trainer(loop, workdir)
+    collate = _make_collate(trainer.data_collator, TOKEN_COLUMNS[loop["method"]])
+    shard = ray.train.get_dataset_shard("train")
+    trainer.train_dataset = shard.iter_torch_batches(batch_size=cfg.per_device_batch_size, collate_fn=collate)
+    evaluate = loop["evaluate"]
+    if evaluate:
+        eval_collate = _make_collate(trainer.data_collator, TOKEN_COLUMNS[loop["method"]])
+        trainer.eval_dataset = ray.train.get_dataset_shard("val").iter_torch_batches(
+            batch_size=cfg.per_device_batch_size, collate_fn=eval_collate)
+    trainer = prepare_trainer(trainer)
+    fail_at = loop["fail_at_step"] or (int(os.environ[FAIL_AT_STEP_ENV]) if os.environ.get(FAIL_AT_STEP_ENV) else None)
+    metrics_cb, fault_cb = _callbacks(files, rank, fail_at, cfg.ray_report_steps)
+    for callback in (RayTrainReportCallback(), metrics_cb, fault_cb):
+        trainer.add_callback(callback)
+
+    resume_dir, resumed_from = None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        local = checkpoint.to_directory(os.path.join(workdir, "resume"))
+        resume_dir = os.path.join(local, RAY_CHECKPOINT_SUBDIR)
+        with open(os.path.join(resume_dir, "trainer_state.json")) as handle:
+            resumed_from = json.load(handle)["global_step"]
+    started = time.time()
+    trainer.train(resume_from_checkpoint=resume_dir)
+    eval_metrics = trainer.evaluate() if evaluate else {}
+
+    if rank == 0:
+        history = trainer.state.log_history
+        files.write("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+        files.write("metrics.csv", metrics_csv(history))
+    files.write(f"workers/rank-{rank}.json", json.dumps({
+        "rank": rank, "world_size": context.get_world_size(), "rows_delivered": len(collate.seen),
+        "examples": collate.seen, "resumed_from_step": resumed_from, "final_step": trainer.state.global_step,
+        "started": started, "step_end_times": metrics_cb.step_end_times,
+        "eval": {k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+    }).encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side.
+
+def _storage_args(output: str) -> tuple[str, pafs.FileSystem | None]:
+    """RunConfig storage_path (+ filesystem). S3 gets an explicit, picklable S3FileSystem built
+    from the AWS_* variables of this process, so the controller and the workers reach the bucket
+    even when the Ray cluster was started before those variables were set."""
+    if storage.is_s3(output):
+        fs, path = storage.filesystem(output)
+        return path, fs
+    return os.path.abspath(output), None
+
+
+def plan_steps(cfg: JobConfig, rows: int) -> dict[str, int]:
+    rows_per_worker = rows // cfg.num_workers
+    if rows_per_worker == 0:
+        raise TrainConfigError("num_workers", f"{rows} tokenised examples cannot feed {cfg.num_workers} workers",
+                               "use fewer workers or more data")
+    batches = math.ceil(rows_per_worker / cfg.per_device_batch_size)
+    steps_per_epoch = batches // cfg.gradient_accumulation
+    if steps_per_epoch == 0:
+        raise TrainConfigError("gradient_accumulation", f"each worker has only {batches} batches per epoch",
+                               "lower gradient_accumulation or per_device_batch_size")
+    return {"rows_per_worker": rows_per_worker, "batches_per_worker": batches,
+            "max_steps": cfg.max_steps or cfg.epochs * steps_per_epoch}
+
+
+def run_training(cfg: JobConfig, method: Method, train_loop: Callable[[dict], None], model_path: str) -> dict[str, Any]:
+    """Tokenise the splits in Ray Data, run TorchTrainer.fit() and summarise the run."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from persona_ray.ray_runtime import ensure_ray
+
+    ensure_ray()
+    name = cfg.name or f"{method}-{cfg.training_type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    train_ds = tokenized_split(split_uri(cfg.data, cfg.train_split), method, cfg.training_type, model_path,
+                               cfg.max_length)
+    plan = plan_steps(cfg, train_ds.count())
+    datasets = {"train": train_ds}
+    evaluate = False
+    if cfg.evaluate and cfg.val_split:
+        val_ds = tokenized_split(split_uri(cfg.data, cfg.val_split), method, cfg.training_type, model_path,
+                                 cfg.max_length)
+        # Every worker needs at least one val batch, or the distributed evaluation waits forever.
+        evaluate = val_ds.count() >= cfg.num_workers
+        if evaluate:
+            datasets["val"] = val_ds
+        else:
+            log.warning("%s: fewer val examples than workers; skipping evaluation", cfg.val_split)
+
+    files = RunFiles(cfg.output, name)
+    fail_at = os.environ.get(FAIL_AT_STEP_ENV)
+    loop = {"cfg": cfg, "method": method, "model_path": model_path, "files": files, "max_steps": plan["max_steps"],
+            "evaluate": evaluate, "fail_at_step": int(fail_at) if fail_at else None}
+    storage_path, filesystem = _storage_args(cfg.output)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+        datasets=datasets,
+    )
+    log.info("%s: %s rows per worker x %d workers, %d steps -> %s", method, plan["rows_per_worker"],
+             cfg.num_workers, plan["max_steps"], files.uri)
+    result = trainer.fit()
+    return summarize(files, result, cfg.num_workers, plan)
+
+
+def summarize(files: RunFiles, result, num_workers: int, plan: dict) -> dict[str, Any]:
+    workers = [json.loads(files.read(f"workers/rank-{r}.json")) for r in range(num_workers)]
+    history = [json.loads(line) for line in files.read("metrics.jsonl").decode().splitlines() if line]
+    losses = [h["loss"] for h in history if "loss" in h]
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and storage.is_s3(files.uri):
+        checkpoint = storage.S3_PREFIX + checkpoint.lstrip("/")
+    return {
+        "run": files.uri,
+        "checkpoint": checkpoint,
+        "steps": workers[0]["final_step"],
+        "planned_steps": plan["max_steps"],
+        "final_loss": losses[-1] if losses else None,
+        "rows_per_worker": [w["rows_delivered"] for w in workers],
+        "resumed_from_step": workers[0]["resumed_from_step"],
+        "fault_injected": files.exists(FAULT_MARKER),
+        "eval": workers[0]["eval"],
+        "metrics": files.uri_of("metrics.jsonl"),
+        "metrics_csv": files.uri_of("metrics.csv"),
+    }
