@@ -169,6 +169,14 @@ def check_split(cfg: JobConfig, method: Method, field: str, split: str, tokenize
 
 
 
+
+def check_splits(cfg: JobConfig, method: Method, tokenizer) -> int:
+    """The train split must have rows; the val split (when evaluating) must at least be valid."""
+    rows = check_split(cfg, method, "train_split", cfg.train_split, tokenizer, required_rows=True)
+    if cfg.val_split and cfg.evaluate:
+        check_split(cfg, method, "val_split", cfg.val_split, tokenizer, required_rows=False)
+    return rows
+
 def trl_arguments(cfg: JobConfig, max_steps: int, output_dir: str) -> dict[str, Any]:
     """TrainingArguments shared by SFTConfig and DPOConfig (set explicitly: TRL 1.16 defaults to
     bf16=True, even on CPU, and to gradient_checkpointing=True)."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from persona_ray.train_common import JobConfig, TrainConfigError, check_split, load_tokenizer_checked, trl_arguments
+from persona_ray.train_common import (JobConfig, TrainConfigError, check_splits, load_tokenizer_checked,
+                                      trl_arguments)
 from persona_ray.train_ray import run_training, run_worker
 
 
@@ -32,10 +33,7 @@ def check_dpo_job(cfg: DPOJobConfig) -> tuple[str, int]:
                                "train SFT first, merge its checkpoint with persona_ray.train.merge_adapter, and set "
                                "sft_model to the merged folder")
     model_path, tokenizer = load_tokenizer_checked("sft_model", cfg.sft_model)
-    rows = check_split(cfg, "dpo", "train_split", cfg.train_split, tokenizer, required_rows=True)
-    if cfg.val_split and cfg.evaluate:
-        check_split(cfg, "dpo", "val_split", cfg.val_split, tokenizer, required_rows=False)
-    return model_path, rows
+    return model_path, check_splits(cfg, "dpo", tokenizer)
 
 
 def build_dpo_trainer(loop: dict, output_dir: str):

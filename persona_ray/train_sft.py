@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from persona_ray.train_common import JobConfig, check_split, load_tokenizer_checked, trl_arguments
+from persona_ray.train_common import JobConfig, check_splits, load_tokenizer_checked, trl_arguments
 from persona_ray.train_ray import run_training, run_worker
 
 
@@ -25,10 +25,7 @@ class SFTJobConfig(JobConfig):
 def check_sft_job(cfg: SFTJobConfig) -> tuple[str, int]:
     """Pre-flight checks (no Ray): (resolved model path, train rows); TrainConfigError otherwise."""
     model_path, tokenizer = load_tokenizer_checked("model", cfg.model)
-    rows = check_split(cfg, "sft", "train_split", cfg.train_split, tokenizer, required_rows=True)
-    if cfg.val_split and cfg.evaluate:
-        check_split(cfg, "sft", "val_split", cfg.val_split, tokenizer, required_rows=False)
-    return model_path, rows
+    return model_path, check_splits(cfg, "sft", tokenizer)
 
 
 def build_sft_trainer(loop: dict, output_dir: str):
