@@ -29,25 +29,13 @@ def shard_files(folder: str) -> list[str]:
     return storage.list_files(folder, suffixes=(SHARD_SUFFIX,)) if storage.exists(folder) else []
 
 
-def clean_partial_shards(folder: str) -> int:
-    """Delete unreadable shards and temporary files; return how many shards were dropped."""
-    if not storage.exists(folder):
-        return 0
+def _remove_temporary_files(folder: str) -> None:
     if not storage.is_s3(folder):
         import glob
         import os
 
         for tmp in glob.glob(os.path.join(storage.filesystem(folder)[1], ".*.tmp")):
             os.remove(tmp)
-    dropped = 0
-    for uri in shard_files(folder):
-        try:
-            storage.read_parquet(uri, columns=[])
-        except Exception as exc:  # noqa: BLE001 - any unreadable shard is redone
-            log.warning("removing unreadable shard %s (%s); its rows will be recomputed", uri, exc)
-            storage.delete(uri)
-            dropped += 1
-    return dropped
 
 
 def read_shards(folder: str, columns: list[str] | None = None) -> pa.Table | None:
@@ -62,10 +50,19 @@ def row_keys(table: pa.Table, key_columns: tuple[str, ...]) -> pa.Array:
 
 
 def done_keys(folder: str, key_columns: tuple[str, ...]) -> pa.Array:
-    """Keys of rows already written (after removing partial shards)."""
-    clean_partial_shards(folder)
-    table = read_shards(folder, columns=list(key_columns))
-    return row_keys(table, key_columns) if table is not None else pa.array([], pa.string())
+    """Keys of rows already written. Each shard is read once: unreadable ones (a crash on a
+    filesystem without atomic rename) are deleted, so their rows are recomputed."""
+    if not storage.exists(folder):
+        return pa.array([], pa.string())
+    _remove_temporary_files(folder)
+    keys = []
+    for uri in shard_files(folder):
+        try:
+            keys.append(row_keys(storage.read_parquet(uri, columns=list(key_columns)), key_columns))
+        except Exception as exc:  # noqa: BLE001 - any unreadable shard is redone
+            log.warning("removing unreadable shard %s (%s); its rows will be recomputed", uri, exc)
+            storage.delete(uri)
+    return pa.chunked_array(keys, pa.string()).combine_chunks() if keys else pa.array([], pa.string())
 
 
 class ShardWriter:
