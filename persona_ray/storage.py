@@ -137,3 +137,12 @@ def write_json(obj: Any, uri: str) -> None:
 
 def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
+
+
+def copy_dir(src: str, dst: str) -> None:
+    """Copy a folder's files between any two of local / s3:// (dst is replaced file by file)."""
+    src_fs, src_path = filesystem(src)
+    dst_fs, dst_path = filesystem(dst)
+    if not is_s3(dst):
+        os.makedirs(dst_path, exist_ok=True)
+    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)

@@ -1,0 +1,187 @@
+"""Index the prompts of the training splits with ColBERT (PLAID), for persona retrieval.
+
+At test and serving time a user may give no persona; the system then retrieves the personas of
+the most similar training prompts (the paper's P_retr). This module builds that index.
+
+Data contract
+    input   an augmented folder (<split>.parquet per split, from `persona-ray augment`) or one
+            .jsonl/.parquet file; rows need an id (`pair_id` or `id`), `prompt`,
+            `chosen_persona`, `rejected_persona` (non-empty strings); `domain` is optional.
+            Rows of the `test` split are never indexed, whatever the config says.
+    output  (local folder or s3:// prefix)
+              rows.parquet    row_id, prompt, chosen_persona, rejected_persona, split, domain —
+                              row i is ColBERT passage id i
+              colbert/        the PLAID index
+              checkpoint/     the ColBERT checkpoint that encoded it (queries need the same one)
+              quarantine.jsonl  rows that could not be indexed, with field and reason
+              manifest.json   written last: an index without it is incomplete
+Rebuilding is idempotent: when the manifest's fingerprint (rows + checkpoint + settings) matches,
+nothing is rebuilt; otherwise the index is rebuilt in a scratch folder and then copied over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from persona_ray import colbert_compat, storage
+
+log = logging.getLogger(__name__)
+INDEX_VERSION = "persona-index-v1"
+TRAINING_SPLITS = ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val")
+ROW_COLUMNS = ("row_id", "prompt", "chosen_persona", "rejected_persona", "split", "domain")
+
+
+class IndexConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str  # augmented folder, or a .jsonl/.parquet file
+    output: str  # local folder or s3:// prefix
+    splits: list[str] = Field(default_factory=lambda: list(TRAINING_SPLITS))
+    checkpoint: str = colbert_compat.MINILM  # a ColBERT checkpoint folder (colbertv2.0), or "minilm"
+    nbits: int = Field(2, ge=1, le=8)  # bits per residual dimension (PLAID compression)
+    doc_maxlen: int = Field(128, ge=8, le=512)  # prompt tokens kept per passage
+    kmeans_niters: int = Field(4, ge=1)
+    force: bool = False  # rebuild even when the fingerprint matches
+
+    @field_validator("splits")
+    @classmethod
+    def _never_test(cls, splits: list[str]) -> list[str]:
+        if "test" in splits:
+            raise ValueError("the test split must never be indexed (its prompts would retrieve their own personas)")
+        if not splits:
+            raise ValueError("name at least one training split")
+        return splits
+
+
+def read_table(uri: str) -> list[dict]:
+    if uri.endswith(".parquet"):
+        return storage.read_parquet(uri).to_pylist()
+    lines = storage.read_bytes(uri).decode("utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            row = {"_error": f"line {number}: not JSON ({exc.msg})"}
+        rows.append(row if isinstance(row, dict) else {"_error": f"line {number}: not a JSON object"})
+    return rows
+
+
+def read_training_rows(cfg: IndexConfig) -> list[dict]:
+    """Rows of the configured training splits, each tagged with its split (file rows: their own)."""
+    if storage.is_dir(cfg.data):
+        rows = []
+        for split in cfg.splits:
+            path = storage.join(cfg.data, f"{split}.parquet")
+            if not storage.exists(path):
+                raise FileNotFoundError(f"{cfg.data}: no {split}.parquet (splits to index: {cfg.splits})")
+            rows.extend({**row, "split": split} for row in read_table(path))
+        return rows
+    if not storage.exists(cfg.data):
+        raise FileNotFoundError(f"{cfg.data}: no such file or folder")
+    return [{**row, "split": row.get("split") or "train"} for row in read_table(cfg.data)]
+
+
+def check_row(row: dict) -> tuple[dict | None, str | None]:
+    """(index row, None) or (None, reason naming the field)."""
+    if "_error" in row:
+        return None, row["_error"]
+    row_id = row.get("pair_id", row.get("id"))
+    if not isinstance(row_id, str) or not row_id.strip():
+        return None, "pair_id/id: missing or not a string"
+    for field in ("prompt", "chosen_persona", "rejected_persona"):
+        value = row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            return None, f"{field}: missing, empty or not a string"
+    domain = row.get("domain")
+    return {"row_id": row_id, "prompt": row["prompt"].strip(), "chosen_persona": row["chosen_persona"].strip(),
+            "rejected_persona": row["rejected_persona"].strip(), "split": str(row["split"]),
+            "domain": domain if isinstance(domain, str) and domain else "unknown"}, None
+
+
+def select_rows(raw: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Valid training rows, once each (SFT and DPO share rows), sorted by id; plus the quarantine."""
+    kept: dict[str, dict] = {}
+    quarantine = []
+    for number, row in enumerate(raw):
+        if row.get("split") == "test":
+            quarantine.append({"row": number, "row_id": row.get("pair_id", row.get("id")),
+                               "reason": "split: test rows are never indexed"})
+            continue
+        checked, reason = check_row(row)
+        if checked is None:
+            quarantine.append({"row": number, "row_id": row.get("pair_id", row.get("id")), "reason": reason})
+            continue
+        kept.setdefault(checked["row_id"], checked)
+    return [kept[key] for key in sorted(kept)], quarantine
+
+
+def fingerprint(rows: list[dict], checkpoint_digest: str, cfg: IndexConfig) -> str:
+    digest = hashlib.sha256(INDEX_VERSION.encode())
+    digest.update(checkpoint_digest.encode())
+    digest.update(json.dumps([cfg.nbits, cfg.doc_maxlen, cfg.kmeans_niters]).encode())
+    for row in rows:
+        digest.update(json.dumps([row[c] for c in ROW_COLUMNS]).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def build_colbert_index(prompts: list[str], checkpoint: str, folder: str, cfg: IndexConfig) -> None:
+    """PLAID index of `prompts` (passage id = list position) written into `folder`."""
+    Indexer, _, ColBERTConfig, Run, RunConfig = colbert_compat.colbert_modules()
+    root = os.path.dirname(folder)
+    with Run().context(RunConfig(nranks=1, root=root, experiment="persona_ray", avoid_fork_if_possible=True)):
+        config = ColBERTConfig(nbits=cfg.nbits, doc_maxlen=cfg.doc_maxlen, kmeans_niters=cfg.kmeans_niters,
+                               checkpoint=checkpoint, index_path=folder, gpus=0, avoid_fork_if_possible=True)
+        Indexer(checkpoint=checkpoint, config=config, verbose=0).index(
+            name=os.path.basename(folder), collection=prompts, overwrite="force_silent_overwrite")
+
+
+def run_index(cfg: IndexConfig) -> dict[str, Any]:
+    """Build (or confirm) the index at cfg.output; returns the manifest."""
+    checkpoint = colbert_compat.resolve_checkpoint(cfg.checkpoint)
+    rows, quarantine = select_rows(read_training_rows(cfg))
+    if not rows:
+        raise ValueError(f"{cfg.data}: no indexable training rows ({len(quarantine)} quarantined)")
+    digest = fingerprint(rows, colbert_compat.folder_digest(checkpoint), cfg)
+    manifest_uri = storage.join(cfg.output, "manifest.json")
+    if not cfg.force and storage.exists(manifest_uri):
+        existing = storage.read_json(manifest_uri)
+        if existing.get("fingerprint") == digest:
+            log.info("index: %s is up to date (%d rows), nothing to do", cfg.output, existing["rows"])
+            return {**existing, "rebuilt": False}
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="persona-index-") as scratch:
+        build_colbert_index([r["prompt"] for r in rows], checkpoint, os.path.join(scratch, "colbert"), cfg)
+        build_seconds = time.perf_counter() - started
+        shutil.copytree(checkpoint, os.path.join(scratch, "checkpoint"))
+        if storage.exists(manifest_uri):
+            storage.delete(manifest_uri)  # the old index is incomplete from here until the new manifest
+        for part in ("colbert", "checkpoint"):
+            storage.delete(storage.join(cfg.output, part))
+            storage.copy_dir(os.path.join(scratch, part), storage.join(cfg.output, part))
+    table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in ROW_COLUMNS]))
+    storage.write_parquet(table, storage.join(cfg.output, "rows.parquet"))
+    storage.write_bytes(storage.join(cfg.output, "quarantine.jsonl"),
+                        "".join(json.dumps(q, default=str) + "\n" for q in quarantine).encode())
+    manifest = {
+        "version": INDEX_VERSION, "fingerprint": digest, "rows": len(rows), "quarantined": len(quarantine),
+        "splits": sorted({r["split"] for r in rows}), "checkpoint": cfg.checkpoint, "nbits": cfg.nbits,
+        "doc_maxlen": cfg.doc_maxlen, "build_seconds": round(build_seconds, 2),
+    }
+    storage.write_json(manifest, manifest_uri)
+    log.info("index: %d prompts indexed in %.1f s into %s (%d rows quarantined)", len(rows), build_seconds,
+             cfg.output, len(quarantine))
+    return {**manifest, "rebuilt": True}

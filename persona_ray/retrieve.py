@@ -1,0 +1,171 @@
+"""Retrieve personas for prompts from a ColBERT index of training prompts (the paper's P_retr).
+
+    retriever = PersonaRetriever.load("s3://bucket/index")   # or a local folder
+    hits = retriever.search("how do I fix a flat tyre?", k=10)
+    hits[0]["chosen_persona"]   # retr-chosen;  hits[0]["rejected_persona"] is retr-rejected
+
+Data contract
+    query   a non-empty string of at most MAX_QUERY_CHARS characters (ColBERT reads only its
+            first `query_maxlen` tokens, so a longer query is a caller mistake, not a search)
+    hit     {"rank", "score", "row_id", "prompt", "chosen_persona", "rejected_persona", "split",
+            "domain"}, best first; only training rows exist in the index (see index.py)
+
+`retrieve_rows` adds the top hit's personas to each row of a Ray Dataset (a whole test split),
+with one retriever per actor; rows whose query is bad get `retr_error` instead of failing the job.
+Retrieved personas are model/user text: consumers must treat them as untrusted input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona_ray import colbert_compat, storage
+from persona_ray.tiny_model import default_cache_dir
+
+log = logging.getLogger(__name__)
+MAX_QUERY_CHARS = 8000
+RETRIEVED_COLUMNS = ("retr_row_id", "retr_score", "retr_prompt", "retr_chosen_persona", "retr_rejected_persona",
+                     "retr_error")
+
+
+class QueryError(ValueError):
+    """A query that cannot be searched; the message says why."""
+
+
+def check_query(query: Any, max_chars: int = MAX_QUERY_CHARS) -> str:
+    if not isinstance(query, str):
+        raise QueryError(f"query must be a string, got {type(query).__name__}")
+    text = query.strip()
+    if not text:
+        raise QueryError("query is empty")
+    if len(text) > max_chars:
+        raise QueryError(f"query is {len(text)} characters long; the limit is {max_chars}")
+    if "\x00" in text:
+        raise QueryError("query contains a NUL character")
+    return text
+
+
+def local_copy(index_uri: str) -> str:
+    """A local folder holding the complete index (downloaded once per fingerprint from S3)."""
+    manifest_uri = storage.join(index_uri, "manifest.json")
+    if not storage.exists(manifest_uri):
+        raise FileNotFoundError(f"{index_uri}: no manifest.json — not a complete index (run `persona-ray index`)")
+    if not storage.is_s3(index_uri):
+        return os.path.abspath(index_uri)
+    manifest = storage.read_json(manifest_uri)
+    folder = default_cache_dir() / "indexes" / manifest["fingerprint"]
+    if not (folder / "manifest.json").exists():
+        for part in ("colbert", "checkpoint"):
+            storage.copy_dir(storage.join(index_uri, part), str(folder / part))
+        storage.write_bytes(str(folder / "rows.parquet"), storage.read_bytes(storage.join(index_uri, "rows.parquet")))
+        storage.write_json(manifest, str(folder / "manifest.json"))  # last: marks the copy complete
+    return str(folder)
+
+
+class PersonaRetriever:
+    """ColBERT search over training prompts, returning their rows (with personas)."""
+
+    def __init__(self, folder: str):
+        _, Searcher, ColBERTConfig, _, _ = colbert_compat.colbert_modules()
+        self.rows = storage.read_parquet(os.path.join(folder, "rows.parquet")).to_pylist()
+        self.searcher = Searcher(index=os.path.join(folder, "colbert"), checkpoint=os.path.join(folder, "checkpoint"),
+                                 collection=[r["prompt"] for r in self.rows], config=ColBERTConfig(gpus=0),
+                                 verbose=0)
+
+    @classmethod
+    def load(cls, index_uri: str) -> "PersonaRetriever":
+        return cls(local_copy(index_uri))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def search(self, text: Any, k: int = 10) -> list[dict]:
+        query = check_query(text)
+        if not isinstance(k, int) or k < 1:
+            raise QueryError(f"k must be a positive integer, got {k!r}")
+        pids, _, scores = self.searcher.search(query, k=min(k, len(self.rows)))
+        return [{"rank": rank, "score": float(score), **self.rows[pid]}
+                for rank, (pid, score) in enumerate(zip(pids, scores), start=1)]
+
+
+class _RetrieverActor:
+    """Ray Data map_batches callable: one loaded index per actor."""
+
+    def __init__(self, index_uri: str, query_column: str):
+        self.retriever = PersonaRetriever.load(index_uri)
+        self.query_column = query_column
+
+    def __call__(self, batch: dict) -> dict:
+        out = {name: [] for name in RETRIEVED_COLUMNS}
+        for query in batch[self.query_column]:
+            try:
+                top = self.retriever.search(query, k=1)[0]
+                values = (top["row_id"], top["score"], top["prompt"], top["chosen_persona"],
+                          top["rejected_persona"], None)
+            except QueryError as exc:
+                values = (None, None, None, None, None, f"{self.query_column}: {exc}")
+            for name, value in zip(RETRIEVED_COLUMNS, values):
+                out[name].append(value)
+        return {**{key: list(value) for key, value in batch.items()}, **out}
+
+
+def retrieve_rows(ds, index_uri: str, *, query_column: str = "prompt", concurrency: int = 1,
+                  batch_size: int = 64):
+    """Ray Dataset → same rows plus RETRIEVED_COLUMNS from the top hit for each row's query."""
+    import ray
+
+    return ds.map_batches(_RetrieverActor, fn_constructor_kwargs={"index_uri": index_uri, "query_column": query_column},
+                          compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size,
+                          batch_format="numpy", num_cpus=1)
+
+
+class RetrieveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: str  # folder or s3:// prefix written by `persona-ray index`
+    data: str  # augmented folder (reads <split>.parquet) or a .jsonl/.parquet file
+    split: str = "test"
+    output: str  # writes <output>/<split>.parquet and <split>.quarantine.jsonl
+    query_column: str = "prompt"
+    concurrency: int = Field(1, ge=1)  # retriever actors
+    batch_size: int = Field(64, ge=1)
+
+
+def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
+    """Top-1 retrieved personas for every row of a split; bad queries are quarantined."""
+    import pyarrow as pa
+    import ray
+
+    from persona_ray.index import read_table
+    from persona_ray.ray_runtime import ensure_ray
+
+    source = storage.join(cfg.data, f"{cfg.split}.parquet") if storage.is_dir(cfg.data) else cfg.data
+    rows = read_table(source)
+    if not rows:
+        raise ValueError(f"{source}: no rows")
+    ensure_ray()
+    # Queries travel as a JSON-free string column; non-strings become "" and then a retr_error.
+    items = [{"_row": i, "_query": q if isinstance(q, str) else ""} for i, q in
+             enumerate(r.get(cfg.query_column) for r in rows)]
+    found = retrieve_rows(ray.data.from_items(items), cfg.index, query_column="_query",
+                          concurrency=cfg.concurrency, batch_size=cfg.batch_size).take_all()
+    good, bad = [], []
+    for hit in sorted(found, key=lambda h: h["_row"]):
+        row = rows[int(hit["_row"])]
+        if hit["retr_error"] is None:
+            good.append({**row, **{c: hit[c] for c in RETRIEVED_COLUMNS if c != "retr_error"}})
+        else:
+            bad.append({"row": int(hit["_row"]), "row_id": row.get("pair_id", row.get("id")),
+                        "reason": hit["retr_error"] if isinstance(row.get(cfg.query_column), str)
+                        else f"{cfg.query_column}: missing or not a string"})
+    if good:
+        storage.write_parquet(pa.Table.from_pylist(good), storage.join(cfg.output, f"{cfg.split}.parquet"))
+    storage.write_bytes(storage.join(cfg.output, f"{cfg.split}.quarantine.jsonl"),
+                        "".join(json.dumps(b) + "\n" for b in bad).encode())
+    log.info("retrieve: %d rows of %s got personas, %d quarantined", len(good), source, len(bad))
+    return {"rows": len(rows), "retrieved": len(good), "quarantined": len(bad), "output": cfg.output}

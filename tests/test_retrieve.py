@@ -1,0 +1,160 @@
+"""ColBERT persona retriever: real colbert-ai (PLAID) over a MiniLM checkpoint built offline."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from persona_ray import storage
+from persona_ray.index import IndexConfig, run_index, select_rows
+from persona_ray.retrieval_eval import corpus_rows, recall_at, reword
+from persona_ray.retrieve import MAX_QUERY_CHARS, PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
+
+from .conftest import SAMPLE_PAIRS, SHARED_DATA, read_jsonl
+
+pytestmark = pytest.mark.slow
+REAL = SHARED_DATA / "beavertails-test-personas.jsonl"
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def big_index(tmp_path_factory):
+    """~2,000 distinct real texts: 499 BeaverTails prompts, 60 sample prompts, personas, responses."""
+    real = read_jsonl(REAL)
+    sample = read_jsonl(SAMPLE_PAIRS)
+    extra = [r["prompt"] for r in sample] + [r[f] for r in sample for f in ("chosen", "rejected")]
+    extra += [r[f] for r in real for f in ("pt_dpo_response", "dpo_response")]
+    rows = corpus_rows(real, extra, size=2000)
+    folder = tmp_path_factory.mktemp("big")
+    manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index")))
+    return rows, manifest, PersonaRetriever.load(str(folder / "index"))
+
+
+def test_recall_on_reworded_queries_over_2000_prompts(big_index):
+    rows, manifest, retriever = big_index
+    assert manifest["rows"] == len(rows) == 2000 and len(retriever) == 2000
+    # Every 4th row: 500 queries over prompts, personas and response sentences alike.
+    targets = [(reword(r["prompt"]), r["pair_id"]) for r in rows[::4]]
+    assert all(q != r["prompt"] for (q, _), r in zip(targets, rows[::4]))
+    recall = recall_at(retriever.search, targets, ks=(1, 10))
+    print(f"recall@1={recall[1]:.3f} recall@10={recall[10]:.3f} on {len(targets)} reworded queries")
+    assert recall[10] >= 0.95
+    assert recall[1] >= 0.8
+
+
+def test_hits_are_ranked_rows_with_personas(big_index):
+    rows, _, retriever = big_index
+    by_id = {r["pair_id"]: r for r in rows}
+    hits = retriever.search(rows[7]["prompt"], k=5)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert hits[0]["row_id"] == rows[7]["pair_id"]  # the exact prompt finds itself
+    for hit in hits:
+        source = by_id[hit["row_id"]]
+        assert (hit["prompt"], hit["chosen_persona"], hit["rejected_persona"]) == (
+            source["prompt"], source["chosen_persona"], source["rejected_persona"])
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("", "query is empty"),
+    ("   \n\t ", "query is empty"),
+    ("x" * (MAX_QUERY_CHARS + 1), f"limit is {MAX_QUERY_CHARS}"),
+    (123, "must be a string, got int"),
+    (None, "must be a string, got NoneType"),
+    (b"bytes", "must be a string, got bytes"),
+    (["a list"], "must be a string, got list"),
+    ("nul\x00inside", "NUL"),
+])
+def test_bad_queries_get_a_clear_error(big_index, query, reason):
+    with pytest.raises(QueryError, match=reason):
+        big_index[2].search(query, k=3)
+
+
+def test_bad_k_is_an_error(big_index):
+    with pytest.raises(QueryError, match="k must be a positive integer"):
+        big_index[2].search("how do I stay safe online", k=0)
+
+
+def _augmented_folder(tmp_path):
+    """An augmented folder as `persona-ray augment` writes it, from real rows (test split included)."""
+    real = read_jsonl(REAL)[:90]
+    splits = {"fewshot": real[:5], "sft_train": real[5:55], "sft_val": real[55:65], "test": real[65:90]}
+    splits["dpo_train"], splits["dpo_val"] = splits["sft_train"], splits["sft_val"]  # shared pools
+    folder = tmp_path / "augmented"
+    folder.mkdir()
+    for name, rows in splits.items():
+        table = [{"pair_id": r["id"], "prompt": r["prompt"], "chosen": "c", "rejected": "r", "domain": "safety",
+                  "chosen_persona": r["chosen_persona"], "rejected_persona": r["rejected_persona"]} for r in rows]
+        storage.write_parquet(pa.Table.from_pylist(table), str(folder / f"{name}.parquet"))
+    return str(folder), splits
+
+
+def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, ray_local):
+    data, splits = _augmented_folder(tmp_path)
+    uri = f"s3://{s3_bucket}/indexes/beavertails"
+    first = run_index(IndexConfig(data=data, output=uri))
+    assert first["rebuilt"] and first["rows"] == 65  # 5 + 50 + 10, shared pools counted once
+    assert storage.exists(f"{uri}/manifest.json") and storage.list_files(f"{uri}/colbert")
+    again = run_index(IndexConfig(data=data, output=uri))
+    assert not again["rebuilt"] and again["fingerprint"] == first["fingerprint"]
+
+    test_ids = {r["id"] for r in splits["test"]}
+    indexed = storage.read_parquet(f"{uri}/rows.parquet").column("row_id").to_pylist()
+    assert len(indexed) == len(set(indexed)) == 65 and not test_ids & set(indexed)
+
+    retriever = PersonaRetriever.load(uri)  # downloads from S3 into the cache
+    train = splits["sft_train"][3]
+    assert retriever.search(train["prompt"], k=1)[0]["row_id"] == train["id"]
+    for row in splits["test"]:  # a test prompt verbatim can only retrieve training rows
+        assert all(hit["row_id"] not in test_ids for hit in retriever.search(row["prompt"], k=10))
+
+    # Batch retrieval for the whole test split as a Ray Data step, one bad row quarantined.
+    bad = {"pair_id": "bad-1", "prompt": "   ", "chosen_persona": "x", "rejected_persona": "y"}
+    test_file = _write_jsonl(tmp_path / "test.jsonl",
+                             [{"pair_id": r["id"], "prompt": r["prompt"]} for r in splits["test"]] + [bad])
+    out = f"s3://{s3_bucket}/retrieved"
+    summary = run_retrieve(RetrieveConfig(index=uri, data=test_file, output=out))
+    assert summary == {"rows": 26, "retrieved": 25, "quarantined": 1, "output": out}
+    got = storage.read_parquet(f"{out}/test.parquet").to_pylist()
+    assert [g["pair_id"] for g in got] == [r["id"] for r in splits["test"]]
+    by_id = {r["id"]: r for r in read_jsonl(REAL)}
+    for g in got:
+        assert g["retr_row_id"] not in test_ids
+        assert g["retr_chosen_persona"] == by_id[g["retr_row_id"]]["chosen_persona"]
+        assert g["retr_rejected_persona"] == by_id[g["retr_row_id"]]["rejected_persona"]
+        assert g["retr_chosen_persona"] == retriever.search(g["prompt"], k=1)[0]["chosen_persona"]
+    quarantined = [json.loads(x) for x in storage.read_bytes(f"{out}/test.quarantine.jsonl").decode().splitlines()]
+    assert quarantined == [{"row": 25, "row_id": "bad-1", "reason": "_query: query is empty"}] or \
+        quarantined[0]["row_id"] == "bad-1" and "query is empty" in quarantined[0]["reason"]
+
+
+def test_index_config_refuses_the_test_split():
+    with pytest.raises(ValueError, match="test split must never be indexed"):
+        IndexConfig(data="d", output="o", splits=["sft_train", "test"])
+
+
+def test_unusable_rows_are_quarantined_with_field_and_reason():
+    raw = [
+        {"pair_id": "a", "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "train"},
+        {"pair_id": "b", "prompt": "", "chosen_persona": "c", "rejected_persona": "r", "split": "train"},
+        {"pair_id": "c", "prompt": "p", "chosen_persona": None, "rejected_persona": "r", "split": "train"},
+        {"id": 7, "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "train"},
+        {"pair_id": "t", "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "test"},
+        {"_error": "line 6: not JSON (Expecting value)", "split": "train"},
+        {"pair_id": "a", "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "dpo_train"},
+    ]
+    rows, quarantine = select_rows(raw)
+    assert [r["row_id"] for r in rows] == ["a"] and rows[0]["split"] == "train"
+    assert [(q["row"], q["reason"]) for q in quarantine] == [
+        (1, "prompt: missing, empty or not a string"),
+        (2, "chosen_persona: missing, empty or not a string"),
+        (3, "pair_id/id: missing or not a string"),
+        (4, "split: test rows are never indexed"),
+        (5, "line 6: not JSON (Expecting value)"),
+    ]
