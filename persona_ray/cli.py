@@ -101,23 +101,128 @@ def pi_eval(
 
 
 @app.command()
+def index(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (IndexConfig)"),
+    data: Optional[str] = typer.Option(None, "--data", help="augmented folder or .jsonl/.parquet with personas"),
+    output: Optional[str] = typer.Option(None, "--output", help="index folder or s3:// prefix"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="ColBERT checkpoint folder, or 'minilm'"),
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="rebuild even if up to date"),
+) -> None:
+    """ColBERT (PLAID) index of the training prompts and their personas, for persona retrieval."""
+    from persona_ray.index import IndexConfig, run_index
+
+    _setup_logging()
+    cfg = _load(IndexConfig, config, {"data": data, "output": output, "checkpoint": checkpoint, "force": force})
+    typer.echo(json.dumps(run_index(cfg)))
+
+
+@app.command()
+def retrieve(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RetrieveConfig)"),
+    index: Optional[str] = typer.Option(None, "--index", help="folder or s3:// prefix from `persona-ray index`"),
+    data: Optional[str] = typer.Option(None, "--data", help="augmented folder or .jsonl/.parquet"),
+    split: Optional[str] = typer.Option(None, "--split", help="split to retrieve for (default test)"),
+    output: Optional[str] = typer.Option(None, "--output"),
+    query: Optional[str] = typer.Option(None, "--query", help="search one query and print its top hits"),
+    k: int = typer.Option(5, "--k", help="hits to print with --query"),
+) -> None:
+    """Retrieved personas (top training prompt) for every row of a split, or the hits of one --query."""
+    from persona_ray.retrieve import PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
+
+    _setup_logging()
+    if query is not None:
+        if not index:
+            typer.echo("error: --query needs --index", err=True)
+            raise typer.Exit(2)
+        try:
+            hits = PersonaRetriever.load(index).search(query, k=k)
+        except QueryError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        typer.echo(json.dumps(hits, indent=2))
+        return
+    cfg = _load(RetrieveConfig, config, {"index": index, "data": data, "split": split, "output": output})
+    typer.echo(json.dumps(run_retrieve(cfg)))
+
+
+@app.command()
+def generate(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (GenerateConfig)"),
+    data: Optional[str] = typer.Option(None, "--data", help="augmented folder or file with the test split"),
+    output: Optional[str] = typer.Option(None, "--output"),
+    model: Optional[str] = typer.Option(None, "--model", help="model folder ('tiny' = built-in)"),
+    model_id: Optional[str] = typer.Option(None, "--model-id", help="label in outputs, e.g. PT-DPO"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="persona | plain | fewshot"),
+    sources: Optional[str] = typer.Option(None, "--sources", help="comma-separated persona sources"),
+    index: Optional[str] = typer.Option(None, "--index", help="retriever index for retr-* sources"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+) -> None:
+    """One response per test row and persona source (gold/retr chosen/rejected, system, none)."""
+    from persona_ray.generate import GenerateConfig, run_generate
+
+    _setup_logging()
+    cfg = _load(GenerateConfig, config, {
+        "data": data, "output": output, "model": model, "model_id": model_id, "mode": mode, "index": index,
+        "persona_sources": sources.split(",") if sources else None, "limit": limit})
+    typer.echo(json.dumps(run_generate(cfg)))
+
+
+@app.command()
+def judge(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (JudgeConfig)"),
+    responses: Optional[str] = typer.Option(None, "--responses", help="output folder of `generate`"),
+    data: Optional[str] = typer.Option(None, "--data", help="the test rows (gold personas)"),
+    output: Optional[str] = typer.Option(None, "--output", help="local folder for verdicts and report.md"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
+    compare: list[str] = typer.Option([], "--compare", help="TEST:BASE model ids (repeat)"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+) -> None:
+    """Pairwise judge (both orders, quality and personalization): win rates and ΔPQ with CIs."""
+    from persona_ray.judge import JudgeConfig, run_judge
+
+    _setup_logging()
+    comparisons = []
+    for item in compare:
+        test, sep, base = item.partition(":")
+        if not sep or not test or not base:
+            typer.echo(f"error: --compare expects TEST:BASE, got {item!r}", err=True)
+            raise typer.Exit(2)
+        comparisons.append({"test": test, "base": base})
+    cfg = _load(JudgeConfig, config, {"responses": responses, "data": data, "output": output,
+                                      "judge_model": judge_model, "comparisons": comparisons or None, "limit": limit})
+    result = run_judge(cfg)
+    typer.echo(json.dumps({"summary": result["summary"], "report": result["report"]}))
+
+
+@app.command()
 def report(
-    personas: str = typer.Option(..., "--personas", help=".jsonl/.parquet with chosen_persona and rejected_persona"),
     output: str = typer.Option(..., "--output", help="local folder for report.md and plots"),
+    personas: Optional[str] = typer.Option(None, "--personas",
+                                           help=".jsonl/.parquet with chosen_persona and rejected_persona"),
+    judged: Optional[str] = typer.Option(None, "--judged", help="a `persona-ray judge` output folder"),
     min_count: int = typer.Option(5, "--min-count"),
     top_k: int = typer.Option(15, "--top-k"),
 ) -> None:
-    """Persona diagnostics alone: word saliency of chosen vs rejected personas and top traits."""
+    """A report from persona diagnostics (--personas) and/or pairwise judgements (--judged)."""
+    from persona_ray import storage
     from persona_ray.diagnose import top_traits, word_saliency
     from persona_ray.pi_eval import load_personas_for_report
     from persona_ray.report import write_report
 
-    chosen, rejected = load_personas_for_report(personas)
-    saliency = word_saliency(chosen, rejected, min_count=min_count, top_k=top_k)
-    path = write_report(output, title=f"Persona diagnostics: {personas}", saliency=saliency,
-                        traits=top_traits(chosen + rejected),
-                        notes=[f"{len(chosen)} chosen and {len(rejected)} rejected personas."])
-    typer.echo(path)
+    if not personas and not judged:
+        typer.echo("error: give --personas and/or --judged", err=True)
+        raise typer.Exit(2)
+    sections: dict = {"notes": []}
+    if personas:
+        chosen, rejected = load_personas_for_report(personas)
+        sections.update(saliency=word_saliency(chosen, rejected, min_count=min_count, top_k=top_k),
+                        traits=top_traits(chosen + rejected))
+        sections["notes"].append(f"{len(chosen)} chosen and {len(rejected)} rejected personas from {personas}.")
+    if judged:
+        results = storage.read_json(storage.join(judged, "pairwise.json"))
+        sections["pairwise"] = results["results"]
+        sections["notes"].append(f"Pairwise judgements from {judged}: {json.dumps(results['summary'])}")
+    typer.echo(write_report(output, title="persona-ray report", **sections))
 
 
 @app.command()

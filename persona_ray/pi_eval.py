@@ -22,12 +22,11 @@ from collections import defaultdict
 from typing import Any, Literal
 
 import pyarrow as pa
-import ray.data
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona_ray import storage
 from persona_ray.diagnose import top_traits, word_saliency
-from persona_ray.engines import generate
+from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
 from persona_ray.pi_accuracy import (
     CHOICES,
@@ -98,36 +97,16 @@ def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
     return ([c for c, _ in pick if isinstance(c, str) and c], [x for _, x in pick if isinstance(x, str) and x])
 
 
-def _ask(requests: list[dict], cfg: PIEvalConfig, judge: str, temperature: float | None = None,
-         seed: int | None = None) -> list[dict]:
-    """Run judge requests through the engine; returns them with 'answer' (text) and 'choice'."""
-    if not requests:
-        return []
-    sampling = cfg.sampling
-    if temperature is not None:
-        sampling = sampling.model_copy(update={"temperature": temperature, "seed": seed})
-    guided = list(CHOICES) if cfg.guided_decoding and cfg.engine == "vllm" else None
-    ds = ray.data.from_items(requests)
-    out = generate(ds, cfg.engine, judge, sampling, choice=guided, prompt_format=cfg.prompt_format,
-                   vllm=cfg.vllm, openai=cfg.openai).take_all()
-    for row in out:
-        row["answer"] = row.get("generated_text", "")
-        row["choice"] = parse_choice(row["answer"]) if not row.get("error") else None
-    return out
-
-
 def judge_all(requests: list[dict], cfg: PIEvalConfig, judge: str) -> tuple[list[dict], int]:
-    """All requests answered; unparseable ones are re-asked (sampling) a bounded number of times."""
-    answered = {r["judge_key"]: r for r in _ask(requests, cfg, judge)}
-    retried = 0
-    for attempt in range(1, cfg.max_parse_retries + 1):
-        pending = [r for r in requests if answered[r["judge_key"]]["choice"] is None]
-        if not pending:
-            break
-        retried += len(pending)
-        for row in _ask(pending, cfg, judge, temperature=cfg.retry_temperature, seed=attempt):
-            answered[row["judge_key"]] = row
-    return [answered[r["judge_key"]] for r in requests], retried
+    """All requests answered ("choice": 1, 2 or None); unparseable ones re-asked a bounded number of times."""
+    guided = list(CHOICES) if cfg.guided_decoding and cfg.engine == "vllm" else None
+    answered, retried = ask_judge(requests, parse=parse_choice, engine=cfg.engine, model=judge,
+                                  sampling=cfg.sampling, choice=guided, prompt_format=cfg.prompt_format,
+                                  vllm=cfg.vllm, openai=cfg.openai, max_retries=cfg.max_parse_retries,
+                                  retry_temperature=cfg.retry_temperature)
+    for row in answered:
+        row["choice"] = row["verdict"]
+    return answered, retried
 
 
 def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: str):

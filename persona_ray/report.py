@@ -11,6 +11,8 @@ Data contract:
                   "rejected_as_good_rate"}
     saliency    `diagnose.word_saliency` output: {"chosen": [...], "rejected": [...]}
     traits      `diagnose.top_traits` output: [{"trait", "count"}]
+    pairwise    `pairwise.aggregate` output: per (comparison, persona_source) counts, p_win,
+                q_win, delta_pq and their 95 % CI bounds (None when undefined)
     notes       free-text lines, listed at the end
 
 Plots use matplotlib's Agg canvas directly (no pyplot), so no display and no global
@@ -89,6 +91,36 @@ def _saliency_plot(saliency: dict, path: str) -> None:
     _save(fig, path)
 
 
+def _ci(value: float | None, lo: float | None, hi: float | None, scale: float = 1.0) -> str:
+    if value is None:
+        return "n/a"
+    bounds = f" [{lo * scale:.1f}, {hi * scale:.1f}]" if lo is not None and hi is not None else ""
+    return f"{value * scale:.1f}{bounds}"
+
+
+def _delta_pq_plot(rows: list[dict], path: str) -> bool:
+    """Horizontal bars of ΔPQ with 95 % CI whiskers, one bar per (comparison, persona source)."""
+    shown = [r for r in rows if r["delta_pq"] is not None]
+    if not shown:
+        return False
+    labels = [f"{r['comparison']} · {r['persona_source']}" for r in shown]
+    values = [r["delta_pq"] for r in shown]
+    low = [r["delta_pq"] - r["delta_pq_lo"] if r["delta_pq_lo"] is not None else 0 for r in shown]
+    high = [r["delta_pq_hi"] - r["delta_pq"] if r["delta_pq_hi"] is not None else 0 for r in shown]
+    fig = Figure(figsize=(7.0, 1.0 + 0.45 * len(shown)), layout="constrained")
+    ax = fig.add_subplot()
+    colours = [_SIDE_COLOURS["rejected"] if "rejected" in r["persona_source"] else _SIDE_COLOURS["chosen"]
+               for r in shown]
+    ax.barh(range(len(shown)), values, xerr=[low, high], color=colours, capsize=3)
+    ax.set_yticks(range(len(shown)), labels)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlim(-100, 100)
+    ax.set_xlabel("ΔPQ (personalization and quality gain over the base model; 95 % CI)")
+    _save(fig, path)
+    return True
+
+
 def write_report(
     folder: str,
     *,
@@ -97,6 +129,7 @@ def write_report(
     preference: dict | None = None,
     saliency: dict | None = None,
     traits: list[dict] | None = None,
+    pairwise: list[dict] | None = None,
     notes: Sequence[str] = (),
 ) -> str:
     """Write `folder/report.md` (and its PNG plots); returns the report's path."""
@@ -133,6 +166,21 @@ def write_report(
     if traits is not None:
         md += ["## Top traits", ""]
         md += _table(["trait", "count"], [[t["trait"], t["count"]] for t in traits])
+
+    if pairwise is not None:
+        md += ["## Pairwise judgements (test model vs base model)", "",
+               "Win rate = test wins / (test + base wins), ties and unparseable verdicts left out; "
+               "ΔPQ = ½·(2·p_win − 1 + 2·q_win − 1)·100. Brackets: bootstrap 95 % CI over test rows.", ""]
+        md += _table(
+            ["comparison", "persona source", "rows", "personalization win % (W/T/L)", "quality win % (W/T/L)",
+             "ΔPQ"],
+            [[r["comparison"], r["persona_source"], r["n_rows"],
+              f"{_ci(r['p_win'], r['p_win_lo'], r['p_win_hi'], 100)} ({r['p_test']}/{r['p_tie']}/{r['p_base']})",
+              f"{_ci(r['q_win'], r['q_win_lo'], r['q_win_hi'], 100)} ({r['q_test']}/{r['q_tie']}/{r['q_base']})",
+              _ci(r["delta_pq"], r["delta_pq_lo"], r["delta_pq_hi"])] for r in pairwise],
+        )
+        if _delta_pq_plot(pairwise, os.path.join(folder, "pairwise_delta_pq.png")):
+            md += ["![delta PQ](pairwise_delta_pq.png)", ""]
 
     if notes:
         md += ["## Notes", ""] + [f"- {' '.join(n.split())}" for n in notes] + [""]

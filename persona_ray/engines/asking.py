@@ -1,0 +1,56 @@
+"""Ask a judge model many questions and parse its answers, re-asking the unparseable ones.
+
+Used by every LLM judge (PI accuracy, pairwise response judging). Each request is a row with a
+"prompt" and a unique `judge_key`; answered rows come back in request order with
+    answer    the judge's text ("" on engine error)
+    verdict   parse(answer), or None when it could not be parsed (or the engine failed)
+Unparseable answers are re-asked up to `max_retries` times with sampling (temperature
+`retry_temperature`, a new seed each round), so a greedy judge stuck on one bad answer gets
+another chance; what is still unparseable stays None and the caller counts it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import ray.data
+
+from persona_ray.engines import generate
+from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+
+
+def _ask_once(requests: list[dict], parse: Callable[[str], Any], engine: str, model: str, sampling: SamplingConfig,
+              regex: str | None, choice: list[str] | None, prompt_format: str, vllm: VLLMConfig | None,
+              openai: OpenAIConfig | None) -> list[dict]:
+    out = generate(ray.data.from_items(requests), engine, model, sampling, regex=regex, choice=choice,
+                   prompt_format=prompt_format, vllm=vllm, openai=openai).take_all()
+    for row in out:
+        row["answer"] = row.get("generated_text") or ""
+        row["verdict"] = parse(row["answer"]) if not row.get("error") else None
+    return out
+
+
+def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Literal["vllm", "openai"], model: str,
+              sampling: SamplingConfig, regex: str | None = None, choice: list[str] | None = None,
+              prompt_format: Literal["completion", "chat"] = "completion", vllm: VLLMConfig | None = None,
+              openai: OpenAIConfig | None = None, max_retries: int = 2,
+              retry_temperature: float = 0.7) -> tuple[list[dict], int]:
+    """(answered requests in request order, number of re-asked requests)."""
+    if not requests:
+        return [], 0
+    keys = [r["judge_key"] for r in requests]
+    if len(set(keys)) != len(keys):
+        raise ValueError("judge requests need unique judge_key values")
+    args = (parse, engine, model)
+    tail = (regex, choice, prompt_format, vllm, openai)
+    answered = {r["judge_key"]: r for r in _ask_once(requests, *args, sampling, *tail)}
+    retried = 0
+    for attempt in range(1, max_retries + 1):
+        pending = [r for r in requests if answered[r["judge_key"]]["verdict"] is None]
+        if not pending:
+            break
+        retried += len(pending)
+        resample = sampling.model_copy(update={"temperature": retry_temperature, "seed": attempt})
+        for row in _ask_once(pending, *args, resample, *tail):
+            answered[row["judge_key"]] = row
+    return [answered[key] for key in keys], retried

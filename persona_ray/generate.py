@@ -1,0 +1,197 @@
+"""Tailored generation: one response per test row for each persona source, from one model.
+
+Persona sources (the paper's evaluation settings)
+    gold-chosen / gold-rejected   the row's own inferred personas (P_C / P_R)
+    retr-chosen / retr-rejected   the personas of the most similar training prompt (P_retr), from
+                                  `persona-ray retrieve` columns or retrieved here with `index`
+    system                        one fixed persona for the whole dataset (`system_persona`)
+    none                          no persona
+
+How the model sees the persona depends on how it was trained (`mode`)
+    persona    a persona-tailored model (PT-SFT / PT-DPO): "Prompt: …\\nPersona: …\\nResponse:"
+    plain      a model trained without personas (type none, the plain DPO baseline): it never saw
+               the Persona tag, so the persona is appended to the prompt in plain words
+               ("I am …", pt_templates.plain_words_persona)
+    fewshot    a base model with k exemplars from the fewshot split (PT-fs)
+
+Data contract
+    input   an augmented folder (<split>.parquet) or a .jsonl/.parquet file with pair_id, prompt,
+            chosen_persona, rejected_persona (+ retr_chosen_persona, retr_rejected_persona for
+            retr-* sources unless `index` is given); domain optional
+    output  <output>/<model_id>/responses/ Parquet shards, one row per (row_id, persona_source):
+            row_id, persona_source, persona, model_id, prompt, input, response, finish_reason,
+            error; <output>/<model_id>/quarantine.jsonl lists rows that could not be asked
+            (row id, source, field, reason). A rerun resumes: rows already written are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from persona_ray import storage
+from persona_ray.engines import generate as engine_generate
+from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.index import read_table
+from persona_ray.pt_fewshot import fewshot_prompt
+from persona_ray.pt_templates import format_input, prompt_with_plain_persona
+from persona_ray.shards import ShardWriter, done_keys
+from persona_ray.tiny_model import resolve_model
+
+log = logging.getLogger(__name__)
+PERSONA_SOURCES = ("gold-chosen", "gold-rejected", "retr-chosen", "retr-rejected", "system", "none")
+SOURCE_FIELD = {"gold-chosen": "chosen_persona", "gold-rejected": "rejected_persona",
+                "retr-chosen": "retr_chosen_persona", "retr-rejected": "retr_rejected_persona"}
+KEY = ("row_id", "persona_source")
+RESPONSE_SCHEMA = pa.schema([(name, pa.string()) for name in (
+    "row_id", "persona_source", "persona", "model_id", "prompt", "input", "response", "finish_reason", "error")])
+
+
+class GenerateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    split: str = "test"
+    output: str
+    model: str  # model folder, hub name, "tiny"; or the served name for engine openai
+    model_id: str  # label for this model in outputs and reports, e.g. "PT-DPO" or "DPO"
+    mode: Literal["persona", "plain", "fewshot"] = "persona"
+    persona_sources: list[Literal[PERSONA_SOURCES]] = Field(default_factory=lambda: ["gold-chosen"])
+    system_persona: str = "The user is an everyday user and prefers answers that are helpful, accurate and safe."
+    index: str | None = None  # retrieve retr-* personas here instead of reading them from `data`
+    fewshot_data: str | None = None  # folder/file with the fewshot split (default: `data`)
+    fewshot_k: int = Field(3, ge=1)
+    limit: int | None = Field(None, gt=0)  # first N rows by id
+    engine: Literal["vllm", "openai"] = "vllm"
+    prompt_format: Literal["completion", "chat"] = "completion"
+    sampling: SamplingConfig = SamplingConfig(max_tokens=256, stop=["\nPrompt:", "\nPersona:"])
+    vllm: VLLMConfig = VLLMConfig()
+    openai: OpenAIConfig = OpenAIConfig()
+    shard_size: int = Field(500, gt=0)
+
+    @model_validator(mode="after")
+    def _sources_fit_mode(self):
+        if self.mode == "fewshot" and "none" in self.persona_sources:
+            raise ValueError("persona_sources: mode fewshot shows persona-tailored exemplars and needs a persona; "
+                             "use mode plain for source none")
+        if not self.persona_sources:
+            raise ValueError("persona_sources: name at least one source")
+        return self
+
+
+def _split_rows(uri: str, split: str) -> list[dict]:
+    source = storage.join(uri, f"{split}.parquet") if storage.is_dir(uri) else uri
+    if not storage.exists(source):
+        raise FileNotFoundError(f"{source}: not found")
+    return read_table(source)
+
+
+def load_test_rows(cfg: GenerateConfig) -> list[dict]:
+    rows = _split_rows(cfg.data, cfg.split)
+    for row in rows:
+        row.setdefault("pair_id", row.get("id"))
+    rows.sort(key=lambda r: str(r.get("pair_id")))
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    if cfg.index and any(s.startswith("retr-") for s in cfg.persona_sources):
+        from persona_ray.retrieve import PersonaRetriever, QueryError
+
+        retriever = PersonaRetriever.load(cfg.index)
+        for row in rows:
+            try:
+                top = retriever.search(row.get("prompt"), k=1)[0]
+                row["retr_chosen_persona"], row["retr_rejected_persona"] = top["chosen_persona"], top["rejected_persona"]
+            except QueryError:
+                pass  # the row is quarantined below with its prompt's reason
+    return rows
+
+
+def persona_for(row: dict, source: str, cfg: GenerateConfig) -> str | None:
+    if source == "none":
+        return None
+    if source == "system":
+        return cfg.system_persona
+    value = row.get(SOURCE_FIELD[source])
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{SOURCE_FIELD[source]}: missing or empty")
+    return value
+
+
+def model_input(prompt: str, persona: str | None, cfg: GenerateConfig, fewshot: list[dict], domain: str | None) -> str:
+    """The text the model is asked to continue, for its training mode."""
+    if cfg.mode == "persona":
+        return format_input(prompt, persona)
+    if cfg.mode == "plain":
+        return format_input(prompt if persona is None else prompt_with_plain_persona(prompt, persona), None)
+    return fewshot_prompt(fewshot, cfg.fewshot_k, prompt, persona, domain=domain)
+
+
+def build_requests(rows: list[dict], cfg: GenerateConfig, fewshot: list[dict], done: set[str]):
+    """(requests not yet answered, quarantined rows with field and reason)."""
+    requests, quarantine = [], []
+    for number, row in enumerate(rows):
+        row_id = row.get("pair_id")
+        for source in cfg.persona_sources:
+            if not isinstance(row_id, str) or not row_id:
+                quarantine.append({"row": number, "row_id": row_id, "persona_source": source,
+                                   "reason": "pair_id: missing or not a string"})
+                continue
+            if f"{row_id}\x1f{source}" in done:
+                continue
+            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                quarantine.append({"row": number, "row_id": row_id, "persona_source": source,
+                                   "reason": "prompt: missing, empty or not a string"})
+                continue
+            try:
+                persona = persona_for(row, source, cfg)
+                text = model_input(row.get("prompt"), persona, cfg, fewshot, row.get("domain"))
+            except ValueError as exc:
+                quarantine.append({"row": number, "row_id": row_id, "persona_source": source, "reason": str(exc)})
+                continue
+            requests.append({"row_id": row_id, "persona_source": source, "persona": persona, "model_id": cfg.model_id,
+                             "question": row["prompt"], "model_input": text, "prompt": text})
+    return requests, quarantine
+
+
+def _records(batch: dict[str, Any]) -> dict[str, Any]:
+    """Engine rows → RESPONSE_SCHEMA columns. Engines consume "prompt" (the model input), so requests
+    carry it twice ("model_input") and the user's own prompt as "question"."""
+    return {"row_id": batch["row_id"], "persona_source": batch["persona_source"], "persona": batch["persona"],
+            "model_id": batch["model_id"], "prompt": batch["question"], "input": batch["model_input"],
+            "response": [str(t).strip() for t in batch["generated_text"]],
+            "finish_reason": batch["finish_reason"], "error": batch["error"]}
+
+
+def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
+    """Generate (or resume) responses for every (test row, persona source); returns counts."""
+    import ray.data
+
+    from persona_ray.ray_runtime import ensure_ray
+
+    folder = storage.join(cfg.output, cfg.model_id)
+    responses_uri = storage.join(folder, "responses")
+    rows = load_test_rows(cfg)
+    fewshot = _split_rows(cfg.fewshot_data or cfg.data, "fewshot") if cfg.mode == "fewshot" else []
+    done = set(done_keys(responses_uri, KEY).to_pylist())
+    requests, quarantine = build_requests(rows, cfg, fewshot, done)
+    storage.write_bytes(storage.join(folder, "quarantine.jsonl"),
+                        "".join(json.dumps(q, default=str) + "\n" for q in quarantine).encode())
+    log.info("generate %s: %d rows × %d sources, %d already done, %d to ask, %d quarantined", cfg.model_id,
+             len(rows), len(cfg.persona_sources), len(done), len(requests), len(quarantine))
+    writer = ShardWriter(responses_uri, RESPONSE_SCHEMA, cfg.shard_size)
+    if requests:
+        ensure_ray()
+        model = resolve_model(cfg.model) if cfg.engine == "vllm" else cfg.model
+        generated = engine_generate(ray.data.from_items(requests), cfg.engine, model, cfg.sampling,
+                                    prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai)
+        for batch in generated.map_batches(_records, batch_format="numpy").iter_batches(batch_format="pyarrow",
+                                                                                       batch_size=None):
+            writer.add(batch)
+    writer.close()
+    summary = {"model_id": cfg.model_id, "rows": len(rows), "resumed": len(done), "generated": writer.rows_written,
+               "quarantined": len(quarantine), "output": responses_uri}
+    storage.write_json({**summary, "config": cfg.model_dump(exclude={"openai"})}, storage.join(folder, "generate.json"))
+    return summary

@@ -1,0 +1,163 @@
+"""Pairwise judging of tailored responses: win rates for quality and personalization, and ΔPQ.
+
+For each comparison (a test model against a base model, e.g. PT-DPO vs DPO) and persona source,
+every test row is judged with two rubrics (response quality; personalization = answers the
+prompt and fits the user's persona), each in both response orders (pairwise.py). Verdicts are
+keyed by test-row id, never by prompt text.
+
+The persona the personalization rubric shows is the user's: the gold persona of the same side
+for gold-* and retr-* sources (a retrieved persona is only the system's guess at the user), the
+gold chosen persona for `none`, and the fixed persona itself for `system`.
+
+Data contract
+    responses   the output folder of `persona-ray generate` (<model_id>/responses/ shards)
+    data        the test rows (augmented folder or file) with pair_id, prompt, chosen_persona,
+                rejected_persona
+    output      (local folder) verdicts.parquet — every judge request and answer; pairwise.json —
+                per (comparison, persona source) counts, win rates, ΔPQ with bootstrap 95 % CIs,
+                and the rows that could not be judged; report.md + pairwise_delta_pq.png
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from persona_ray import storage
+from persona_ray.engines.asking import ask_judge
+from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.generate import PERSONA_SOURCES, GenerateConfig, load_test_rows
+from persona_ray.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
+from persona_ray.shards import read_shards
+from persona_ray.tiny_model import resolve_model
+
+log = logging.getLogger(__name__)
+JUDGE_PERSONA_FIELD = {"gold-chosen": "chosen_persona", "retr-chosen": "chosen_persona", "none": "chosen_persona",
+                       "gold-rejected": "rejected_persona", "retr-rejected": "rejected_persona"}
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    test: str  # model_id of the model under test (judged as "B" in the paper's win = B/(A+B))
+    base: str  # model_id of the baseline
+    persona_sources: list[Literal[PERSONA_SOURCES]] | None = None  # default: all the test model has
+    base_source: Literal[PERSONA_SOURCES] | None = None  # baseline's source; default: the same one
+    name: str | None = None  # default "<test> vs <base>"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.test} vs {self.base}"
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    responses: str
+    data: str
+    split: str = "test"
+    output: str
+    comparisons: list[Comparison] = Field(min_length=1)
+    judge_model: str = "tiny"
+    engine: Literal["vllm", "openai"] = "vllm"
+    guided_decoding: bool = True  # vLLM: the answer must match pairwise.result_regex
+    min_feedback_chars: int = Field(20, ge=0)
+    max_feedback_chars: int = Field(300, ge=1)
+    prompt_format: Literal["completion", "chat"] = "completion"
+    max_parse_retries: int = Field(2, ge=0)
+    retry_temperature: float = Field(0.7, ge=0)
+    n_boot: int = Field(1000, ge=1)
+    seed: int = 0
+    limit: int | None = Field(None, gt=0)
+    sampling: SamplingConfig = SamplingConfig(max_tokens=512, stop=[])
+    vllm: VLLMConfig = VLLMConfig()
+    openai: OpenAIConfig = OpenAIConfig()
+
+
+def _responses(folder: str, model_id: str) -> dict[tuple[str, str], dict]:
+    table = read_shards(storage.join(folder, model_id, "responses"))
+    if table is None:
+        raise FileNotFoundError(f"{folder}/{model_id}/responses: no responses (run `persona-ray generate`)")
+    return {(r["row_id"], r["persona_source"]): r for r in table.to_pylist()}
+
+
+def _judge_persona(row: dict, source: str, test_response: dict) -> str:
+    if source == "system":
+        return test_response["persona"]
+    return row[JUDGE_PERSONA_FIELD[source]]
+
+
+def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(judge requests, rows that cannot be judged with the reason)."""
+    requests, skipped = [], []
+    cache: dict[str, dict] = {}
+    for comp in cfg.comparisons:
+        for model_id in (comp.test, comp.base):
+            cache.setdefault(model_id, _responses(cfg.responses, model_id))
+        test, base = cache[comp.test], cache[comp.base]
+        sources = comp.persona_sources or sorted({s for _, s in test}, key=PERSONA_SOURCES.index)
+        for source in sources:
+            for row in rows:
+                rid = row["pair_id"]
+                t, b = test.get((rid, source)), base.get((rid, comp.base_source or source))
+                problem = ("test response missing" if t is None else "base response missing" if b is None
+                           else "test generation failed" if t["error"] else "base generation failed" if b["error"]
+                           else None)
+                if problem:
+                    skipped.append({"comparison": comp.label, "persona_source": source, "row_id": rid,
+                                    "reason": problem})
+                    continue
+                persona = _judge_persona(row, source, t)
+                for rubric in RUBRICS:
+                    for req in comparison_requests(rid, row["prompt"], b["response"], t["response"], persona, rubric):
+                        key = "\x1f".join([comp.label, source, rid, rubric, req["order"]])
+                        requests.append({**req, "comparison": comp.label, "persona_source": source, "judge_key": key})
+    return requests, skipped
+
+
+def score(answered: list[dict]) -> list[dict]:
+    """Both-order verdicts → one outcome per (comparison, source, row, rubric)."""
+    verdicts: dict[tuple, dict[str, str | None]] = defaultdict(dict)
+    for row in answered:
+        verdicts[(row["comparison"], row["persona_source"], row["row_id"], row["rubric"])][row["order"]] = row["verdict"]
+    return [{"comparison": c, "persona_source": s, "row_id": r, "rubric": rubric,
+             "outcome": score_comparison(v.get("base_first"), v.get("test_first"))}
+            for (c, s, r, rubric), v in sorted(verdicts.items())]
+
+
+def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
+    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.report import write_report
+
+    rows = load_test_rows(GenerateConfig(data=cfg.data, split=cfg.split, output=cfg.output, model="-", model_id="-",
+                                         limit=cfg.limit))
+    requests, skipped = build_all_requests(cfg, rows)
+    ensure_ray()
+    guided = cfg.guided_decoding and cfg.engine == "vllm"
+    answered, retried = ask_judge(
+        requests, parse=parse_verdict, engine=cfg.engine,
+        model=resolve_model(cfg.judge_model) if cfg.engine == "vllm" else cfg.judge_model, sampling=cfg.sampling,
+        regex=result_regex(cfg.min_feedback_chars, cfg.max_feedback_chars) if guided else None,
+        prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai, max_retries=cfg.max_parse_retries,
+        retry_temperature=cfg.retry_temperature)
+    columns = ("comparison", "persona_source", "row_id", "rubric", "order", "answer", "verdict", "error")
+    storage.write_parquet(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in answered],
+                                               schema=pa.schema([(c, pa.string()) for c in columns])),
+                          storage.join(cfg.output, "verdicts.parquet"))
+    results = aggregate(score(answered), n_boot=cfg.n_boot, seed=cfg.seed)
+    summary = {"judge_model": cfg.judge_model, "engine": cfg.engine, "guided_decoding": guided,
+               "requests": len(answered), "unparseable_after_retries": sum(r["verdict"] is None for r in answered),
+               "retried": retried, "rows_not_judged": len(skipped)}
+    storage.write_json({"summary": summary, "results": results, "not_judged": skipped},
+                       storage.join(cfg.output, "pairwise.json"))
+    notes = [f"Judge: {cfg.judge_model} ({cfg.engine}, guided={guided}); {len(answered)} verdicts, "
+             f"{summary['unparseable_after_retries']} unparseable after {cfg.max_parse_retries} retries "
+             f"({retried} re-asked); {len(skipped)} (row, source) pairs not judged (see pairwise.json)."]
+    report = write_report(cfg.output, title="Tailored responses: pairwise judgement", pairwise=results, notes=notes)
+    log.info("judge: %d verdicts (%d unparseable after retries), %d rows not judged; report at %s",
+             len(answered), summary["unparseable_after_retries"], len(skipped), report)
+    return {"summary": summary, "results": results, "report": report}
