@@ -40,6 +40,20 @@ def test_local_config_loads_with_overrides():
     assert gpu.vllm.gpu and gpu.engine == "vllm"
 
 
+def test_cluster_configs_for_retrieval_generation_and_judging_load():
+    from persona_ray.generate import GenerateConfig
+    from persona_ray.index import IndexConfig
+    from persona_ray.judge import JudgeConfig
+
+    index = load_config(IndexConfig, str(REPO / "cluster" / "index.yaml"))
+    assert "test" not in index.splits and index.output.startswith("s3://")
+    generate = load_config(GenerateConfig, str(REPO / "cluster" / "generate-gpu.yaml"))
+    assert generate.vllm.gpu and generate.persona_sources == ["gold-chosen", "gold-rejected", "retr-chosen",
+                                                              "retr-rejected"]
+    judge = load_config(JudgeConfig, str(REPO / "cluster" / "judge-gpu.yaml"))
+    assert judge.comparisons[0].label == "PT-DPO vs DPO" and judge.comparisons[0].base_source == "none"
+
+
 @pytest.mark.parametrize(
     "yaml_text, message",
     [
