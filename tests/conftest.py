@@ -29,7 +29,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_server):
+    """Local Ray, started after the S3 server so every worker inherits its endpoint and test
+    credentials, as workers on a real cluster get theirs from their own environment."""
     import ray
 
     from persona_ray.ray_runtime import ensure_ray
