@@ -194,6 +194,35 @@ def judge(
     typer.echo(json.dumps({"summary": result["summary"], "report": result["report"]}))
 
 
+@app.command("serve")
+def serve_cmd(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (ServeConfig)"),
+    index: Optional[str] = typer.Option(None, "--index", help="folder or s3:// prefix from `persona-ray index`"),
+    model: Optional[str] = typer.Option(None, "--model", help="merged persona-tailored model ('tiny' = built-in)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+) -> None:
+    """Serve persona-tailored answers over HTTP (Ray Serve): POST /v1/tailor, GET /healthz."""
+    import time
+
+    from ray import serve
+
+    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.serve import ServeConfig, build_app
+
+    _setup_logging()
+    cfg = _load(ServeConfig, config, {"index": index, "model": model})
+    ensure_ray()
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/")
+    typer.echo(f"serving on http://{host}:{port} (POST /v1/tailor, GET /healthz); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
 @app.command()
 def report(
     output: str = typer.Option(..., "--output", help="local folder for report.md and plots"),
