@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,11 +61,20 @@ def local_copy(index_uri: str) -> str:
         return os.path.abspath(index_uri)
     manifest = storage.read_json(manifest_uri)
     folder = default_cache_dir() / "indexes" / manifest["fingerprint"]
-    if not (folder / "manifest.json").exists():
-        for part in ("colbert", "checkpoint"):
-            storage.copy_dir(storage.join(index_uri, part), str(folder / part))
-        storage.write_bytes(str(folder / "rows.parquet"), storage.read_bytes(storage.join(index_uri, "rows.parquet")))
-        storage.write_json(manifest, str(folder / "manifest.json"))  # last: marks the copy complete
+    if folder.exists():
+        return str(folder)
+    # Several replicas on one node may load at once: each downloads into its own scratch folder
+    # and renames it into place; the first rename wins and the others drop their copy.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".{manifest['fingerprint'][:12]}-", dir=folder.parent)
+    for part in ("colbert", "checkpoint"):
+        storage.copy_dir(storage.join(index_uri, part), os.path.join(scratch, part))
+    storage.write_bytes(os.path.join(scratch, "rows.parquet"), storage.read_bytes(storage.join(index_uri, "rows.parquet")))
+    storage.write_json(manifest, os.path.join(scratch, "manifest.json"))
+    try:
+        os.rename(scratch, folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(scratch, ignore_errors=True)
     return str(folder)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -95,7 +96,7 @@ def _augmented_folder(tmp_path):
     return str(folder), splits
 
 
-def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, ray_local):
+def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, ray_local, monkeypatch):
     data, splits = _augmented_folder(tmp_path)
     uri = f"s3://{s3_bucket}/indexes/beavertails"
     first = run_index(IndexConfig(data=data, output=uri))
@@ -108,7 +109,19 @@ def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, 
     indexed = storage.read_parquet(f"{uri}/rows.parquet").column("row_id").to_pylist()
     assert len(indexed) == len(set(indexed)) == 65 and not test_ids & set(indexed)
 
-    retriever = PersonaRetriever.load(uri)  # downloads from S3 into the cache
+    # Replicas starting together on one node: one complete local copy, no scratch folders left.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from persona_ray.retrieve import local_copy
+
+    monkeypatch.setenv("PERSONA_RAY_CACHE", str(tmp_path / "cache"))  # an empty cache: really download
+    with ThreadPoolExecutor(3) as pool:
+        copies = set(pool.map(local_copy, [uri] * 3))
+    (copy,) = copies
+    assert json.load(open(os.path.join(copy, "manifest.json")))["fingerprint"] == first["fingerprint"]
+    assert copy.startswith(str(tmp_path / "cache"))
+    assert not [p for p in os.listdir(os.path.dirname(copy)) if p.startswith(".")]
+    retriever = PersonaRetriever.load(uri)  # from the cached copy
     train = splits["sft_train"][3]
     assert retriever.search(train["prompt"], k=1)[0]["row_id"] == train["id"]
     for row in splits["test"]:  # a test prompt verbatim can only retrieve training rows
