@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from persona_ray import storage
 from persona_ray.engines.asking import ask_judge
@@ -60,7 +60,7 @@ class JudgeConfig(BaseModel):
     responses: str
     data: str
     split: str = "test"
-    output: str
+    output: str  # a local folder: the report and its plot are written there
     comparisons: list[Comparison] = Field(min_length=1)
     judge_model: str = "tiny"
     engine: Literal["vllm", "openai"] = "vllm"
@@ -76,6 +76,13 @@ class JudgeConfig(BaseModel):
     sampling: SamplingConfig = SamplingConfig(max_tokens=512, stop=[])
     vllm: VLLMConfig = VLLMConfig()
     openai: OpenAIConfig = OpenAIConfig()
+
+    @field_validator("output")
+    @classmethod
+    def _local_output(cls, output: str) -> str:
+        if storage.is_s3(output):
+            raise ValueError("must be a local folder (report.md and its plot are written there); copy it to S3 after")
+        return output
 
 
 def _responses(folder: str, model_id: str) -> dict[tuple[str, str], dict]:

@@ -106,6 +106,11 @@ def test_judge_requests_use_the_users_persona_and_report_missing_rows(tmp_path):
         ("retr-rejected", rows[2]["pair_id"], "base response missing")]
 
 
+def test_judge_output_must_be_local():
+    with pytest.raises(ValueError, match="must be a local folder"):
+        JudgeConfig(responses="r", data="d", output="s3://bucket/judged", comparisons=[Comparison(test="a", base="b")])
+
+
 def test_scoring_keys_by_row_id_and_position_only_judge_ties():
     answered = [{"comparison": "PT vs DPO", "persona_source": "gold-chosen", "row_id": rid, "rubric": rubric,
                  "order": order, "verdict": "A"}
