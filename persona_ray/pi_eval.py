@@ -98,15 +98,11 @@ def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
 
 
 def judge_all(requests: list[dict], cfg: PIEvalConfig, judge: str) -> tuple[list[dict], int]:
-    """All requests answered ("choice": 1, 2 or None); unparseable ones re-asked a bounded number of times."""
+    """All requests answered ("verdict": 1, 2 or None); unparseable ones re-asked a bounded number of times."""
     guided = list(CHOICES) if cfg.guided_decoding and cfg.engine == "vllm" else None
-    answered, retried = ask_judge(requests, parse=parse_choice, engine=cfg.engine, model=judge,
-                                  sampling=cfg.sampling, choice=guided, prompt_format=cfg.prompt_format,
-                                  vllm=cfg.vllm, openai=cfg.openai, max_retries=cfg.max_parse_retries,
-                                  retry_temperature=cfg.retry_temperature)
-    for row in answered:
-        row["choice"] = row["verdict"]
-    return answered, retried
+    return ask_judge(requests, parse=parse_choice, engine=cfg.engine, model=judge, sampling=cfg.sampling,
+                     choice=guided, prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai,
+                     max_retries=cfg.max_parse_retries, retry_temperature=cfg.retry_temperature)
 
 
 def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: str):
@@ -123,7 +119,7 @@ def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: st
     meta = {}
     for row in answered:
         key = (row["pi_model"], row["pair_id"], row["side"])
-        verdicts[key][row["order"]] = row["choice"]
+        verdicts[key][row["order"]] = row["verdict"]
         meta[key] = row["domain"]
     scored = [{"model": k[0], "domain": meta[k], "side": k[2],
                **score_persona(v.get("own_first"), v.get("own_second"))} for k, v in sorted(verdicts.items())]
@@ -141,7 +137,7 @@ def _preference(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: 
     answered, retried = judge_all(requests, cfg, judge)
     verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
     for row in answered:
-        verdicts[(row["pi_model"], row["pair_id"])][row["order"]] = row["choice"]
+        verdicts[(row["pi_model"], row["pair_id"])][row["order"]] = row["verdict"]
     outcomes: dict[str, list[str]] = defaultdict(list)
     for (model, _), v in sorted(verdicts.items()):
         outcomes[model].append(score_preference(v.get("chosen_first"), v.get("rejected_first")))
@@ -168,9 +164,9 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
     answers = acc_answers + pref_answers
     verdict_columns = ("judge_key", "pi_model", "pair_id", "order", "answer", "error")
     storage.write_parquet(pa.Table.from_pylist(
-        [{**{c: str(r.get(c) or "") for c in verdict_columns}, "choice": r["choice"]} for r in answers]),
+        [{**{c: str(r.get(c) or "") for c in verdict_columns}, "choice": r["verdict"]} for r in answers]),
         storage.join(cfg.output, "verdicts.parquet"))
-    unparseable = sum(r["choice"] is None for r in answers)
+    unparseable = sum(r["verdict"] is None for r in answers)
     summary = {"judge_model": cfg.judge_model, "engine": cfg.engine, "guided_decoding": cfg.guided_decoding,
                "requests": len(answers), "unparseable_after_retries": unparseable,
                "retried": acc_retried + pref_retried}

@@ -19,17 +19,6 @@ from persona_ray.engines import generate
 from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
 
 
-def _ask_once(requests: list[dict], parse: Callable[[str], Any], engine: str, model: str, sampling: SamplingConfig,
-              regex: str | None, choice: list[str] | None, prompt_format: str, vllm: VLLMConfig | None,
-              openai: OpenAIConfig | None) -> list[dict]:
-    out = generate(ray.data.from_items(requests), engine, model, sampling, regex=regex, choice=choice,
-                   prompt_format=prompt_format, vllm=vllm, openai=openai).take_all()
-    for row in out:
-        row["answer"] = row.get("generated_text") or ""
-        row["verdict"] = parse(row["answer"]) if not row.get("error") else None
-    return out
-
-
 def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Literal["vllm", "openai"], model: str,
               sampling: SamplingConfig, regex: str | None = None, choice: list[str] | None = None,
               prompt_format: Literal["completion", "chat"] = "completion", vllm: VLLMConfig | None = None,
@@ -41,9 +30,16 @@ def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Lite
     keys = [r["judge_key"] for r in requests]
     if len(set(keys)) != len(keys):
         raise ValueError("judge requests need unique judge_key values")
-    args = (parse, engine, model)
-    tail = (regex, choice, prompt_format, vllm, openai)
-    answered = {r["judge_key"]: r for r in _ask_once(requests, *args, sampling, *tail)}
+
+    def ask(rows: list[dict], params: SamplingConfig) -> list[dict]:
+        out = generate(ray.data.from_items(rows), engine, model, params, regex=regex, choice=choice,
+                       prompt_format=prompt_format, vllm=vllm, openai=openai).take_all()
+        for row in out:
+            row["answer"] = row.get("generated_text") or ""
+            row["verdict"] = parse(row["answer"]) if not row.get("error") else None
+        return out
+
+    answered = {r["judge_key"]: r for r in ask(requests, sampling)}
     retried = 0
     for attempt in range(1, max_retries + 1):
         pending = [r for r in requests if answered[r["judge_key"]]["verdict"] is None]
@@ -51,6 +47,6 @@ def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Lite
             break
         retried += len(pending)
         resample = sampling.model_copy(update={"temperature": retry_temperature, "seed": attempt})
-        for row in _ask_once(pending, *args, resample, *tail):
+        for row in ask(pending, resample):
             answered[row["judge_key"]] = row
     return [answered[key] for key in keys], retried
