@@ -36,10 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from persona_ray import storage
 from persona_ray.engines import generate as engine_generate
 from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.index import read_table
+from persona_ray.index import read_split
 from persona_ray.pt_fewshot import fewshot_prompt
-from persona_ray.pt_templates import format_input, prompt_with_plain_persona
-from persona_ray.shards import ShardWriter, done_keys
+from persona_ray.pt_templates import inference_input
+from persona_ray.shards import ShardWriter, done_keys, key_of
 from persona_ray.tiny_model import resolve_model
 
 log = logging.getLogger(__name__)
@@ -83,29 +83,22 @@ class GenerateConfig(BaseModel):
         return self
 
 
-def _split_rows(uri: str, split: str) -> list[dict]:
-    source = storage.join(uri, f"{split}.parquet") if storage.is_dir(uri) else uri
-    if not storage.exists(source):
-        raise FileNotFoundError(f"{source}: not found")
-    return read_table(source)
-
-
-def load_test_rows(cfg: GenerateConfig) -> list[dict]:
-    rows = _split_rows(cfg.data, cfg.split)
+def load_test_rows(data: str, split: str, limit: int | None = None, index: str | None = None) -> list[dict]:
+    """Rows of `split` sorted by id (first `limit`); with `index`, retr_* personas retrieved here."""
+    rows = read_split(data, split)
     for row in rows:
         row.setdefault("pair_id", row.get("id"))
     rows.sort(key=lambda r: str(r.get("pair_id")))
-    rows = rows[: cfg.limit] if cfg.limit else rows
-    if cfg.index and any(s.startswith("retr-") for s in cfg.persona_sources):
+    rows = rows[:limit] if limit else rows
+    if index:
         from persona_ray.retrieve import PersonaRetriever, QueryError
 
-        retriever = PersonaRetriever.load(cfg.index)
+        retriever = PersonaRetriever.load(index)
         for row in rows:
             try:
-                top = retriever.search(row.get("prompt"), k=1)[0]
-                row["retr_chosen_persona"], row["retr_rejected_persona"] = top["chosen_persona"], top["rejected_persona"]
+                row.update(retriever.retrieved(row.get("prompt")))
             except QueryError:
-                pass  # the row is quarantined below with its prompt's reason
+                pass  # the row is quarantined in build_requests with its prompt's reason
     return rows
 
 
@@ -122,11 +115,9 @@ def persona_for(row: dict, source: str, cfg: GenerateConfig) -> str | None:
 
 def model_input(prompt: str, persona: str | None, cfg: GenerateConfig, fewshot: list[dict], domain: str | None) -> str:
     """The text the model is asked to continue, for its training mode."""
-    if cfg.mode == "persona":
-        return format_input(prompt, persona)
-    if cfg.mode == "plain":
-        return format_input(prompt if persona is None else prompt_with_plain_persona(prompt, persona), None)
-    return fewshot_prompt(fewshot, cfg.fewshot_k, prompt, persona, domain=domain)
+    if cfg.mode == "fewshot":
+        return fewshot_prompt(fewshot, cfg.fewshot_k, prompt, persona, domain=domain)
+    return inference_input(prompt, persona, persona_template=cfg.mode == "persona")
 
 
 def build_requests(rows: list[dict], cfg: GenerateConfig, fewshot: list[dict], done: set[str]):
@@ -139,7 +130,7 @@ def build_requests(rows: list[dict], cfg: GenerateConfig, fewshot: list[dict], d
                 quarantine.append({"row": number, "row_id": row_id, "persona_source": source,
                                    "reason": "pair_id: missing or not a string"})
                 continue
-            if f"{row_id}\x1f{source}" in done:
+            if key_of(row_id, source) in done:
                 continue
             if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
                 quarantine.append({"row": number, "row_id": row_id, "persona_source": source,
@@ -173,8 +164,9 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     folder = storage.join(cfg.output, cfg.model_id)
     responses_uri = storage.join(folder, "responses")
-    rows = load_test_rows(cfg)
-    fewshot = _split_rows(cfg.fewshot_data or cfg.data, "fewshot") if cfg.mode == "fewshot" else []
+    needs_retrieval = any(source.startswith("retr-") for source in cfg.persona_sources)
+    rows = load_test_rows(cfg.data, cfg.split, cfg.limit, cfg.index if needs_retrieval else None)
+    fewshot = read_split(cfg.fewshot_data or cfg.data, "fewshot") if cfg.mode == "fewshot" else []
     done = set(done_keys(responses_uri, KEY).to_pylist())
     requests, quarantine = build_requests(rows, cfg, fewshot, done)
     storage.write_bytes(storage.join(folder, "quarantine.jsonl"),

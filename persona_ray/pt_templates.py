@@ -162,6 +162,18 @@ def prompt_with_plain_persona(prompt: str, persona: str) -> str:
     return f"{prompt_text}\n\n{plain_words_persona(persona)}"
 
 
+def inference_input(prompt: str, persona: str | None, persona_template: bool) -> str:
+    """What a trained model is asked to continue at inference.
+
+    persona_template=True: a PT model, "Prompt: …\nPersona: …\nResponse:" (no Persona line when
+    persona is None). False: a model trained without personas (type none), which never saw the
+    Persona line; a persona goes into the prompt in plain words.
+    """
+    if persona_template or persona is None:
+        return format_input(prompt, persona)
+    return format_input(prompt_with_plain_persona(prompt, persona), None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Examples from augmented rows.
 

@@ -28,7 +28,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from persona_ray.engines.config import SamplingConfig, VLLMConfig
-from persona_ray.pt_templates import format_input, prompt_with_plain_persona
+from persona_ray.pt_templates import inference_input
 
 
 class Autoscaling(BaseModel):
@@ -93,12 +93,6 @@ def check_request(req: TailorRequest, cfg: ServeConfig) -> tuple[str, str | None
     if max_tokens > cfg.max_tokens_limit:
         raise ValueError(f"max_tokens: {max_tokens}; the limit is {cfg.max_tokens_limit}")
     return prompt, persona, max_tokens
-
-
-def model_input(prompt: str, persona: str, mode: str) -> str:
-    if mode == "plain":
-        return format_input(prompt_with_plain_persona(prompt, persona), None)
-    return format_input(prompt, persona)
 
 
 @serve.deployment
@@ -168,7 +162,8 @@ class Ingress:
             hit = await self.retriever.top.remote(prompt)
             persona, source = " ".join(hit[f"{self.cfg.retrieved_side}_persona"].split()), "retrieved"
             retrieved = {"row_id": hit["row_id"], "score": hit["score"], "prompt": hit["prompt"]}
-        answer = await self.llm.generate.remote(model_input(prompt, persona, self.cfg.mode), max_tokens)
+        text = inference_input(prompt, persona, persona_template=self.cfg.mode == "persona")
+        answer = await self.llm.generate.remote(text, max_tokens)
         return {"response": answer["text"], "finish_reason": answer["finish_reason"], "persona": persona,
                 "persona_source": source, "retrieved": retrieved, "model_id": self.cfg.model_id}
 

@@ -291,3 +291,16 @@ def test_tokenize_refuses_empty_parts(tokenizer):
         tokenize_sft({"pair_id": "p9", "input": "", "response": "Yes."}, tokenizer, 64)
     with pytest.raises(ValueError, match="p9"):
         tokenize_dpo({"pair_id": "p9", "prompt": IN_NONE, "chosen": "Yes.", "rejected": ""}, tokenizer, 64)
+
+
+def test_inference_input_for_persona_and_plain_models():
+    from persona_ray.pt_templates import inference_input
+
+    persona = "The user is curious and prefers examples."
+    assert inference_input("Why is the sky blue?", persona, persona_template=True) == (
+        "Prompt: Why is the sky blue?\nPersona: The user is curious and prefers examples.\nResponse:")
+    assert inference_input("Why is the sky blue?", persona, persona_template=False) == (
+        "Prompt: Why is the sky blue?\n\nI am curious and prefer examples.\nResponse:")
+    for template in (True, False):
+        assert inference_input("Why is the sky blue?", None, persona_template=template) == (
+            "Prompt: Why is the sky blue?\nResponse:")
