@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from typing import Any
@@ -77,6 +76,14 @@ def read_table(uri: str) -> list[dict]:
             row = {"_error": f"line {number}: not JSON ({exc.msg})"}
         rows.append(row if isinstance(row, dict) else {"_error": f"line {number}: not a JSON object"})
     return rows
+
+
+def read_split(uri: str, split: str) -> list[dict]:
+    """Rows of one split: <uri>/<split>.parquet for an augmented folder, else the file itself."""
+    source = storage.join(uri, f"{split}.parquet") if storage.is_dir(uri) else uri
+    if not storage.exists(source):
+        raise FileNotFoundError(f"{source}: not found")
+    return read_table(source)
 
 
 def read_training_rows(cfg: IndexConfig) -> list[dict]:
@@ -166,12 +173,11 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="persona-index-") as scratch:
         build_colbert_index([r["prompt"] for r in rows], checkpoint, os.path.join(scratch, "colbert"), cfg)
         build_seconds = time.perf_counter() - started
-        shutil.copytree(checkpoint, os.path.join(scratch, "checkpoint"))
         if storage.exists(manifest_uri):
             storage.delete(manifest_uri)  # the old index is incomplete from here until the new manifest
-        for part in ("colbert", "checkpoint"):
+        for part, source in (("colbert", os.path.join(scratch, "colbert")), ("checkpoint", checkpoint)):
             storage.delete(storage.join(cfg.output, part))
-            storage.copy_dir(os.path.join(scratch, part), storage.join(cfg.output, part))
+            storage.copy_dir(source, storage.join(cfg.output, part))
     table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in ROW_COLUMNS]))
     storage.write_parquet(table, storage.join(cfg.output, "rows.parquet"))
     storage.write_bytes(storage.join(cfg.output, "quarantine.jsonl"),

@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from persona_ray import storage
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.generate import PERSONA_SOURCES, GenerateConfig, load_test_rows
+from persona_ray.generate import PERSONA_SOURCES, load_test_rows
 from persona_ray.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
-from persona_ray.shards import read_shards
+from persona_ray.shards import key_of, read_shards
 from persona_ray.tiny_model import resolve_model
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], 
     cache: dict[str, dict] = {}
     for comp in cfg.comparisons:
         for model_id in (comp.test, comp.base):
-            cache.setdefault(model_id, _responses(cfg.responses, model_id))
+            if model_id not in cache:  # each model's shards are read once, however many comparisons use it
+                cache[model_id] = _responses(cfg.responses, model_id)
         test, base = cache[comp.test], cache[comp.base]
         sources = comp.persona_sources or sorted({s for _, s in test}, key=PERSONA_SOURCES.index)
         for source in sources:
@@ -121,7 +122,7 @@ def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], 
                 persona = _judge_persona(row, source, t)
                 for rubric in RUBRICS:
                     for req in comparison_requests(rid, row["prompt"], b["response"], t["response"], persona, rubric):
-                        key = "\x1f".join([comp.label, source, rid, rubric, req["order"]])
+                        key = key_of(comp.label, source, rid, rubric, req["order"])
                         requests.append({**req, "comparison": comp.label, "persona_source": source, "judge_key": key})
     return requests, skipped
 
@@ -140,8 +141,7 @@ def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
     from persona_ray.ray_runtime import ensure_ray
     from persona_ray.report import write_report
 
-    rows = load_test_rows(GenerateConfig(data=cfg.data, split=cfg.split, output=cfg.output, model="-", model_id="-",
-                                         limit=cfg.limit))
+    rows = load_test_rows(cfg.data, cfg.split, cfg.limit)
     requests, skipped = build_all_requests(cfg, rows)
     ensure_ray()
     guided = cfg.guided_decoding and cfg.engine == "vllm"

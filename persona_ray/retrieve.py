@@ -103,6 +103,13 @@ class PersonaRetriever:
         return [{"rank": rank, "score": float(score), **self.rows[pid]}
                 for rank, (pid, score) in enumerate(zip(pids, scores), start=1)]
 
+    def retrieved(self, text: Any) -> dict[str, Any]:
+        """RETRIEVED_COLUMNS from the top hit (retr-chosen / retr-rejected personas); QueryError if bad."""
+        top = self.search(text, k=1)[0]
+        return {"retr_row_id": top["row_id"], "retr_score": top["score"], "retr_prompt": top["prompt"],
+                "retr_chosen_persona": top["chosen_persona"], "retr_rejected_persona": top["rejected_persona"],
+                "retr_error": None}
+
 
 class _RetrieverActor:
     """Ray Data map_batches callable: one loaded index per actor."""
@@ -115,13 +122,11 @@ class _RetrieverActor:
         out = {name: [] for name in RETRIEVED_COLUMNS}
         for query in batch[self.query_column]:
             try:
-                top = self.retriever.search(query, k=1)[0]
-                values = (top["row_id"], top["score"], top["prompt"], top["chosen_persona"],
-                          top["rejected_persona"], None)
+                found = self.retriever.retrieved(query)
             except QueryError as exc:
-                values = (None, None, None, None, None, f"{self.query_column}: {exc}")
-            for name, value in zip(RETRIEVED_COLUMNS, values):
-                out[name].append(value)
+                found = {"retr_error": f"{self.query_column}: {exc}"}
+            for name in RETRIEVED_COLUMNS:
+                out[name].append(found.get(name))
         return {**{key: list(value) for key, value in batch.items()}, **out}
 
 
@@ -152,13 +157,12 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     import pyarrow as pa
     import ray
 
-    from persona_ray.index import read_table
+    from persona_ray.index import read_split
     from persona_ray.ray_runtime import ensure_ray
 
-    source = storage.join(cfg.data, f"{cfg.split}.parquet") if storage.is_dir(cfg.data) else cfg.data
-    rows = read_table(source)
+    rows = read_split(cfg.data, cfg.split)
     if not rows:
-        raise ValueError(f"{source}: no rows")
+        raise ValueError(f"{cfg.data} ({cfg.split}): no rows")
     ensure_ray()
     # Queries travel as a JSON-free string column; non-strings become "" and then a retr_error.
     items = [{"_row": i, "_query": q if isinstance(q, str) else ""} for i, q in
@@ -178,5 +182,5 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
         storage.write_parquet(pa.Table.from_pylist(good), storage.join(cfg.output, f"{cfg.split}.parquet"))
     storage.write_bytes(storage.join(cfg.output, f"{cfg.split}.quarantine.jsonl"),
                         "".join(json.dumps(b) + "\n" for b in bad).encode())
-    log.info("retrieve: %d rows of %s got personas, %d quarantined", len(good), source, len(bad))
+    log.info("retrieve: %d rows of %s (%s) got personas, %d quarantined", len(good), cfg.data, cfg.split, len(bad))
     return {"rows": len(rows), "retrieved": len(good), "quarantined": len(bad), "output": cfg.output}

@@ -43,10 +43,18 @@ def read_shards(folder: str, columns: list[str] | None = None) -> pa.Table | Non
     return pa.concat_tables(tables) if tables else None
 
 
+KEY_SEPARATOR = "\x1f"  # unprintable, so it cannot occur inside an id
+
+
 def row_keys(table: pa.Table, key_columns: tuple[str, ...]) -> pa.Array:
-    """One string key per row, joining the key columns with an unprintable separator."""
+    """One string key per row, joining the key columns with KEY_SEPARATOR."""
     columns = [pc.cast(table[name], pa.string()) for name in key_columns]
-    return pc.binary_join_element_wise(*columns, "\x1f") if len(columns) > 1 else columns[0]
+    return pc.binary_join_element_wise(*columns, KEY_SEPARATOR) if len(columns) > 1 else columns[0]
+
+
+def key_of(*parts: str) -> str:
+    """The key `row_keys` gives a row with these key values (for checks against `done_keys`)."""
+    return KEY_SEPARATOR.join(parts)
 
 
 def done_keys(folder: str, key_columns: tuple[str, ...]) -> pa.Array:
