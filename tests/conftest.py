@@ -24,6 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def field_line(prompt: str, header: str) -> str:
+    """The line right after `header` in a judge prompt (where a delimited field sits)."""
+    lines = prompt.splitlines()
+    return lines[lines.index(header) + 1]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from latency import p50_p99
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "beavertails-test-personas.jsonl"
@@ -49,11 +50,6 @@ def build(rows: list[dict], folder: Path) -> float:
     started = time.perf_counter()
     run_index(IndexConfig(data=str(data), output=str(folder / "index"), force=True))
     return time.perf_counter() - started
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def main() -> None:
@@ -89,7 +85,7 @@ def main() -> None:
         recall = recall_at(retriever.search, targets, ks=(1, 10))
 
     per_1k = {name: seconds[name] / sizes[name] * 1000 for name in sizes}
-    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+    p50, p99 = p50_p99(latencies)
     result = {
         "build_s": {n: round(s, 1) for n, s in seconds.items()},
         "build_s_per_1k": {n: round(s, 1) for n, s in per_1k.items()},

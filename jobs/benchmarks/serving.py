@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from latency import p50_p99
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "beavertails-test-personas.jsonl"
@@ -29,11 +29,6 @@ def timed(url: str, body: dict) -> float:
     reply = httpx.post(f"{url}/v1/tailor", json=body, timeout=300)
     reply.raise_for_status()
     return (time.perf_counter() - started) * 1000
-
-
-def p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def main() -> None:
@@ -74,11 +69,11 @@ def main() -> None:
         rate = len(picks) / (time.perf_counter() - started)
         serve.shutdown()
 
+    (given_p50, given_p99), (retrieved_p50, retrieved_p99) = p50_p99(given), p50_p99(retrieved)
     result = {
-        "given_ms_p50": round(statistics.median(given), 1), "given_ms_p99": round(p(given, 0.99), 1),
-        "retrieved_ms_p50": round(statistics.median(retrieved), 1),
-        "retrieved_ms_p99": round(p(retrieved, 0.99), 1),
-        "retrieved_over_given_p50": round(statistics.median(retrieved) / statistics.median(given), 2),
+        "given_ms_p50": round(given_p50, 1), "given_ms_p99": round(given_p99, 1),
+        "retrieved_ms_p50": round(retrieved_p50, 1), "retrieved_ms_p99": round(retrieved_p99, 1),
+        "retrieved_over_given_p50": round(retrieved_p50 / given_p50, 2),
         f"requests_per_s_at_{args.concurrency}_clients": round(rate, 2),
         "requests": args.requests, "index_rows": len(rows), "max_tokens": args.max_tokens,
     }
