@@ -33,7 +33,7 @@ def infer(
     shard_size: Optional[int] = typer.Option(None, "--shard-size"),
 ) -> None:
     """Persona inference: two personas (chosen, rejected) for every preference pair."""
-    from persona_ray.infer import InferConfig, run_infer
+    from persona_ray.inference.infer import InferConfig, run_infer
 
     _setup_logging()
     overrides = {
@@ -47,7 +47,7 @@ def infer(
 
 
 def _load(cls, config, overrides):
-    from persona_ray.config import ConfigError, load_config
+    from persona_ray.core.settings import ConfigError, load_config
 
     try:
         return load_config(cls, config, overrides)
@@ -66,7 +66,7 @@ def augment(
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="hub repo id (needs $HF_TOKEN)"),
 ) -> None:
     """Join personas to their pairs and write deterministic splits (Parquet, JSONL, HF DatasetDict)."""
-    from persona_ray.augment import AugmentConfig, run_augment
+    from persona_ray.dataset.augment import AugmentConfig, run_augment
 
     _setup_logging()
     cfg = _load(AugmentConfig, config, {"pairs.input": pairs, "pairs.input_format": input_format,
@@ -85,7 +85,7 @@ def pi_eval(
     limit: Optional[int] = typer.Option(None, "--limit", help="first N pairs of each dataset"),
 ) -> None:
     """PI accuracy (both orders), persona preference and word saliency, with a Markdown report."""
-    from persona_ray.pi_eval import PIEvalConfig, run_pi_eval
+    from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
 
     _setup_logging()
     pairs = {}
@@ -109,7 +109,7 @@ def index(
     force: Optional[bool] = typer.Option(None, "--force/--no-force", help="rebuild even if up to date"),
 ) -> None:
     """ColBERT (PLAID) index of the training prompts and their personas, for persona retrieval."""
-    from persona_ray.index import IndexConfig, run_index
+    from persona_ray.retrieval.index import IndexConfig, run_index
 
     _setup_logging()
     cfg = _load(IndexConfig, config, {"data": data, "output": output, "checkpoint": checkpoint, "force": force})
@@ -127,7 +127,7 @@ def retrieve(
     k: int = typer.Option(5, "--k", help="hits to print with --query"),
 ) -> None:
     """Retrieved personas (top training prompt) for every row of a split, or the hits of one --query."""
-    from persona_ray.retrieve import PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
+    from persona_ray.retrieval.search import PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
 
     _setup_logging()
     if query is not None:
@@ -158,7 +158,7 @@ def generate(
     limit: Optional[int] = typer.Option(None, "--limit"),
 ) -> None:
     """One response per test row and persona source (gold/retr chosen/rejected, system, none)."""
-    from persona_ray.generate import GenerateConfig, run_generate
+    from persona_ray.evaluation.generate import GenerateConfig, run_generate
 
     _setup_logging()
     cfg = _load(GenerateConfig, config, {
@@ -178,7 +178,7 @@ def judge(
     limit: Optional[int] = typer.Option(None, "--limit"),
 ) -> None:
     """Pairwise judge (both orders, quality and personalization): win rates and ΔPQ with CIs."""
-    from persona_ray.judge import JudgeConfig, run_judge
+    from persona_ray.evaluation.judge import JudgeConfig, run_judge
 
     _setup_logging()
     comparisons = []
@@ -207,8 +207,8 @@ def serve_cmd(
 
     from ray import serve
 
-    from persona_ray.ray_runtime import ensure_ray
-    from persona_ray.serve import ServeConfig, build_app
+    from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.serving.app import ServeConfig, build_app
 
     _setup_logging()
     cfg = _load(ServeConfig, config, {"index": index, "model": model})
@@ -233,10 +233,10 @@ def report(
     top_k: int = typer.Option(15, "--top-k"),
 ) -> None:
     """A report from persona diagnostics (--personas) and/or pairwise judgements (--judged)."""
-    from persona_ray import storage
-    from persona_ray.diagnose import top_traits, word_saliency
-    from persona_ray.pi_eval import load_personas_for_report
-    from persona_ray.report import write_report
+    from persona_ray.core import storage
+    from persona_ray.quality.saliency import top_traits, word_saliency
+    from persona_ray.quality.pi_eval import load_personas_for_report
+    from persona_ray.core.report import write_report
 
     if not personas and not judged:
         typer.echo("error: give --personas and/or --judged", err=True)
@@ -267,7 +267,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
 ) -> None:
     """Persona tailoring with TRL + LoRA under Ray Train: SFT, or DPO from the merged SFT model."""
-    from persona_ray.train import DPOJobConfig, SFTJobConfig, TrainConfigError, train_dpo, train_sft
+    from persona_ray.tailoring import DPOJobConfig, SFTJobConfig, TrainConfigError, train_dpo, train_sft
 
     _setup_logging()
     jobs = {"sft": (SFTJobConfig, train_sft), "dpo": (DPOJobConfig, train_dpo)}
@@ -297,7 +297,7 @@ def merge(
     output: str = typer.Option(..., "--output", help="folder for the merged model (vLLM/transformers load it)"),
 ) -> None:
     """Merge a LoRA adapter into its base model and save model + tokenizer."""
-    from persona_ray.train import merge_adapter
+    from persona_ray.tailoring import merge_adapter
 
     _setup_logging()
     typer.echo(merge_adapter(checkpoint, base_model, output))
@@ -306,7 +306,7 @@ def merge(
 @app.command("build-tiny-model")
 def build_tiny_model_cmd(cache_dir: Optional[str] = typer.Option(None, "--cache-dir")) -> None:
     """Build (or find) the tiny random-weight test model and print its folder."""
-    from persona_ray.tiny_model import build_tiny_model
+    from persona_ray.testing.tiny_model import build_tiny_model
 
     typer.echo(str(build_tiny_model(cache_dir)))
 

@@ -40,7 +40,7 @@ def ray_local(s3_server):
     credentials, as workers on a real cluster get theirs from their own environment."""
     import ray
 
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.core.ray_runtime import ensure_ray
 
     ensure_ray()
     yield ray
@@ -49,7 +49,7 @@ def ray_local(s3_server):
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
-    from persona_ray.tiny_model import build_tiny_model
+    from persona_ray.testing.tiny_model import build_tiny_model
 
     return str(build_tiny_model())
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from persona_ray.adapters import adapt_row, detect_format, split_dialogue
-from persona_ray.schema import ContractError, check_pair
+from persona_ray.inference.adapters import adapt_row, detect_format, split_dialogue
+from persona_ray.core.schema import ContractError, check_pair
 from tests.conftest import SAMPLE_PAIRS, read_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapters"

@@ -7,10 +7,10 @@ import json
 import pyarrow as pa
 import pytest
 
-from persona_ray import storage
-from persona_ray.augment import AugmentConfig, SplitConfig, assign_split, join_personas, run_augment, split_rows
-from persona_ray.schema import PERSONA_SCHEMA
-from persona_ray.shards import ShardWriter
+from persona_ray.core import storage
+from persona_ray.dataset.augment import AugmentConfig, SplitConfig, assign_split, join_personas, run_augment, split_rows
+from persona_ray.core.schema import PERSONA_SCHEMA
+from persona_ray.core.shards import ShardWriter
 from tests.conftest import SAMPLE_PAIRS, read_jsonl
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from persona_ray.diagnose import persona_words, preference_part, top_traits, word_saliency
-from persona_ray.report import write_report
+from persona_ray.quality.saliency import persona_words, preference_part, top_traits, word_saliency
+from persona_ray.core.report import write_report
 
 PERSONAS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beavertails-test-personas.jsonl"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

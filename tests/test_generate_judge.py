@@ -8,12 +8,12 @@ import os
 import pyarrow as pa
 import pytest
 
-from persona_ray import storage
-from persona_ray.generate import GenerateConfig, build_requests, run_generate
-from persona_ray.judge import Comparison, JudgeConfig, build_all_requests, run_judge, score
-from persona_ray.pairwise import parse_verdict, result_regex
-from persona_ray.shards import ShardWriter, read_shards
-from persona_ray.generate import RESPONSE_SCHEMA
+from persona_ray.core import storage
+from persona_ray.evaluation.generate import GenerateConfig, build_requests, run_generate
+from persona_ray.evaluation.judge import Comparison, JudgeConfig, build_all_requests, run_judge, score
+from persona_ray.evaluation.pairwise import parse_verdict, result_regex
+from persona_ray.core.shards import ShardWriter, read_shards
+from persona_ray.evaluation.generate import RESPONSE_SCHEMA
 
 from .conftest import SHARED_DATA, read_jsonl
 
@@ -126,7 +126,7 @@ def test_scoring_keys_by_row_id_and_position_only_judge_ties():
 
 @pytest.mark.slow
 def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local, tiny_model, tmp_path):
-    from persona_ray.tiny_model import TinyModelSpec, build_tiny_model
+    from persona_ray.testing.tiny_model import TinyModelSpec, build_tiny_model
 
     other_model = str(build_tiny_model(tmp_path / "models", TinyModelSpec(seed=1)))
     rows = _test_rows(6) + [{"pair_id": "zz-bad", "prompt": "", "chosen_persona": "The user is x.",
@@ -196,7 +196,7 @@ def test_report_cli_renders_judged_results_with_the_delta_pq_plot(tmp_path):
     from typer.testing import CliRunner
 
     from persona_ray.cli import app
-    from persona_ray.pairwise import aggregate
+    from persona_ray.evaluation.pairwise import aggregate
 
     scored = [{"comparison": "PT-DPO vs DPO", "persona_source": source, "row_id": f"r{i}", "rubric": rubric,
                "outcome": outcome}

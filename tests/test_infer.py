@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from persona_ray import storage
-from persona_ray.infer import InferConfig, run_infer
-from persona_ray.personas import guided_regex
-from persona_ray.shards import read_shards
+from persona_ray.core import storage
+from persona_ray.inference.infer import InferConfig, run_infer
+from persona_ray.inference.parse import guided_regex
+from persona_ray.core.shards import read_shards
 from tests.conftest import REPO, SAMPLE_PAIRS
 
 pytestmark = pytest.mark.slow

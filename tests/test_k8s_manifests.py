@@ -539,14 +539,14 @@ def test_aws_cluster_launcher_config_matches_ray_schema():
 
 
 def test_rayservice_serve_config_builds_a_valid_app_config():
-    from persona_ray.serve import ServeConfig, build_app
+    from persona_ray.serving.app import ServeConfig, build_app
 
     services = _docs_of_kind("RayService")
     assert len(services) == 1
     serve_config = yaml.safe_load(services[0]["spec"]["serveConfigV2"])
     (app,) = serve_config["applications"]
     module, _, attr = app["import_path"].partition(":")
-    assert module == "persona_ray.serve" and attr == "build_app" and callable(build_app)
+    assert module == "persona_ray.serving.app" and attr == "build_app" and callable(build_app)
     cfg = ServeConfig(**app["args"])  # the same validation the builder applies at deploy time
     assert cfg.vllm.gpu and cfg.llm_gpus == 1 and cfg.index.startswith("s3://")
     groups = {g["groupName"]: g for g in services[0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]}

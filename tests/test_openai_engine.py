@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 import pytest
 
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig
 from persona_ray.engines.openai_engine import EngineAuthError, EngineConnectionError, EngineNotFoundError, OpenAICaller
-from persona_ray.infer import InferConfig, run_infer
-from persona_ray.personas import guided_regex
-from persona_ray.shards import read_shards
+from persona_ray.inference.infer import InferConfig, run_infer
+from persona_ray.inference.parse import guided_regex
+from persona_ray.core.shards import read_shards
 from tests.conftest import SAMPLE_PAIRS, free_port
 
 
@@ -149,7 +149,7 @@ def test_pi_through_an_openai_compatible_server(vllm_server, ray_local, tmp_path
 def test_unguided_judge_retries_then_counts_unparseable_verdicts(vllm_server, ray_local, tmp_path):
     """Over HTTP without guided decoding the random tiny judge rarely answers "1" or "2":
     unparseable verdicts are re-asked a bounded number of times, then counted, never dropped."""
-    from persona_ray.pi_eval import PIEvalConfig, run_pi_eval
+    from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
     from tests.test_pi_eval import paper_rows, write_jsonl
 
     data = {"gold": write_jsonl(tmp_path / "gold.jsonl", paper_rows("", n=4))}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from persona_ray.pairwise import (
+from persona_ray.evaluation.pairwise import (
     ORDERS,
     RESULT_REGEX,
     RUBRICS,
@@ -20,7 +20,7 @@ from persona_ray.pairwise import (
     score_comparison,
     win_rate,
 )
-from persona_ray.pi_accuracy import sanitize_persona
+from persona_ray.quality.accuracy import sanitize_persona
 
 from .conftest import field_line
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from persona_ray.personas import find_protected, guided_regex, parse_persona, validate_persona
+from persona_ray.inference.parse import find_protected, guided_regex, parse_persona, validate_persona
 from tests.conftest import SHARED_DATA, read_jsonl
 
 

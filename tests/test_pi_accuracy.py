@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from persona_ray.pi_accuracy import (
+from persona_ray.quality.accuracy import (
     ANSWER_CUE,
     CHOICES,
     TEMPLATE_VERSION,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from persona_ray.pi_eval import PIEvalConfig, run_pi_eval
+from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
 from tests.conftest import SHARED_DATA, read_jsonl
 
 pytestmark = pytest.mark.slow

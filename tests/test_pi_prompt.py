@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from persona_ray.personas import validate_persona
-from persona_ray.pi_prompt import INSTRUCTION, build_pi_prompt, build_prefix, build_query, load_exemplars
+from persona_ray.inference.parse import validate_persona
+from persona_ray.inference.prompt import INSTRUCTION, build_pi_prompt, build_prefix, build_query, load_exemplars
 
 
 def test_exemplars_cover_four_domains_and_are_valid_personas():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from persona_ray.pt_fewshot import LexicalRetriever, build_fewshot_prompt, fewshot_prompt, fixed_exemplars
+from persona_ray.tailoring.fewshot import LexicalRetriever, build_fewshot_prompt, fewshot_prompt, fixed_exemplars
 
 FEWSHOT = [
     {"pair_id": "b", "domain": "reddit", "prompt": "Why is the sky blue?", "chosen": "Rayleigh scattering.",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from persona_ray.pt_templates import (
+from persona_ray.tailoring.templates import (
     TRAINING_TYPES,
     dpo_examples,
     format_input,
@@ -294,7 +294,7 @@ def test_tokenize_refuses_empty_parts(tokenizer):
 
 
 def test_inference_input_for_persona_and_plain_models():
-    from persona_ray.pt_templates import inference_input
+    from persona_ray.tailoring.templates import inference_input
 
     persona = "The user is curious and prefers examples."
     assert inference_input("Why is the sky blue?", persona, persona_template=True) == (

@@ -8,10 +8,10 @@ import os
 import pyarrow as pa
 import pytest
 
-from persona_ray import storage
-from persona_ray.index import IndexConfig, run_index, select_rows
-from persona_ray.retrieval_eval import corpus_rows, recall_at, reword
-from persona_ray.retrieve import MAX_QUERY_CHARS, PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
+from persona_ray.core import storage
+from persona_ray.retrieval.index import IndexConfig, run_index, select_rows
+from persona_ray.retrieval.recall import corpus_rows, recall_at, reword
+from persona_ray.retrieval.search import MAX_QUERY_CHARS, PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
 
 from .conftest import SAMPLE_PAIRS, SHARED_DATA, read_jsonl
 
@@ -112,7 +112,7 @@ def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, 
     # Replicas starting together on one node: one complete local copy, no scratch folders left.
     from concurrent.futures import ThreadPoolExecutor
 
-    from persona_ray.retrieve import local_copy
+    from persona_ray.retrieval.search import local_copy
 
     monkeypatch.setenv("PERSONA_RAY_CACHE", str(tmp_path / "cache"))  # an empty cache: really download
     with ThreadPoolExecutor(3) as pool:

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from persona_ray.index import IndexConfig, run_index
-from persona_ray.serve import ServeConfig, TailorRequest, check_request
+from persona_ray.retrieval.index import IndexConfig, run_index
+from persona_ray.serving.app import ServeConfig, TailorRequest, check_request
 
 from .conftest import SHARED_DATA, free_port, read_jsonl
 
@@ -39,7 +39,7 @@ def test_request_checks_name_the_field():
 def served(ray_local, tiny_model, tmp_path_factory):
     from ray import serve
 
-    from persona_ray.serve import build_app
+    from persona_ray.serving.app import build_app
 
     rows = read_jsonl(REAL)[:120]
     folder = tmp_path_factory.mktemp("serve")

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from persona_ray.config import ConfigError, load_config
-from persona_ray.infer import InferConfig
-from persona_ray.tiny_model import build_tiny_model
+from persona_ray.core.settings import ConfigError, load_config
+from persona_ray.inference.infer import InferConfig
+from persona_ray.testing.tiny_model import build_tiny_model
 from tests.conftest import REPO
 
 
@@ -41,9 +41,9 @@ def test_local_config_loads_with_overrides():
 
 
 def test_cluster_configs_for_retrieval_generation_and_judging_load():
-    from persona_ray.generate import GenerateConfig
-    from persona_ray.index import IndexConfig
-    from persona_ray.judge import JudgeConfig
+    from persona_ray.evaluation.generate import GenerateConfig
+    from persona_ray.retrieval.index import IndexConfig
+    from persona_ray.evaluation.judge import JudgeConfig
 
     index = load_config(IndexConfig, str(REPO / "cluster" / "index.yaml"))
     assert "test" not in index.splits and index.output.startswith("s3://")

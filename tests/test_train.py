@@ -11,8 +11,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from persona_ray import storage
-from persona_ray.augment import ROW_FIELDS
+from persona_ray.core import storage
+from persona_ray.dataset.augment import ROW_FIELDS
 from tests.conftest import SAMPLE_PAIRS, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sft_run(ray_local, tiny_model, data_dir, tmp_path_factory):
-    from persona_ray.train import SFTJobConfig, train_sft
+    from persona_ray.tailoring import SFTJobConfig, train_sft
 
     cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path_factory.mktemp("runs")), name="sft",
                        training_type="chosen", model=tiny_model, num_workers=2, max_length=256,
@@ -80,7 +80,7 @@ def _sequence_logps(model_dir: str, examples: list[dict], max_length: int) -> li
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from persona_ray.pt_templates import tokenize_dpo
+    from persona_ray.tailoring.templates import tokenize_dpo
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -101,8 +101,8 @@ def _sequence_logps(model_dir: str, examples: list[dict], max_length: int) -> li
 def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run, data_dir, s3_bucket, tmp_path):
     import boto3
 
-    from persona_ray.pt_templates import dpo_examples
-    from persona_ray.train import DPOJobConfig, merge_adapter, train_dpo
+    from persona_ray.tailoring.templates import dpo_examples
+    from persona_ray.tailoring import DPOJobConfig, merge_adapter, train_dpo
 
     sft_cfg, sft = sft_run
     merged = merge_adapter(sft["checkpoint"], sft_cfg.model, str(tmp_path / "sft-merged"))
@@ -143,8 +143,8 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     import ray.data
 
     from persona_ray.engines import generate
-    from persona_ray.engines.config import SamplingConfig
-    from persona_ray.pt_templates import format_input
+    from persona_ray.engines.settings import SamplingConfig
+    from persona_ray.tailoring.templates import format_input
 
     queries = [{"i": i, "prompt": format_input(r["prompt"], r["chosen_persona"])} for i, r in enumerate(rows[:4])]
     out = generate(ray.data.from_items(queries), "vllm", dpo_merged, SamplingConfig(max_tokens=16, stop=[])).take_all()
@@ -153,7 +153,7 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
 
 
 def test_fault_hook_restarts_from_last_checkpoint(ray_local, tiny_model, data_dir, tmp_path, monkeypatch):
-    from persona_ray.train import FAIL_AT_STEP_ENV, SFTJobConfig, train_sft
+    from persona_ray.tailoring import FAIL_AT_STEP_ENV, SFTJobConfig, train_sft
 
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
     cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path / "runs"), name="faulty", training_type="chosen",
@@ -173,7 +173,7 @@ def test_fault_hook_restarts_from_last_checkpoint(ray_local, tiny_model, data_di
 
 @pytest.mark.parametrize("case", ["missing_split", "empty_split", "missing_persona", "bad_model", "dpo_no_sft_model"])
 def test_config_errors_name_the_field(case, tmp_path, tiny_model):
-    from persona_ray.train import DPOJobConfig, SFTJobConfig, TrainConfigError, check_dpo_job, check_sft_job
+    from persona_ray.tailoring import DPOJobConfig, SFTJobConfig, TrainConfigError, check_dpo_job, check_sft_job
 
     write_split(tmp_path, "sft_train", 4)
     write_split(tmp_path, "sft_val", 2)
@@ -200,7 +200,7 @@ def test_config_errors_name_the_field(case, tmp_path, tiny_model):
 
 
 def test_config_rejects_bf16_on_cpu_and_a_model_folder_that_does_not_load(tmp_path, tiny_model):
-    from persona_ray.train import SFTJobConfig, TrainConfigError, check_sft_job
+    from persona_ray.tailoring import SFTJobConfig, TrainConfigError, check_sft_job
 
     with pytest.raises(ValueError, match="bf16 needs use_gpu"):
         SFTJobConfig(data="d", output="o", bf16=True)

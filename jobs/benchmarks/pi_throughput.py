@@ -47,9 +47,9 @@ def child_bare(args) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from persona_ray.personas import guided_regex
-    from persona_ray.pi_prompt import build_pi_prompt
-    from persona_ray.tiny_model import resolve_model
+    from persona_ray.inference.parse import guided_regex
+    from persona_ray.inference.prompt import build_pi_prompt
+    from persona_ray.core.models import resolve_model
 
     rows = [json.loads(line) for line in Path(args.input).read_text().splitlines()]
     prompts = [build_pi_prompt(r["prompt"], r["chosen"], r["rejected"], side, r["domain"], args.k_shot)
@@ -67,7 +67,7 @@ def child_bare(args) -> dict:
 
 
 def child_pipeline(args) -> dict:
-    from persona_ray.infer import InferConfig, run_infer
+    from persona_ray.inference.infer import InferConfig, run_infer
 
     cfg = InferConfig(
         input=args.input, output=args.output, model=args.model, guided_decoding=True, k_shot=args.k_shot,

@@ -4,7 +4,7 @@
 
 Corpus: distinct real texts (BeaverTails prompts and personas from ../shared/data, the bundled
 sample pairs, then sentences and clauses of real model responses), each row carrying real
-personas; see persona_ray.retrieval_eval.corpus_rows. Two indexes are built side by side in this
+personas; see persona_ray.retrieval.recall.corpus_rows. Two indexes are built side by side in this
 run (small and large) with the default IndexConfig (MiniLM ColBERT checkpoint, nbits 2), so the
 build cost per 1k prompts can be compared across sizes. Latency: single `PersonaRetriever.search`
 calls (k=10, one query at a time, as Serving calls it) on the large index, after 20 warm-up
@@ -31,7 +31,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def corpus(size: int) -> list[dict]:
-    from persona_ray.retrieval_eval import corpus_rows
+    from persona_ray.retrieval.recall import corpus_rows
 
     real, sample = read_jsonl(REAL), read_jsonl(SAMPLE)
     extra = [r["prompt"] for r in sample] + [r[f] for r in sample for f in ("chosen", "rejected")]
@@ -43,7 +43,7 @@ def corpus(size: int) -> list[dict]:
 
 
 def build(rows: list[dict], folder: Path) -> float:
-    from persona_ray.index import IndexConfig, run_index
+    from persona_ray.retrieval.index import IndexConfig, run_index
 
     data = folder / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -59,9 +59,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     args = parser.parse_args()
 
-    from persona_ray.colbert_compat import build_minilm_checkpoint
-    from persona_ray.retrieval_eval import recall_at, reword
-    from persona_ray.retrieve import PersonaRetriever
+    from persona_ray.retrieval.colbert_compat import build_minilm_checkpoint
+    from persona_ray.retrieval.recall import recall_at, reword
+    from persona_ray.retrieval.search import PersonaRetriever
 
     build_minilm_checkpoint()  # built once, outside the timings
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,9 +41,9 @@ def main() -> None:
 
     from ray import serve
 
-    from persona_ray.index import IndexConfig, run_index
-    from persona_ray.ray_runtime import ensure_ray
-    from persona_ray.serve import build_app
+    from persona_ray.retrieval.index import IndexConfig, run_index
+    from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.serving.app import build_app
 
     rows = [json.loads(line) for line in REAL.read_text().splitlines() if line.strip()][: args.rows]
     with tempfile.TemporaryDirectory() as tmp:

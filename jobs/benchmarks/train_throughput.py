@@ -4,10 +4,10 @@
 
 Both sides train the same model (the tiny one unless --model) with the same DPOJobConfig (batch
 size, max_length, LoRA, learning rate, max_steps) on the same token ids: the split is tokenised
-once in Ray Data (persona_ray.train_ray.tokenized_split); Ray Train reads it as its dataset
+once in Ray Data (persona_ray.tailoring.ray_loop.tokenized_split); Ray Train reads it as its dataset
 shard, plain TRL gets the same rows, in the same order (sequential sampler), as a Hugging Face
 Dataset, so both see identical batches. Both use TRL's DPOTrainer built by
-persona_ray.train.build_dpo_trainer and the same number of torch threads.
+persona_ray.tailoring.build_dpo_trainer and the same number of torch threads.
 
 Steady-state steps/s: the time between the end of step `warmup` and the end of the last step,
 taken from TrainerCallback timestamps, so Ray start-up, model loading and the first steps are
@@ -34,8 +34,8 @@ SAMPLE = REPO / "persona_ray" / "data" / "sample_pairs.jsonl"
 
 
 def write_split(folder: str, split: str, pairs: int) -> None:
-    from persona_ray import storage
-    from persona_ray.augment import ROW_FIELDS
+    from persona_ray.core import storage
+    from persona_ray.dataset.augment import ROW_FIELDS
 
     sample = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
     rows = []
@@ -70,7 +70,7 @@ def plain_trl(cfg, model_path: str, rows: list[dict]) -> list[float]:
     import torch
     from transformers import TrainerCallback
 
-    from persona_ray.train import build_dpo_trainer
+    from persona_ray.tailoring import build_dpo_trainer
 
     class Times(TrainerCallback):
         def __init__(self):
@@ -95,8 +95,8 @@ def plain_trl(cfg, model_path: str, rows: list[dict]) -> list[float]:
 
 
 def ray_train(cfg) -> tuple[list[float], dict]:
-    from persona_ray import storage
-    from persona_ray.train import train_dpo
+    from persona_ray.core import storage
+    from persona_ray.tailoring import train_dpo
 
     summary = train_dpo(cfg)
     worker = json.loads(storage.read_bytes(storage.join(summary["run"], "workers", "rank-0.json")))
@@ -117,11 +117,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
-    from persona_ray.ray_runtime import ensure_ray
-    from persona_ray.tiny_model import resolve_model
-    from persona_ray.train import DPOJobConfig, check_dpo_job
-    from persona_ray.train_common import split_uri
-    from persona_ray.train_ray import tokenized_split
+    from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.core.models import resolve_model
+    from persona_ray.tailoring import DPOJobConfig, check_dpo_job
+    from persona_ray.tailoring.common import split_uri
+    from persona_ray.tailoring.ray_loop import tokenized_split
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as root:
         data = os.path.join(root, "data")

@@ -18,7 +18,7 @@ from typing import Literal
 
 import ray.data
 
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
 
 RESERVED_COLUMNS = ("model", "request_id", "messages", "sampling_params", "generated_text", "metrics",
                     "prompt_token_ids", "tokenized_prompt", "params", "batch_uuid")

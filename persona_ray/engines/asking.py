@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 import ray.data
 
 from persona_ray.engines import generate
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
 
 
 def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Literal["vllm", "openai"], model: str,

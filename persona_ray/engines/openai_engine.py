@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import ray.data
 
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 

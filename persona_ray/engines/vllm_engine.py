@@ -11,7 +11,7 @@ from typing import Any
 
 import ray.data
 
-from persona_ray.engines.config import SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import SamplingConfig, VLLMConfig
 
 
 def sampling_params(sampling: SamplingConfig, regex: str | None, choice: list[str] | None) -> dict[str, Any]:

@@ -24,16 +24,16 @@ import pyarrow.compute as pc
 import ray.data
 from pydantic import BaseModel, ConfigDict, Field
 
-from persona_ray import storage
-from persona_ray.adapters import FORMATS
+from persona_ray.core import storage
+from persona_ray.inference.adapters import FORMATS
 from persona_ray.engines import generate
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.personas import guided_regex, parse_persona
-from persona_ray.pi_prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query
-from persona_ray.pairs import PairSource, read_pairs
-from persona_ray.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, raw_json
-from persona_ray.shards import ShardWriter, done_keys, read_shards, row_keys
-from persona_ray.tiny_model import resolve_model
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.inference.parse import guided_regex, parse_persona
+from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query
+from persona_ray.inference.input_pairs import PairSource, read_pairs
+from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, raw_json
+from persona_ray.core.shards import ShardWriter, done_keys, read_shards, row_keys
+from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 KEY = ("pair_id", "side")
@@ -205,7 +205,7 @@ def _resolve_duplicates(prepared: ray.data.Dataset, dup_keys: np.ndarray, quaran
 
 def run_infer(cfg: InferConfig) -> dict[str, Any]:
     """Run (or resume) persona inference; returns the manifest."""
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.core.ray_runtime import ensure_ray
 
     started = time.time()
     ensure_ray()

@@ -1,6 +1,6 @@
 """Persona-tailoring DPO with LoRA: TRL's DPOTrainer on Ray Train, starting from a merged SFT model.
 
-Data contract: `<data>/<train_split>.parquet` (persona_ray.augment rows) -> pt_templates.dpo_examples
+Data contract: `<data>/<train_split>.parquet` (persona_ray.dataset.augment rows) -> pt_templates.dpo_examples
 (under P_C r_C beats r_R, under P_R r_R beats r_C, per cfg.training_type) -> tokenize_dpo in Ray Data:
     {"pair_id", "persona_side", "prompt_input_ids", "chosen_input_ids", "rejected_input_ids"}
 TRL 1.16's DataCollatorForPreference reads prompt_ids / chosen_ids / rejected_ids: the worker's
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from persona_ray.train_common import (JobConfig, TrainConfigError, check_splits, load_tokenizer_checked,
+from persona_ray.tailoring.common import (JobConfig, TrainConfigError, check_splits, load_tokenizer_checked,
                                       trl_arguments)
-from persona_ray.train_ray import run_training, run_worker
+from persona_ray.tailoring.ray_loop import run_training, run_worker
 
 
 class DPOJobConfig(JobConfig):
@@ -30,7 +30,7 @@ def check_dpo_job(cfg: DPOJobConfig) -> tuple[str, int]:
     """Pre-flight checks (no Ray): (resolved sft_model path, train rows); TrainConfigError otherwise."""
     if not cfg.sft_model:
         raise TrainConfigError("sft_model", "DPO needs the merged SFT model it starts from (also the reference model)",
-                               "train SFT first, merge its checkpoint with persona_ray.train.merge_adapter, and set "
+                               "train SFT first, merge its checkpoint with persona_ray.tailoring.merge_adapter, and set "
                                "sft_model to the merged folder")
     model_path, tokenizer = load_tokenizer_checked("sft_model", cfg.sft_model)
     return model_path, check_splits(cfg, "dpo", tokenizer)

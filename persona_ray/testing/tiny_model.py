@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+
+from persona_ray.core.models import default_cache_dir
 
 TINY_MODEL_NAME = "tiny"  # the name configs use to ask for this model
 
@@ -38,10 +39,6 @@ class TinyModelSpec:
     max_position_embeddings: int = 4096
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("PERSONA_RAY_CACHE", Path.home() / ".cache" / "persona_ray"))
-
-
 def _training_text() -> list[str]:
     """The bundled text the tokenizer learns from."""
     data = resources.files("persona_ray.data")
@@ -50,7 +47,7 @@ def _training_text() -> list[str]:
         resource = data.joinpath(name)
         if resource.is_file():
             texts.extend(line for line in resource.read_text(encoding="utf-8").splitlines() if line.strip())
-    from persona_ray.pi_prompt import INSTRUCTION
+    from persona_ray.inference.prompt import INSTRUCTION
 
     texts.append(INSTRUCTION)
     return texts
@@ -126,9 +123,3 @@ def build_tiny_model(cache_dir: str | Path | None = None, spec: TinyModelSpec = 
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
-
-def resolve_model(name_or_path: str) -> str:
-    """Model names in configs: "tiny" builds the local test model; anything else is passed on."""
-    if name_or_path == TINY_MODEL_NAME:
-        return str(build_tiny_model())
-    return name_or_path

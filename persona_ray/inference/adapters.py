@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from persona_ray.schema import ContractError, content_id
+from persona_ray.core.schema import ContractError, content_id
 
 FORMATS = ("auto", "flat", "pku_saferlhf", "hh_rlhf", "shp")
 DEFAULT_DOMAINS = {"pku_saferlhf": "safety_qa", "hh_rlhf": "dialogue", "shp": "reddit"}

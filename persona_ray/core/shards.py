@@ -17,7 +17,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from persona_ray import storage
+from persona_ray.core import storage
 
 log = logging.getLogger(__name__)
 SHARD_SUFFIX = ".parquet"

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from persona_ray import storage
-from persona_ray.pt_templates import TRAINING_TYPES, dpo_examples, sft_examples, tokenize_dpo, tokenize_sft
-from persona_ray.tiny_model import resolve_model
+from persona_ray.core import storage
+from persona_ray.tailoring.templates import TRAINING_TYPES, dpo_examples, sft_examples, tokenize_dpo, tokenize_sft
+from persona_ray.core.models import resolve_model
 
 Method = Literal["sft", "dpo"]
 
@@ -54,7 +54,7 @@ class LoraSettings(BaseModel):
 
 class JobConfig(BaseModel):
     """Fields of every training job. `data` is an augmented folder (local or s3://) holding
-    <split>.parquet files written by persona_ray.augment; `output` is Ray Train's storage path."""
+    <split>.parquet files written by persona_ray.dataset.augment; `output` is Ray Train's storage path."""
 
     model_config = ConfigDict(extra="forbid")
 

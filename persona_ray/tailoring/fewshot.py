@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from typing import Protocol
 
-from persona_ray.pt_templates import format_input
+from persona_ray.tailoring.templates import format_input
 
 _WORD = re.compile(r"[a-z0-9']+")
 

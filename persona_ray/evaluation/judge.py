@@ -27,13 +27,13 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from persona_ray import storage
+from persona_ray.core import storage
 from persona_ray.engines.asking import ask_judge
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.generate import PERSONA_SOURCES, load_test_rows
-from persona_ray.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
-from persona_ray.shards import key_of, read_shards
-from persona_ray.tiny_model import resolve_model
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.evaluation.generate import PERSONA_SOURCES, load_test_rows
+from persona_ray.evaluation.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
+from persona_ray.core.shards import key_of, read_shards
+from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 JUDGE_PERSONA_FIELD = {"gold-chosen": "chosen_persona", "retr-chosen": "chosen_persona", "none": "chosen_persona",
@@ -138,8 +138,8 @@ def score(answered: list[dict]) -> list[dict]:
 
 
 def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
-    from persona_ray.ray_runtime import ensure_ray
-    from persona_ray.report import write_report
+    from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.core.report import write_report
 
     rows = load_test_rows(cfg.data, cfg.split, cfg.limit)
     requests, skipped = build_all_requests(cfg, rows)

@@ -26,8 +26,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from persona_ray import colbert_compat, storage
-from persona_ray.tiny_model import default_cache_dir
+from persona_ray.core import storage
+from persona_ray.retrieval import colbert_compat
+from persona_ray.core.models import default_cache_dir
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 8000
@@ -157,8 +158,8 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     import pyarrow as pa
     import ray
 
-    from persona_ray.index import read_split
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.retrieval.index import read_split
+    from persona_ray.core.ray_runtime import ensure_ray
 
     rows = read_split(cfg.data, cfg.split)
     if not rows:

@@ -44,8 +44,8 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from persona_ray import storage
-from persona_ray.train_common import JobConfig, Method, TrainConfigError, examples_for, split_uri, tokenize_for
+from persona_ray.core import storage
+from persona_ray.tailoring.common import JobConfig, Method, TrainConfigError, examples_for, split_uri, tokenize_for
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def run_training(cfg: JobConfig, method: Method, train_loop: Callable[[dict], No
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.core.ray_runtime import ensure_ray
 
     ensure_ray()
     name = cfg.name or f"{method}-{cfg.training_type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"

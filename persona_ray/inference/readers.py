@@ -15,7 +15,7 @@ import os
 
 import ray.data
 
-from persona_ray import storage
+from persona_ray.core import storage
 
 JSON_LINE = "_json_line"
 _JSON_SUFFIXES = (".jsonl", ".json")

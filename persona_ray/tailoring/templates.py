@@ -10,7 +10,7 @@ Templates (exact strings):
     response            " {response}{eos_token}"
 
 Training types, from one augmented row (pair_id, prompt, chosen, rejected, chosen_persona,
-rejected_persona; see persona_ray.augment):
+rejected_persona; see persona_ray.dataset.augment):
 
     chosen    (prompt, P_C) -> r_C;               DPO: under P_C, r_C over r_R
     rejected  (prompt, P_R) -> r_R;               DPO: under P_R, r_R over r_C
@@ -25,7 +25,7 @@ that ends each response):
     DPO example   {"pair_id", "persona_side", "prompt", "chosen", "rejected"}
     DPO tokens    {"prompt_input_ids", "chosen_input_ids", "rejected_input_ids"}
 
-Personas are untrusted text (see persona_ray.personas): whitespace inside a persona, newlines
+Personas are untrusted text (see persona_ray.inference.parse): whitespace inside a persona, newlines
 included, collapses to single spaces so a persona can never add a template line.
 No Ray and no TRL here: only a tokenizer object is passed in.
 """

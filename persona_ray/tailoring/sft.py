@@ -1,19 +1,19 @@
 """Persona-tailoring SFT with LoRA: TRL's SFTTrainer on Ray Train.
 
-Data contract: `<data>/<train_split>.parquet` (persona_ray.augment rows) -> pt_templates.sft_examples
+Data contract: `<data>/<train_split>.parquet` (persona_ray.dataset.augment rows) -> pt_templates.sft_examples
 (one example per persona side of cfg.training_type) -> tokenize_sft in Ray Data:
     {"pair_id", "persona_side", "input_ids", "labels"}   labels are -100 on the (prompt, persona) input
 Each worker feeds its shard to SFTTrainer through TRL's DataCollatorForLanguageModeling (it pads and
 keeps our labels as they are). The run saves LoRA adapter checkpoints; merge one into the base
-model with persona_ray.train.merge_adapter before DPO or inference.
+model with persona_ray.tailoring.merge_adapter before DPO or inference.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from persona_ray.train_common import JobConfig, check_splits, load_tokenizer_checked, trl_arguments
-from persona_ray.train_ray import run_training, run_worker
+from persona_ray.tailoring.common import JobConfig, check_splits, load_tokenizer_checked, trl_arguments
+from persona_ray.tailoring.ray_loop import run_training, run_worker
 
 
 class SFTJobConfig(JobConfig):

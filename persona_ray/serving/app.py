@@ -13,7 +13,7 @@ templates as training and evaluation (pt_templates). A persona is untrusted user
 length-bounded, control characters are refused and whitespace collapses to one line.
 
 `build_app(args)` is the application builder for `serve run` and for a KubeRay RayService
-(`import_path: persona_ray.serve:build_app`, `args:` = a ServeConfig).
+(`import_path: persona_ray.serving.app:build_app`, `args:` = a ServeConfig).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from persona_ray.engines.config import SamplingConfig, VLLMConfig
-from persona_ray.pt_templates import inference_input
+from persona_ray.engines.settings import SamplingConfig, VLLMConfig
+from persona_ray.tailoring.templates import inference_input
 
 
 class Autoscaling(BaseModel):
@@ -98,7 +98,7 @@ def check_request(req: TailorRequest, cfg: ServeConfig) -> tuple[str, str | None
 @serve.deployment
 class PersonaRetrieverDeployment:
     def __init__(self, index: str):
-        from persona_ray.retrieve import PersonaRetriever
+        from persona_ray.retrieval.search import PersonaRetriever
 
         self.retriever = PersonaRetriever.load(index)
 
@@ -116,7 +116,7 @@ class TailoredLLMDeployment:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from persona_ray.engines.vllm_engine import engine_kwargs
-        from persona_ray.tiny_model import resolve_model
+        from persona_ray.core.models import resolve_model
 
         cfg = VLLMConfig(**vllm)
         if not cfg.gpu:
@@ -176,7 +176,7 @@ def _options(scaling: Autoscaling, cpus: float, gpus: float = 0) -> dict[str, An
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Application builder: `serve run persona_ray.serve:build_app index=...` or a RayService."""
+    """Application builder: `serve run persona_ray.serving.app:build_app index=...` or a RayService."""
     cfg = ServeConfig(**args)
     retriever = PersonaRetrieverDeployment.options(**_options(cfg.retriever_scaling, cfg.retriever_cpus)).bind(
         cfg.index)

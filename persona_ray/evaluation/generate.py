@@ -33,14 +33,14 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from persona_ray import storage
+from persona_ray.core import storage
 from persona_ray.engines import generate as engine_generate
-from persona_ray.engines.config import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.index import read_split
-from persona_ray.pt_fewshot import fewshot_prompt
-from persona_ray.pt_templates import inference_input
-from persona_ray.shards import ShardWriter, done_keys, key_of
-from persona_ray.tiny_model import resolve_model
+from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.retrieval.index import read_split
+from persona_ray.tailoring.fewshot import fewshot_prompt
+from persona_ray.tailoring.templates import inference_input
+from persona_ray.core.shards import ShardWriter, done_keys, key_of
+from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 PERSONA_SOURCES = ("gold-chosen", "gold-rejected", "retr-chosen", "retr-rejected", "system", "none")
@@ -91,7 +91,7 @@ def load_test_rows(data: str, split: str, limit: int | None = None, index: str |
     rows.sort(key=lambda r: str(r.get("pair_id")))
     rows = rows[:limit] if limit else rows
     if index:
-        from persona_ray.retrieve import PersonaRetriever, QueryError
+        from persona_ray.retrieval.search import PersonaRetriever, QueryError
 
         retriever = PersonaRetriever.load(index)
         for row in rows:
@@ -160,7 +160,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     """Generate (or resume) responses for every (test row, persona source); returns counts."""
     import ray.data
 
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.core.ray_runtime import ensure_ray
 
     folder = storage.join(cfg.output, cfg.model_id)
     responses_uri = storage.join(folder, "responses")

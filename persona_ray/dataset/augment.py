@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from persona_ray import storage
-from persona_ray.pairs import PairSource, read_pairs
-from persona_ray.shards import read_shards
+from persona_ray.core import storage
+from persona_ray.inference.input_pairs import PairSource, read_pairs
+from persona_ray.core.shards import read_shards
 
 log = logging.getLogger(__name__)
 SPLITS = ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val", "test")
@@ -149,7 +149,7 @@ def _write_hf(splits: dict[str, list[dict]], uri: str) -> None:
 
 def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     """Join, split and write; returns the manifest."""
-    from persona_ray.ray_runtime import ensure_ray
+    from persona_ray.core.ray_runtime import ensure_ray
 
     ensure_ray()
     prepared = read_pairs(cfg.pairs).select_columns(["pair_id", "prompt", "chosen", "rejected", "domain", "source",

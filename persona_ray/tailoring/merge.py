@@ -1,6 +1,6 @@
 """Persona-tailoring training on Ray Train: SFT, then DPO from the merged SFT model.
 
-    from persona_ray.train import SFTJobConfig, DPOJobConfig, train_sft, train_dpo, merge_adapter
+    from persona_ray.tailoring import SFTJobConfig, DPOJobConfig, train_sft, train_dpo, merge_adapter
 
     sft = train_sft(SFTJobConfig(data="out/augmented", output="s3://bucket/runs", num_workers=2))
     merged = merge_adapter(sft["checkpoint"], "tiny", "out/sft-merged")
@@ -22,12 +22,12 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from persona_ray import storage
-from persona_ray.tiny_model import resolve_model
-from persona_ray.train_common import JobConfig, LoraSettings, TrainConfigError
-from persona_ray.train_dpo import DPOJobConfig, build_dpo_trainer, check_dpo_job, train_dpo
-from persona_ray.train_ray import FAIL_AT_STEP_ENV, RAY_CHECKPOINT_SUBDIR, plan_steps
-from persona_ray.train_sft import SFTJobConfig, build_sft_trainer, check_sft_job, train_sft
+from persona_ray.core import storage
+from persona_ray.core.models import resolve_model
+from persona_ray.tailoring.common import JobConfig, LoraSettings, TrainConfigError
+from persona_ray.tailoring.dpo import DPOJobConfig, build_dpo_trainer, check_dpo_job, train_dpo
+from persona_ray.tailoring.ray_loop import FAIL_AT_STEP_ENV, RAY_CHECKPOINT_SUBDIR, plan_steps
+from persona_ray.tailoring.sft import SFTJobConfig, build_sft_trainer, check_sft_job, train_sft
 
 __all__ = [
     "FAIL_AT_STEP_ENV", "JobConfig", "LoraSettings", "TrainConfigError", "merge_adapter", "plan_steps",
@@ -51,7 +51,7 @@ def _local_adapter_dir(source: Any, scratch: str) -> str:
         if os.path.isfile(os.path.join(candidate, "adapter_config.json")):
             return candidate
     raise FileNotFoundError(f"{source}: no adapter_config.json here or in {RAY_CHECKPOINT_SUBDIR}/ "
-                            "(expected a LoRA checkpoint written by persona_ray.train)")
+                            "(expected a LoRA checkpoint written by persona_ray.tailoring)")
 
 
 def merge_adapter(checkpoint_or_adapter_dir: Any, base_model: str, out_dir: str) -> str:

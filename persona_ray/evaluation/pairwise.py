@@ -31,7 +31,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from persona_ray.pi_accuracy import sanitize_persona
+from persona_ray.quality.accuracy import sanitize_persona
 
 TEMPLATE_VERSION = "pair-v1"
 RUBRICS = ("quality", "personalization")

@@ -17,9 +17,9 @@ import pyarrow as pa
 import ray.data
 from pydantic import BaseModel, ConfigDict
 
-from persona_ray.adapters import FORMATS, adapt_row
-from persona_ray.read import JSON_LINE, read_input
-from persona_ray.schema import ContractError, PreferencePair, check_pair, raw_json
+from persona_ray.inference.adapters import FORMATS, adapt_row
+from persona_ray.inference.readers import JSON_LINE, read_input
+from persona_ray.core.schema import ContractError, PreferencePair, check_pair, raw_json
 
 ExtraCheck = Callable[[PreferencePair], "str | None"]  # returns the reason a valid pair is unusable
 

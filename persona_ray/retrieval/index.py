@@ -32,7 +32,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from persona_ray import colbert_compat, storage
+from persona_ray.core import storage
+from persona_ray.retrieval import colbert_compat
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = "persona-index-v1"

@@ -1,0 +1,26 @@
+"""Model names in configs, and where built models are cached.
+
+A config names a model by a local folder, a hub id available offline, or one of the names of
+models this project builds itself (nothing is downloaded):
+    tiny      a random-weight Llama + BPE tokenizer, for tests (persona_ray.testing.tiny_model)
+Every engine (vLLM, training, serving) calls `resolve_model` on the name it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Built models, compiled extensions and downloaded indexes live here ($PERSONA_RAY_CACHE)."""
+    return Path(os.environ.get("PERSONA_RAY_CACHE", Path.home() / ".cache" / "persona_ray"))
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A built model's folder for its name (building it on first use); anything else as given."""
+    from persona_ray.testing.tiny_model import TINY_MODEL_NAME, build_tiny_model
+
+    if name_or_path == TINY_MODEL_NAME:
+        return str(build_tiny_model())
+    return name_or_path

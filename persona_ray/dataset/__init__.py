@@ -1,0 +1,1 @@
+"""Persona-augmented datasets: personas joined to their pairs, cut into deterministic splits."""

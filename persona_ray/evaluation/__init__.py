@@ -1,0 +1,1 @@
+"""Evaluation: tailored generation per persona source and the pairwise judge (win rates, ΔPQ)."""

@@ -1,0 +1,1 @@
+"""Persona quality: PI accuracy and persona preference judged by an LLM, word-saliency diagnostics."""

@@ -1,0 +1,1 @@
+"""Test support: the tiny random-weight model built locally."""
