@@ -20,7 +20,7 @@ from persona_ray.evaluation.pairwise import (
     score_comparison,
     win_rate,
 )
-from persona_ray.quality.accuracy import sanitize_persona
+from persona_ray.core.persona import sanitize_for_prompt
 
 from .conftest import field_line
 
@@ -68,7 +68,7 @@ def test_hostile_persona_cannot_leave_its_field_or_fake_a_result():
     assert "\r" not in p
     # The fake header stayed inside the persona's line: only the real one starts a line.
     assert p.splitlines().count("###Score Rubric:") == 1
-    assert sanitize_persona(HOSTILE) in line.replace("(RESULT)", "[RESULT]")
+    assert sanitize_for_prompt(HOSTILE) in line.replace("(RESULT)", "[RESULT]")
 
 
 def test_result_markers_in_responses_are_defanged():

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from persona_ray.inference.parse import find_protected, guided_regex, parse_persona, validate_persona
+from persona_ray.core.persona import find_protected, validate_persona
+from persona_ray.inference.parse import guided_regex, parse_persona
 from tests.conftest import SHARED_DATA, read_jsonl
 
 
@@ -74,3 +75,30 @@ def test_real_personas_from_the_paper_mostly_validate():
 def test_find_protected_reports_category_and_word():
     assert find_protected("The user is a Canadian traveler who prefers maps.") == ("nationality", "Canadian")
     assert find_protected("The user is a careful planner who prefers maps.") is None
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x07", "\x1b", "\x7f", "\x9b", "\x80"])
+def test_one_control_character_rule_wherever_a_persona_enters(control):
+    """PI output, training/generation templates and the serving ingress refuse the same personas."""
+    from persona_ray.core.persona import PersonaError, clean_persona
+    from persona_ray.serving.app import ServeConfig, TailorRequest, check_request
+    from persona_ray.tailoring.templates import format_input
+
+    persona = f"The user is calm{control} and prefers detail."
+    assert "control characters" in validate_persona(persona).reason
+    with pytest.raises(PersonaError, match="control characters"):
+        clean_persona(persona)
+    with pytest.raises(ValueError, match="persona: contains control characters"):
+        format_input("Hi", persona)
+    with pytest.raises(ValueError, match="persona: contains control characters"):
+        check_request(TailorRequest(prompt="Hi", persona=persona), ServeConfig(index="i"))
+
+
+def test_whitespace_of_every_kind_collapses_the_same_everywhere():
+    from persona_ray.core.persona import clean_persona
+    from persona_ray.tailoring.templates import format_input
+
+    persona = "The user is\ncalm\u2028and\x85prefers\t detail."
+    assert clean_persona(persona) == "The user is calm and prefers detail."
+    assert validate_persona(persona).persona == "The user is calm and prefers detail."
+    assert format_input("Hi", persona).splitlines()[1] == "Persona: The user is calm and prefers detail."

@@ -31,7 +31,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from persona_ray.quality.accuracy import sanitize_persona
+from persona_ray.core.persona import sanitize_for_prompt
 
 TEMPLATE_VERSION = "pair-v1"
 RUBRICS = ("quality", "personalization")
@@ -113,7 +113,7 @@ def build_pairwise_prompt(
     persona_block = ""
     task = _TASK
     if rubric == "personalization":
-        clean = _defang(sanitize_persona(persona or ""))
+        clean = _defang(sanitize_for_prompt(persona or ""))
         if not clean:
             raise ValueError("the personalization rubric needs a non-empty persona")
         persona_block = f"###User persona:\n<persona>{clean}</persona>\n\n"

@@ -10,7 +10,8 @@ CPU), `TailoredLLMDeployment` (vLLM AsyncLLM on the persona-tailored model) and 
 `Ingress`, which validates the request, retrieves a persona when the user gave none (the top
 training prompt's chosen persona, as retr-chosen) and builds the model input with the same
 templates as training and evaluation (pt_templates). A persona is untrusted user text: it is
-length-bounded, control characters are refused and whitespace collapses to one line.
+checked by the shared persona rules (persona_ray.core.persona.clean_persona): length-bounded,
+control characters refused, whitespace collapsed to one line.
 
 `build_app(args)` is the application builder for `serve run` and for a KubeRay RayService
 (`import_path: persona_ray.serving.app:build_app`, `args:` = a ServeConfig).
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from persona_ray.core.persona import clean_persona
 from persona_ray.engines.settings import SamplingConfig, VLLMConfig
 from persona_ray.tailoring.templates import inference_input
 
@@ -83,12 +85,8 @@ def check_request(req: TailorRequest, cfg: ServeConfig) -> tuple[str, str | None
     if len(prompt) > cfg.max_prompt_chars:
         raise ValueError(f"prompt: {len(prompt)} characters; the limit is {cfg.max_prompt_chars}")
     persona = None
-    if req.persona is not None and req.persona.strip():
-        persona = " ".join(req.persona.split())
-        if len(persona) > cfg.max_persona_chars:
-            raise ValueError(f"persona: {len(persona)} characters; the limit is {cfg.max_persona_chars}")
-        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in persona):
-            raise ValueError("persona: contains control characters")
+    if req.persona is not None and req.persona.strip():  # a blank persona means "retrieve one"
+        persona = clean_persona(req.persona, cfg.max_persona_chars)
     max_tokens = req.max_tokens or cfg.sampling.max_tokens
     if max_tokens > cfg.max_tokens_limit:
         raise ValueError(f"max_tokens: {max_tokens}; the limit is {cfg.max_tokens_limit}")

@@ -35,27 +35,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from persona_ray.core.persona import clean_persona
+
 TRAINING_TYPES = ("chosen", "rejected", "all", "none")
 IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy (and TRL) ignores
 
-# Control characters other than whitespace: str.split() already removes \t \n \v \f \r etc.
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
 
 
 def _text(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{field} must be text, got {type(value).__name__}")
     return value.strip()
-
-
-def _clean_persona(persona: Any) -> str:
-    # split() collapses every whitespace run, including \n, \r, \u2028 and \x85, to one space.
-    text = " ".join(_text(persona, "persona").split())
-    if not text:
-        raise ValueError("persona is empty")
-    if _CONTROL.search(text):
-        raise ValueError("persona contains control characters")
-    return text
 
 
 def format_input(prompt: str, persona: str | None) -> str:
@@ -70,7 +60,7 @@ def format_input(prompt: str, persona: str | None) -> str:
         raise ValueError("prompt is empty")
     if persona is None:
         return f"Prompt: {prompt_text}\nResponse:"
-    return f"Prompt: {prompt_text}\nPersona: {_clean_persona(persona)}\nResponse:"
+    return f"Prompt: {prompt_text}\nPersona: {clean_persona(persona)}\nResponse:"
 
 
 def format_response(response: str, eos_token: str) -> str:
@@ -134,7 +124,7 @@ def plain_words_persona(persona: str) -> str:
     they may refer to other people. Text without the opener is returned as-is (whitespace
     collapsed), so an already first-person persona passes through.
     """
-    text = _clean_persona(persona)
+    text = clean_persona(persona)
     match = _OPENER.match(text)
     possessive = _OPENER_POSSESSIVE.match(text)
     if possessive:  # "The user's goal is ..." -> "My goal is ..." (verbs agree with "goal")
