@@ -48,6 +48,22 @@ def test_join_excludes_invalid_and_reports_missing_and_orphans():
     assert side["orphan_personas"] == [{"pair_id": "ghost-1"}]
 
 
+def test_join_applies_the_shared_persona_rules_to_records_marked_valid():
+    """Records from another tool (or older rules) that say valid are checked again."""
+    rows = read_jsonl(SAMPLE_PAIRS)[:3]
+    ids = [r["id"] for r in rows]
+    personas = _persona_records(ids).to_pylist()
+    personas[0]["persona"] = "The user is a devout Christian and prefers scripture."  # protected attribute
+    personas[3]["persona"] = "The user is calm\x1b[2J and prefers detail."  # control character
+    joined, side = join_personas(_pairs(rows), pa.Table.from_pylist(personas, schema=PERSONA_SCHEMA))
+    assert [r["pair_id"] for r in joined] == ids[2:]
+    assert side["invalid_personas"] == [
+        {"pair_id": ids[0], "chosen_reason": "mentions a protected attribute (religion: 'devout')",
+         "rejected_reason": ""},
+        {"pair_id": ids[1], "chosen_reason": "", "rejected_reason": "contains control characters"},
+    ]
+
+
 def test_splits_group_by_prompt_and_never_leak_test_prompts():
     cfg = SplitConfig(test=0.3, fewshot=0.1, val=0.1)
     rows = [{"pair_id": f"p{i}", "prompt": f"Question number {i // 3}?"} for i in range(300)]  # 3 pairs a prompt

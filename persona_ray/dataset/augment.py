@@ -1,6 +1,7 @@
 """Augmentation: join persona records to their pairs and cut deterministic splits.
 
-Output rows (one per pair whose two personas are both valid):
+Output rows (one per pair whose two personas are both valid, by PI's flag and by the shared
+persona rules of persona_ray.core.persona, which run again here):
     pair_id, prompt, chosen, rejected, domain, source, chosen_persona, rejected_persona, split
 
 Splits come from a hash of the normalised prompt text, not of the pair id: datasets such as
@@ -33,6 +34,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from persona_ray.core import storage
+from persona_ray.core.persona import validate_persona
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.shards import read_shards
 
@@ -107,12 +109,17 @@ def join_personas(pairs: pa.Table, personas: pa.Table) -> tuple[list[dict], dict
             missing.append({"pair_id": pair["pair_id"],
                             "missing": [s for s, r in (("chosen", chosen), ("rejected", rejected)) if r is None]})
             continue
-        if not (chosen["valid"] and rejected["valid"]):
-            invalid.append({"pair_id": pair["pair_id"], "chosen_reason": chosen["reason"],
-                            "rejected_reason": rejected["reason"]})
+        # PI marks its own personas; the shared rules run again here, since persona records may come
+        # from another tool or from a PI run under older rules.
+        checked = {side: validate_persona(r["persona"]) if r["valid"] else None
+                   for side, r in (("chosen", chosen), ("rejected", rejected))}
+        if not all(c is not None and c.valid for c in checked.values()):
+            invalid.append({"pair_id": pair["pair_id"],
+                            **{f"{side}_reason": (r["reason"] if checked[side] is None else checked[side].reason)
+                               for side, r in (("chosen", chosen), ("rejected", rejected))}})
             continue
-        rows.append({**{k: pair[k] for k in ROW_FIELDS[:6]}, "chosen_persona": chosen["persona"],
-                     "rejected_persona": rejected["persona"]})
+        rows.append({**{k: pair[k] for k in ROW_FIELDS[:6]}, "chosen_persona": checked["chosen"].persona,
+                     "rejected_persona": checked["rejected"].persona})
     orphans = sorted({pid for pid, _ in by_key if pid not in pair_ids})
     side = {"invalid_personas": invalid, "pairs_without_personas": missing,
             "orphan_personas": [{"pair_id": pid} for pid in orphans]}
