@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from persona_ray.core import storage
-from persona_ray.dataset.augment import AugmentConfig, SplitConfig, assign_split, join_personas, run_augment, split_rows
+from persona_ray.dataset.augment import AugmentConfig, join_personas, run_augment
+from persona_ray.dataset.splits import SplitConfig, assign_split, split_rows
 from persona_ray.core.schema import PERSONA_SCHEMA
 from persona_ray.core.shards import ShardWriter
 from tests.conftest import SAMPLE_PAIRS, read_jsonl

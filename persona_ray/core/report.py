@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-SIDES = ("chosen", "rejected")
+from persona_ray.core.schema import SIDES
+
 _SIDE_COLOURS = {"chosen": "#2b7bba", "rejected": "#d95f02"}
 
 

@@ -104,6 +104,11 @@ def check_pair(row: dict[str, Any]) -> PreferencePair:
     return PreferencePair(**{name: row[name] for name in PAIR_FIELDS})
 
 
+def row_id(row: dict[str, Any]) -> Any:
+    """A row's id: `pair_id`, or `id` in files that call it so (None when it has neither)."""
+    return row.get("pair_id", row.get("id"))
+
+
 def raw_json(row: dict[str, Any]) -> str:
     """The input row as JSON for the quarantine file (non-JSON values as their repr)."""
     return json.dumps(row, ensure_ascii=False, default=repr, sort_keys=True)

@@ -4,15 +4,9 @@ Output rows (one per pair whose two personas are both valid, by PI's flag and by
 persona rules of persona_ray.core.persona, which run again here):
     pair_id, prompt, chosen, rejected, domain, source, chosen_persona, rejected_persona, split
 
-Splits come from a hash of the normalised prompt text, not of the pair id: datasets such as
-SHP or HH-RLHF hold several pairs for one prompt, and a prompt must never be both in `test` and
-in a training split. The same input always gives byte-identical files.
-
-    fewshot   exemplars for few-shot persona tailoring (PT-fs)
-    sft_train / sft_val, dpo_train / dpo_val
-              SFT and DPO share one train pool and one val pool (as in the paper) unless
-              `share_train_pool: false`, which halves each pool between them
-    test      held out
+Splits (persona_ray.dataset.splits) come from a hash of the normalised prompt text, not of the
+pair id: datasets such as SHP or HH-RLHF hold several pairs for one prompt, and a prompt must
+never be both in `test` and in a training split. The same input always gives byte-identical files.
 
 Written to the output folder (local or s3://): <split>.parquet and <split>.jsonl, a Hugging
 Face DatasetDict in hf/ (load_from_disk), augment_manifest.json with counts, and side files
@@ -22,7 +16,6 @@ records whose pair is unknown) and pairs_without_personas.jsonl.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,32 +24,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from persona_ray.core import storage
 from persona_ray.core.persona import validate_persona
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.shards import read_shards
+from persona_ray.dataset.splits import SplitConfig, split_rows
 
 log = logging.getLogger(__name__)
-SPLITS = ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val", "test")
 ROW_FIELDS = ("pair_id", "prompt", "chosen", "rejected", "domain", "source", "chosen_persona", "rejected_persona")
-
-
-class SplitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    test: float = Field(0.2, ge=0, lt=1)
-    fewshot: float = Field(0.05, ge=0, lt=1)
-    val: float = Field(0.1, ge=0, lt=1)
-    share_train_pool: bool = True
-    seed: str = "persona-ray-v1"  # change to draw different, still deterministic, splits
-
-    @model_validator(mode="after")
-    def _leaves_training_data(self):
-        if self.test + self.fewshot + self.val >= 1:
-            raise ValueError("test + fewshot + val must leave a train pool (sum < 1)")
-        return self
 
 
 class AugmentConfig(BaseModel):
@@ -68,25 +45,6 @@ class AugmentConfig(BaseModel):
     splits: SplitConfig = SplitConfig()
     formats: list[str] = Field(default_factory=lambda: ["parquet", "jsonl", "hf"])
     push_to_hub: str | None = None  # a hub repo id; uses HF_TOKEN from the environment
-
-
-def _unit(text: str, seed: str) -> float:
-    digest = hashlib.sha256(f"{seed}\x1f{text}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def assign_split(prompt: str, cfg: SplitConfig) -> str:
-    """Deterministic split for a prompt (all pairs of one prompt land together)."""
-    key = " ".join(prompt.lower().split())
-    u = _unit(key, cfg.seed)
-    if u < cfg.test:
-        return "test"
-    if u < cfg.test + cfg.fewshot:
-        return "fewshot"
-    pool = "val" if u < cfg.test + cfg.fewshot + cfg.val else "train"
-    if cfg.share_train_pool:
-        return f"sft_{pool}"  # dpo_<pool> is the same set; written from it
-    return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
 
 
 def _personas_folder(uri: str) -> str:
@@ -124,15 +82,6 @@ def join_personas(pairs: pa.Table, personas: pa.Table) -> tuple[list[dict], dict
     side = {"invalid_personas": invalid, "pairs_without_personas": missing,
             "orphan_personas": [{"pair_id": pid} for pid in orphans]}
     return rows, side
-
-
-def split_rows(rows: list[dict], cfg: SplitConfig) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    for row in sorted(rows, key=lambda r: r["pair_id"]):
-        out[assign_split(row["prompt"], cfg)].append(row)
-    if cfg.share_train_pool:
-        out["dpo_train"], out["dpo_val"] = list(out["sft_train"]), list(out["sft_val"])
-    return out
 
 
 def _write_hf(splits: dict[str, list[dict]], uri: str) -> None:

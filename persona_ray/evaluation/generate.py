@@ -34,9 +34,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from persona_ray.core import storage
+from persona_ray.core.schema import row_id
 from persona_ray.engines import generate as engine_generate
 from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.retrieval.index import read_split
+from persona_ray.dataset.splits import read_split
 from persona_ray.tailoring.fewshot import fewshot_prompt
 from persona_ray.tailoring.templates import inference_input
 from persona_ray.core.shards import ShardWriter, done_keys, key_of
@@ -87,7 +88,7 @@ def load_test_rows(data: str, split: str, limit: int | None = None, index: str |
     """Rows of `split` sorted by id (first `limit`); with `index`, retr_* personas retrieved here."""
     rows = read_split(data, split)
     for row in rows:
-        row.setdefault("pair_id", row.get("id"))
+        row["pair_id"] = row_id(row)
     rows.sort(key=lambda r: str(r.get("pair_id")))
     rows = rows[:limit] if limit else rows
     if index:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from persona_ray.core.schema import ContractError, content_id
+from persona_ray.core.schema import ContractError, content_id, row_id
 
 FORMATS = ("auto", "flat", "pku_saferlhf", "hh_rlhf", "shp")
 DEFAULT_DOMAINS = {"pku_saferlhf": "safety_qa", "hh_rlhf": "dialogue", "shp": "reddit"}
@@ -57,7 +57,7 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
         "prompt": row.get("prompt"),
         "chosen": row.get("chosen"),
         "rejected": row.get("rejected"),
-        "pair_id": row.get("pair_id", row.get("id")),
+        "pair_id": row_id(row),
         "domain": row.get("domain"),
         "source": row.get("source"),
     }

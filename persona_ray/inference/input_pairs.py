@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from persona_ray.inference.adapters import FORMATS, adapt_row
 from persona_ray.inference.readers import JSON_LINE, read_input
-from persona_ray.core.schema import ContractError, PreferencePair, check_pair, raw_json
+from persona_ray.core.schema import ContractError, PreferencePair, check_pair, raw_json, row_id
 
 ExtraCheck = Callable[[PreferencePair], "str | None"]  # returns the reason a valid pair is unusable
 
@@ -59,9 +59,9 @@ def prepare_row(row: dict[str, Any], src: PairSource, extra_check: ExtraCheck | 
         pair = check_pair(adapt_row(row, src.input_format, src.source, src.domain))
     except ContractError as exc:
         raw = original[JSON_LINE] if JSON_LINE in original else raw_json(original)
-        row_id = (row.get("pair_id") or row.get("id")) if isinstance(row, dict) else None
-        row_id = str(row_id) if row_id else "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
-        return _invalid(row_id, str(exc), raw)
+        rid = row_id(row) if isinstance(row, dict) else None
+        rid = str(rid) if rid else "sha256:" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+        return _invalid(rid, str(exc), raw)
     problem = extra_check(pair) if extra_check else None
     if problem:
         return _invalid(pair.pair_id, problem, raw_json(original), pair)

@@ -27,12 +27,12 @@ from collections import Counter
 from typing import Any
 
 from persona_ray.core.persona import sanitize_for_prompt
+from persona_ray.core.schema import SIDES
 
 TEMPLATE_VERSION = "pi-acc-v1"
 CHOICES = ("1", "2")
 ANSWER_CUE = "Answer (1 or 2):"
 
-SIDES = ("chosen", "rejected")
 ORDERS = ("own_first", "own_second")
 PREFERENCE_ORDERS = ("chosen_first", "rejected_first")
 OUTCOMES = ("chosen", "rejected", "tie", "unparseable")

@@ -25,6 +25,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona_ray.core import storage
+from persona_ray.core.schema import SIDES
+from persona_ray.dataset.splits import read_split
 from persona_ray.quality.saliency import top_traits, word_saliency
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
@@ -67,14 +69,11 @@ class PIEvalConfig(BaseModel):
 
 
 def load_rows(path: str, split: str, limit: int | None) -> list[dict]:
-    """Augmented rows from a folder (<split>.parquet) or a .parquet/.jsonl file, sorted by pair id."""
-    if storage.exists(storage.join(path, f"{split}.parquet")):
-        path = storage.join(path, f"{split}.parquet")
-    if path.endswith(".parquet"):
-        rows = storage.read_parquet(path).to_pylist()
-    else:
-        rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+    """Augmented rows of one split (an augmented folder, or a .parquet/.jsonl file), sorted by pair id."""
+    rows = read_split(path, split)
     for i, row in enumerate(rows):
+        if "_error" in row:
+            raise ValueError(f"{path} row {i}: {row['_error']}")
         missing = [f for f in NEEDED if not isinstance(row.get(f), str) or not row[f].strip()]
         if missing:
             raise ValueError(f"{path} row {i} ({row.get('pair_id')}): missing or empty {missing}")
@@ -109,7 +108,7 @@ def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: st
     requests = []
     for model, rows in rows_by_model.items():
         for row in rows:
-            for side in ("chosen", "rejected"):
+            for side in SIDES:
                 for req in accuracy_requests(row["pair_id"], row["prompt"], row["chosen"], row["rejected"],
                                              row[f"{side}_persona"], side):
                     requests.append({**req, "pi_model": model, "domain": row["domain"],
@@ -159,7 +158,7 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     saliency = word_saliency([r["chosen_persona"] for r in all_rows], [r["rejected_persona"] for r in all_rows],
                              min_count=cfg.saliency_min_count, top_k=cfg.saliency_top_k)
-    traits = top_traits([r[f"{s}_persona"] for r in all_rows for s in ("chosen", "rejected")])
+    traits = top_traits([r[f"{s}_persona"] for r in all_rows for s in SIDES])
 
     answers = acc_answers + pref_answers
     verdict_columns = ("judge_key", "pi_model", "pair_id", "order", "answer", "error")

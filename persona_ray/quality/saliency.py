@@ -23,6 +23,8 @@ from collections import Counter
 
 import simplemma
 
+from persona_ray.core.schema import SIDES
+
 _OPENER = re.compile(r"^\s*the user(?:\s+is)?\b\s*", re.IGNORECASE)
 # What follows a contrast marker is what the user does NOT prefer. Markers need spaces on
 # both sides, so "overly" or "overview" never cut.
@@ -124,7 +126,7 @@ def word_saliency(
         return counts[label][word] / sizes[label] if sizes[label] else 0.0
 
     result: dict[str, list[dict]] = {}
-    for label in ("chosen", "rejected"):
+    for label in SIDES:
         rows = []
         for w in words:
             total_rate = rate("chosen", w) + rate("rejected", w)

@@ -33,11 +33,12 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from persona_ray.core import storage
+from persona_ray.core.schema import row_id
+from persona_ray.dataset.splits import TEST_SPLIT, TRAINING_SPLITS, read_table, split_uri
 from persona_ray.retrieval import colbert_compat
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = "persona-index-v1"
-TRAINING_SPLITS = ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val")
 ROW_COLUMNS = ("row_id", "prompt", "chosen_persona", "rejected_persona", "split", "domain")
 
 
@@ -56,35 +57,11 @@ class IndexConfig(BaseModel):
     @field_validator("splits")
     @classmethod
     def _never_test(cls, splits: list[str]) -> list[str]:
-        if "test" in splits:
+        if TEST_SPLIT in splits:
             raise ValueError("the test split must never be indexed (its prompts would retrieve their own personas)")
         if not splits:
             raise ValueError("name at least one training split")
         return splits
-
-
-def read_table(uri: str) -> list[dict]:
-    if uri.endswith(".parquet"):
-        return storage.read_parquet(uri).to_pylist()
-    lines = storage.read_bytes(uri).decode("utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            row = {"_error": f"line {number}: not JSON ({exc.msg})"}
-        rows.append(row if isinstance(row, dict) else {"_error": f"line {number}: not a JSON object"})
-    return rows
-
-
-def read_split(uri: str, split: str) -> list[dict]:
-    """Rows of one split: <uri>/<split>.parquet for an augmented folder, else the file itself."""
-    source = storage.join(uri, f"{split}.parquet") if storage.is_dir(uri) else uri
-    if not storage.exists(source):
-        raise FileNotFoundError(f"{source}: not found")
-    return read_table(source)
 
 
 def read_training_rows(cfg: IndexConfig) -> list[dict]:
@@ -92,7 +69,7 @@ def read_training_rows(cfg: IndexConfig) -> list[dict]:
     if storage.is_dir(cfg.data):
         rows = []
         for split in cfg.splits:
-            path = storage.join(cfg.data, f"{split}.parquet")
+            path = split_uri(cfg.data, split)
             if not storage.exists(path):
                 raise FileNotFoundError(f"{cfg.data}: no {split}.parquet (splits to index: {cfg.splits})")
             rows.extend({**row, "split": split} for row in read_table(path))
@@ -106,15 +83,15 @@ def check_row(row: dict) -> tuple[dict | None, str | None]:
     """(index row, None) or (None, reason naming the field)."""
     if "_error" in row:
         return None, row["_error"]
-    row_id = row.get("pair_id", row.get("id"))
-    if not isinstance(row_id, str) or not row_id.strip():
+    rid = row_id(row)
+    if not isinstance(rid, str) or not rid.strip():
         return None, "pair_id/id: missing or not a string"
     for field in ("prompt", "chosen_persona", "rejected_persona"):
         value = row.get(field)
         if not isinstance(value, str) or not value.strip():
             return None, f"{field}: missing, empty or not a string"
     domain = row.get("domain")
-    return {"row_id": row_id, "prompt": row["prompt"].strip(), "chosen_persona": row["chosen_persona"].strip(),
+    return {"row_id": rid, "prompt": row["prompt"].strip(), "chosen_persona": row["chosen_persona"].strip(),
             "rejected_persona": row["rejected_persona"].strip(), "split": str(row["split"]),
             "domain": domain if isinstance(domain, str) and domain else "unknown"}, None
 
@@ -124,13 +101,13 @@ def select_rows(raw: list[dict]) -> tuple[list[dict], list[dict]]:
     kept: dict[str, dict] = {}
     quarantine = []
     for number, row in enumerate(raw):
-        if row.get("split") == "test":
-            quarantine.append({"row": number, "row_id": row.get("pair_id", row.get("id")),
+        if row.get("split") == TEST_SPLIT:
+            quarantine.append({"row": number, "row_id": row_id(row),
                                "reason": "split: test rows are never indexed"})
             continue
         checked, reason = check_row(row)
         if checked is None:
-            quarantine.append({"row": number, "row_id": row.get("pair_id", row.get("id")), "reason": reason})
+            quarantine.append({"row": number, "row_id": row_id(row), "reason": reason})
             continue
         kept.setdefault(checked["row_id"], checked)
     return [kept[key] for key in sorted(kept)], quarantine

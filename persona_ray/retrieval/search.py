@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona_ray.core import storage
+from persona_ray.core.schema import row_id
 from persona_ray.retrieval import colbert_compat
 from persona_ray.core.models import default_cache_dir
 
@@ -158,7 +159,7 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     import pyarrow as pa
     import ray
 
-    from persona_ray.retrieval.index import read_split
+    from persona_ray.dataset.splits import read_split
     from persona_ray.core.ray_runtime import ensure_ray
 
     rows = read_split(cfg.data, cfg.split)
@@ -176,7 +177,7 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
         if hit["retr_error"] is None:
             good.append({**row, **{c: hit[c] for c in RETRIEVED_COLUMNS if c != "retr_error"}})
         else:
-            bad.append({"row": int(hit["_row"]), "row_id": row.get("pair_id", row.get("id")),
+            bad.append({"row": int(hit["_row"]), "row_id": row_id(row),
                         "reason": hit["retr_error"] if isinstance(row.get(cfg.query_column), str)
                         else f"{cfg.query_column}: missing or not a string"})
     if good:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from persona_ray.core import storage
+from persona_ray.dataset.splits import split_uri
 from persona_ray.tailoring.templates import TRAINING_TYPES, dpo_examples, sft_examples, tokenize_dpo, tokenize_sft
 from persona_ray.core.models import resolve_model
 
@@ -99,10 +100,6 @@ class JobConfig(BaseModel):
 
 # ---------------------------------------------------------------------------------------------
 # Pre-flight checks (driver, before any Ray worker starts).
-
-def split_uri(data: str, split: str) -> str:
-    return storage.join(data, f"{split}.parquet")
-
 
 def examples_for(method: Method, row: dict, training_type: str) -> list[dict]:
     return (sft_examples if method == "sft" else dpo_examples)(row, training_type)

@@ -45,7 +45,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from persona_ray.core import storage
-from persona_ray.tailoring.common import JobConfig, Method, TrainConfigError, examples_for, split_uri, tokenize_for
+from persona_ray.dataset.splits import split_uri
+from persona_ray.tailoring.common import JobConfig, Method, TrainConfigError, examples_for, tokenize_for
 
 log = logging.getLogger(__name__)
 
