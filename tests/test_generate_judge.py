@@ -31,7 +31,7 @@ def _test_rows(n: int) -> list[dict]:
 
 
 def _cfg(**kw) -> GenerateConfig:
-    return GenerateConfig(**{"data": "d", "output": "o", "model": "m", "model_id": "M", **kw})
+    return GenerateConfig(**{"data": "d", "output": "o", "engine": {"model": "m"}, "model_id": "M", **kw})
 
 
 # ------------------------------------------------------------------ requests (no Ray, no engine)
@@ -135,10 +135,10 @@ def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local,
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = str(tmp_path / "gen")
-    common = dict(data=str(data), output=out, persona_sources=["gold-rejected", "retr-rejected"],
-                  sampling={"max_tokens": 24, "stop": ["\nPrompt:"], "temperature": 0.0})
-    pt = GenerateConfig(model=tiny_model, model_id="PT-DPO", mode="persona", **common)
-    dpo = GenerateConfig(model=other_model, model_id="DPO", mode="plain", **common)
+    common = dict(data=str(data), output=out, persona_sources=["gold-rejected", "retr-rejected"])
+    sampling = {"max_tokens": 24, "stop": ["\nPrompt:"], "temperature": 0.0}
+    pt = GenerateConfig(engine={"model": tiny_model, "sampling": sampling}, model_id="PT-DPO", mode="persona", **common)
+    dpo = GenerateConfig(engine={"model": other_model, "sampling": sampling}, model_id="DPO", mode="plain", **common)
     assert run_generate(pt) == {"model_id": "PT-DPO", "rows": 7, "resumed": 0, "generated": 12, "quarantined": 2,
                                 "output": f"{out}/PT-DPO/responses"}
     assert run_generate(dpo)["generated"] == 12
@@ -159,10 +159,11 @@ def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local,
     assert {(q["row_id"], q["reason"]) for q in quarantined} == {("zz-bad", "prompt: missing, empty or not a string")}
 
     judged = str(tmp_path / "judged")
-    cfg = JudgeConfig(responses=out, data=str(data), output=judged, judge_model=tiny_model,
+    cfg = JudgeConfig(responses=out, data=str(data), output=judged,
                       comparisons=[Comparison(test="PT-DPO", base="DPO")], min_feedback_chars=5,
-                      max_feedback_chars=40, max_parse_retries=0, n_boot=200,
-                      sampling={"max_tokens": 64, "stop": [], "temperature": 0.0})
+                      max_feedback_chars=40, n_boot=200,
+                      judge={"model": tiny_model, "max_parse_retries": 0,
+                             "sampling": {"max_tokens": 64, "stop": [], "temperature": 0.0}})
     result = run_judge(cfg)
     summary = result["summary"]
     assert summary["requests"] == 6 * 2 * 2 * 2 and summary["unparseable_after_retries"] == 0

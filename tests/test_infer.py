@@ -22,9 +22,9 @@ from tests.conftest import REPO, SAMPLE_PAIRS
 pytestmark = pytest.mark.slow
 
 # Small guided bounds so that max_tokens always covers the longest match (a token is >= 1 char).
-SETTINGS = {"model": "tiny", "guided_decoding": True, "max_attribute_chars": 40, "max_preference_chars": 60,
-            "shard_size": 8, "sampling": {"max_tokens": 128},
-            "vllm": {"batch_size": 8}}
+SETTINGS = {"engine": {"model": "tiny", "guided_decoding": True, "sampling": {"max_tokens": 128},
+                       "vllm": {"batch_size": 8}},
+            "max_attribute_chars": 40, "max_preference_chars": 60, "shard_size": 8}
 
 # Planted rows that break the contract, one of each kind (8 of 68 rows = 12 %).
 PLANTED = [
@@ -65,7 +65,7 @@ def s3_run(s3_server, ray_local):
 
     boto3.client("s3").create_bucket(Bucket="pi-data")
     storage.write_bytes("s3://pi-data/in/pairs.jsonl", "\n".join(planted_lines()).encode())
-    cfg = InferConfig(input="s3://pi-data/in/pairs.jsonl", output="s3://pi-data/out", **SETTINGS)
+    cfg = InferConfig(pairs={"input": "s3://pi-data/in/pairs.jsonl"}, output="s3://pi-data/out", **SETTINGS)
     manifest = run_infer(cfg)
     return cfg, manifest
 
@@ -106,7 +106,7 @@ def test_killed_run_resumes_to_the_same_output(s3_run, tmp_path):
     source.write_text("\n".join(planted_lines()))
     output = tmp_path / "out"
     config = tmp_path / "infer.yaml"
-    config.write_text(yaml.safe_dump({"input": str(source), "output": str(output), **SETTINGS}))
+    config.write_text(yaml.safe_dump({"pairs": {"input": str(source)}, "output": str(output), **SETTINGS}))
     command = [sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 

@@ -26,7 +26,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
-CLUSTER_DIR = REPO / "cluster"
+CLUSTER_DIR = REPO / "cluster"  # jobs/ (job configs) and launcher/ (`ray up` files)
 CRD_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "kuberay-crds"
 
 RAY_VERSION = "2.60.0"
@@ -372,7 +372,7 @@ def test_only_known_secrets_are_referenced():
 
 @pytest.mark.parametrize(
     "path",
-    sorted(K8S_DIR.glob("*.y*ml")) + sorted(CLUSTER_DIR.glob("*.y*ml")),
+    sorted(K8S_DIR.glob("*.y*ml")) + sorted(CLUSTER_DIR.glob("*/*.y*ml")),
     ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_no_literal_credentials(path):
@@ -430,12 +430,14 @@ def test_raycluster_shape():
 def test_configmap_infer_config():
     cms = [d for d in _docs_of_kind("ConfigMap") if "infer.yaml" in d.get("data", {})]
     assert len(cms) == 1
+    from persona_ray.inference.infer import InferConfig
+
     cfg = yaml.safe_load(cms[0]["data"]["infer.yaml"])
     assert isinstance(cfg, dict)
-    for key in ("input", "output", "model"):
-        assert cfg.get(key), f"infer.yaml lacks {key}"
-    assert cfg["engine"] in {"vllm", "openai"}
-    assert cfg["vllm"]["gpu"] is True
+    infer = InferConfig.model_validate(cfg)  # the job's own validation, as on the cluster
+    assert infer.pairs.input and infer.output and infer.engine.model
+    assert infer.engine.backend in {"vllm", "openai"}
+    assert infer.engine.vllm.gpu is True
 
 
 def test_rayjob_spec():
@@ -470,49 +472,50 @@ def test_rayjob_spec():
 # Tests: cluster/*.yaml
 # ============================================================================================
 
-CLUSTER_FILES = sorted(CLUSTER_DIR.glob("*.y*ml"))
+CLUSTER_FILES = sorted(CLUSTER_DIR.glob("*/*.y*ml"))
 
 
 def test_cluster_files_exist():
-    names = {p.name for p in CLUSTER_FILES}
-    assert {"local.yaml", "aws-gpu.yaml", "infer-gpu.yaml"} <= names, names
+    names = {f"{p.parent.name}/{p.name}" for p in CLUSTER_FILES}
+    assert {"jobs/local.yaml", "launcher/aws-gpu.yaml", "jobs/infer-gpu.yaml"} <= names, names
 
 
-@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_cluster_yaml_parses(path):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     assert len(docs) == 1 and isinstance(docs[0], dict), path
 
 
 def test_local_config_values():
-    cfg = yaml.safe_load((CLUSTER_DIR / "local.yaml").read_text())
-    assert cfg["input"] == "persona_ray/data/sample_pairs.jsonl"
+    cfg = yaml.safe_load((CLUSTER_DIR / "jobs" / "local.yaml").read_text())
+    engine = cfg["engine"]
+    assert cfg["pairs"]["input"] == "persona_ray/data/sample_pairs.jsonl"
     assert cfg["output"] == "outputs/demo"
-    assert cfg["model"] == "tiny"
-    assert cfg["engine"] == "vllm"
-    assert cfg["guided_decoding"] is True
-    assert cfg["vllm"]["gpu"] is False
-    assert cfg["vllm"]["concurrency"] == 1
-    assert cfg["vllm"]["max_model_len"] == 4096
-    assert cfg["sampling"]["temperature"] == 0.0
+    assert engine["model"] == "tiny"
+    assert engine["backend"] == "vllm"
+    assert engine["guided_decoding"] is True
+    assert engine["vllm"]["gpu"] is False
+    assert engine["vllm"]["concurrency"] == 1
+    assert engine["vllm"]["max_model_len"] == 4096
+    assert engine["sampling"]["temperature"] == 0.0
     # every token is at least one character: the budget must cover the longest guided persona
     longest = len("The user is ") + cfg["max_attribute_chars"] + len(" and prefers ") + cfg["max_preference_chars"] + 1
-    assert cfg["sampling"]["max_tokens"] >= longest
+    assert engine["sampling"]["max_tokens"] >= longest
 
 
 def test_infer_gpu_config_matches_configmap_shape():
-    cfg = yaml.safe_load((CLUSTER_DIR / "infer-gpu.yaml").read_text())
+    cfg = yaml.safe_load((CLUSTER_DIR / "jobs" / "infer-gpu.yaml").read_text())
     cm = next(d for d in _docs_of_kind("ConfigMap") if "infer.yaml" in d.get("data", {}))
     cm_cfg = yaml.safe_load(cm["data"]["infer.yaml"])
     assert set(cfg) == set(cm_cfg)
-    assert set(cfg["vllm"]) == set(cm_cfg["vllm"])
-    assert cfg["vllm"]["gpu"] is True and cfg["engine"] == "vllm"
-    for key in ("input", "output", "model"):
-        assert cfg[key]
+    assert set(cfg["engine"]) == set(cm_cfg["engine"])
+    assert set(cfg["engine"]["vllm"]) == set(cm_cfg["engine"]["vllm"])
+    assert cfg["engine"]["vllm"]["gpu"] is True and cfg["engine"]["backend"] == "vllm"
+    assert cfg["pairs"]["input"] and cfg["output"] and cfg["engine"]["model"]
 
 
 def test_aws_cluster_launcher_config():
-    cfg = yaml.safe_load((CLUSTER_DIR / "aws-gpu.yaml").read_text())
+    cfg = yaml.safe_load((CLUSTER_DIR / "launcher" / "aws-gpu.yaml").read_text())
     assert cfg["provider"]["type"] == "aws"
     assert cfg["docker"]["image"] == "persona-ray:latest"
     nodes = cfg["available_node_types"]
@@ -529,12 +532,12 @@ def test_aws_cluster_launcher_config():
 def test_aws_cluster_launcher_config_matches_ray_schema():
     spec = importlib.util.find_spec("ray")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("ray not installed; cannot check cluster/aws-gpu.yaml against ray-schema.json")
+        pytest.skip("ray not installed; cannot check cluster/launcher/aws-gpu.yaml against ray-schema.json")
     schema_path = Path(list(spec.submodule_search_locations)[0]) / "autoscaler" / "ray-schema.json"
     if not schema_path.is_file():
         pytest.skip(f"{schema_path} not found")
     schema = json.loads(schema_path.read_text())
-    cfg = yaml.safe_load((CLUSTER_DIR / "aws-gpu.yaml").read_text())
+    cfg = yaml.safe_load((CLUSTER_DIR / "launcher" / "aws-gpu.yaml").read_text())
     jsonschema.validate(cfg, schema)
 
 
@@ -548,7 +551,7 @@ def test_rayservice_serve_config_builds_a_valid_app_config():
     module, _, attr = app["import_path"].partition(":")
     assert module == "persona_ray.serving.app" and attr == "build_app" and callable(build_app)
     cfg = ServeConfig(**app["args"])  # the same validation the builder applies at deploy time
-    assert cfg.vllm.gpu and cfg.llm_gpus == 1 and cfg.index.startswith("s3://")
+    assert cfg.engine.vllm.gpu and cfg.llm_gpus == 1 and cfg.index.startswith("s3://")
     groups = {g["groupName"]: g for g in services[0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu_limits["nvidia.com/gpu"] >= cfg.llm_gpus

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig
+from persona_ray.engines.settings import OpenAISettings, SamplingSettings
 from persona_ray.engines.openai_engine import EngineAuthError, EngineConnectionError, EngineNotFoundError, OpenAICaller
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.inference.parse import guided_regex
@@ -57,8 +57,8 @@ def scripted_server():
 
 
 def _call(base_url: str, prompts: list[str], **overrides):
-    cfg = OpenAIConfig(base_url=base_url, backoff_s=0.01, max_retries=3, api_key_env="TEST_PR_KEY", **overrides)
-    caller = OpenAICaller("m", SamplingConfig(max_tokens=16), cfg, regex="The user is [a-z ]+\\.")
+    cfg = OpenAISettings(base_url=base_url, backoff_s=0.01, max_retries=3, api_key_env="TEST_PR_KEY", **overrides)
+    caller = OpenAICaller("m", SamplingSettings(max_tokens=16), cfg, regex="The user is [a-z ]+\\.")
     return caller({"prompt": np.array(prompts, dtype=object), "pair_id": np.array(prompts, dtype=object)})
 
 
@@ -134,9 +134,10 @@ def test_pi_through_an_openai_compatible_server(vllm_server, ray_local, tmp_path
     lines = SAMPLE_PAIRS.read_text().splitlines()[::3]  # 20 pairs, every domain
     source = tmp_path / "pairs.jsonl"
     source.write_text("\n".join(lines))
-    cfg = InferConfig(input=str(source), output=str(tmp_path / "out"), model="tiny", engine="openai",
-                      max_attribute_chars=40, max_preference_chars=60, sampling={"max_tokens": 128},
-                      openai={"base_url": vllm_server, "api": "completions", "max_concurrency": 8})
+    cfg = InferConfig(pairs={"input": str(source)}, output=str(tmp_path / "out"), max_attribute_chars=40,
+                      max_preference_chars=60,
+                      engine={"model": "tiny", "backend": "openai", "sampling": {"max_tokens": 128},
+                              "openai": {"base_url": vllm_server, "api": "completions", "max_concurrency": 8}})
     manifest = run_infer(cfg)
     assert manifest["counts"]["persona_records"] == manifest["counts"]["unique_keys"] == 40
     records = read_shards(str(tmp_path / "out" / "personas")).to_pylist()
@@ -153,9 +154,9 @@ def test_unguided_judge_retries_then_counts_unparseable_verdicts(vllm_server, ra
     from tests.test_pi_eval import paper_rows, write_jsonl
 
     data = {"gold": write_jsonl(tmp_path / "gold.jsonl", paper_rows("", n=4))}
-    cfg = PIEvalConfig(data=data, output=str(tmp_path / "eval"), judge_model="tiny", engine="openai",
-                       guided_decoding=False, max_parse_retries=2, persona_preference=False,
-                       saliency_min_count=1, openai={"base_url": vllm_server, "max_concurrency": 8})
+    cfg = PIEvalConfig(data=data, output=str(tmp_path / "eval"), persona_preference=False, saliency_min_count=1,
+                       judge={"model": "tiny", "backend": "openai", "guided_decoding": False, "max_parse_retries": 2,
+                              "openai": {"base_url": vllm_server, "max_concurrency": 8}})
     summary = run_pi_eval(cfg)["summary"]
     assert summary["requests"] == 4 * 2 * 2
     unparseable = summary["unparseable_after_retries"]

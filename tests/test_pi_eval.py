@@ -35,8 +35,8 @@ def two_pi_models(tmp_path_factory):
 
 
 def test_guided_judge_gives_every_verdict(ray_local, two_pi_models, tmp_path):
-    cfg = PIEvalConfig(data=two_pi_models, output=str(tmp_path), judge_model="tiny", engine="vllm",
-                       guided_decoding=True, vllm={"batch_size": 32}, saliency_min_count=2)
+    cfg = PIEvalConfig(data=two_pi_models, output=str(tmp_path), saliency_min_count=2,
+                       judge={"model": "tiny", "backend": "vllm", "guided_decoding": True, "vllm": {"batch_size": 32}})
     result = run_pi_eval(cfg)
     summary = result["summary"]
     # 2 models x 12 pairs x 2 personas x 2 orders, plus 2 x 12 x 2 preference requests

@@ -11,7 +11,8 @@ import pytest
 from persona_ray.core import storage
 from persona_ray.retrieval.index import IndexConfig, run_index, select_rows
 from persona_ray.retrieval.recall import corpus_rows, recall_at, reword
-from persona_ray.retrieval.search import MAX_QUERY_CHARS, PersonaRetriever, QueryError, RetrieveConfig, run_retrieve
+from persona_ray.retrieval.batch import RetrieveConfig, run_retrieve
+from persona_ray.retrieval.search import MAX_QUERY_CHARS, PersonaRetriever, QueryError
 
 from .conftest import SAMPLE_PAIRS, SHARED_DATA, read_jsonl
 

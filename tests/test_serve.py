@@ -31,7 +31,7 @@ def test_request_checks_name_the_field():
     ]:
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
             check_request(req, cfg)
-    with pytest.raises(ValueError, match="sampling.max_tokens"):
+    with pytest.raises(ValueError, match="engine.sampling.max_tokens"):
         ServeConfig(index="i", max_tokens_limit=100)  # the default 256 would exceed it
 
 
@@ -48,8 +48,9 @@ def served(ray_local, tiny_model, tmp_path_factory):
     run_index(IndexConfig(data=str(data), output=str(folder / "index")))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"index": str(folder / "index"), "model": tiny_model, "model_id": "tiny-PT",
-                     "sampling": {"max_tokens": 16, "stop": ["\nPrompt:"], "temperature": 0.0},
+    app = build_app({"index": str(folder / "index"), "model_id": "tiny-PT",
+                     "engine": {"model": tiny_model,
+                                "sampling": {"max_tokens": 16, "stop": ["\nPrompt:"], "temperature": 0.0}},
                      "retriever_scaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2}})
     serve.run(app, name="persona", route_prefix="/")
     yield f"http://127.0.0.1:{port}", rows

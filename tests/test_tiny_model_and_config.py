@@ -34,10 +34,11 @@ def test_tiny_model_is_deterministic_and_loads(tmp_path):
 
 
 def test_local_config_loads_with_overrides():
-    cfg = load_config(InferConfig, str(REPO / "cluster" / "local.yaml"), {"vllm.batch_size": 8, "k_shot": None})
-    assert cfg.model == "tiny" and cfg.vllm.batch_size == 8 and cfg.k_shot == 3
-    gpu = load_config(InferConfig, str(REPO / "cluster" / "infer-gpu.yaml"))
-    assert gpu.vllm.gpu and gpu.engine == "vllm"
+    cfg = load_config(InferConfig, str(REPO / "cluster" / "jobs" / "local.yaml"),
+                      {"engine.vllm.batch_size": 8, "k_shot": None})
+    assert cfg.engine.model == "tiny" and cfg.engine.vllm.batch_size == 8 and cfg.k_shot == 3
+    gpu = load_config(InferConfig, str(REPO / "cluster" / "jobs" / "infer-gpu.yaml"))
+    assert gpu.engine.vllm.gpu and gpu.engine.backend == "vllm"
 
 
 def test_cluster_configs_for_retrieval_generation_and_judging_load():
@@ -45,21 +46,25 @@ def test_cluster_configs_for_retrieval_generation_and_judging_load():
     from persona_ray.retrieval.index import IndexConfig
     from persona_ray.evaluation.judge import JudgeConfig
 
-    index = load_config(IndexConfig, str(REPO / "cluster" / "index.yaml"))
+    index = load_config(IndexConfig, str(REPO / "cluster" / "jobs" / "index.yaml"))
     assert "test" not in index.splits and index.output.startswith("s3://")
-    generate = load_config(GenerateConfig, str(REPO / "cluster" / "generate-gpu.yaml"))
-    assert generate.vllm.gpu and generate.persona_sources == ["gold-chosen", "gold-rejected", "retr-chosen",
+    generate = load_config(GenerateConfig, str(REPO / "cluster" / "jobs" / "generate-gpu.yaml"))
+    assert generate.engine.vllm.gpu and generate.persona_sources == ["gold-chosen", "gold-rejected", "retr-chosen",
                                                               "retr-rejected"]
-    judge = load_config(JudgeConfig, str(REPO / "cluster" / "judge-gpu.yaml"))
+    judge = load_config(JudgeConfig, str(REPO / "cluster" / "jobs" / "judge-gpu.yaml"))
+    assert judge.judge.sampling.max_tokens == 512 and judge.judge.prompt_format == "chat"
     assert judge.comparisons[0].label == "PT-DPO vs DPO" and judge.comparisons[0].base_source == "none"
 
 
 @pytest.mark.parametrize(
     "yaml_text, message",
     [
-        ("input: a\noutput: b\nengine: tgi\n", "engine: Input should be 'vllm' or 'openai'"),
-        ("input: a\noutput: b\nvllm:\n  batch_sise: 4\n", "vllm.batch_sise: Extra inputs are not permitted"),
-        ("output: b\n", "input: Field required"),
+        ("pairs: {input: a}\noutput: b\nengine: {backend: tgi}\n",
+         "engine.backend: Input should be 'vllm' or 'openai'"),
+        ("pairs: {input: a}\noutput: b\nengine:\n  vllm:\n    batch_sise: 4\n",
+         "engine.vllm.batch_sise: Extra inputs are not permitted"),
+        ("output: b\n", "pairs: Field required"),
+        ("pairs: {}\noutput: b\n", "pairs.input: Field required"),
         ("- a\n", "expected a mapping"),
     ],
 )
@@ -72,9 +77,44 @@ def test_bad_config_names_the_field(tmp_path, yaml_text, message):
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("input: a\noutput: b\nk_shot: -1\n")
+    path.write_text("pairs: {input: a}\noutput: b\nk_shot: -1\n")
     done = subprocess.run([sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(path)],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2
     assert "k_shot: Input should be greater than or equal to 0" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_nested_block_changes_only_the_keys_it_names(tmp_path):
+    """The judge's own defaults (max_tokens 512, no stop) survive a YAML that sets only the temperature."""
+    from persona_ray.evaluation.judge import JudgeConfig
+
+    path = tmp_path / "j.yaml"
+    path.write_text("responses: r\ndata: d\noutput: o\ncomparisons: [{test: a, base: b}]\n"
+                    "judge: {model: m, sampling: {temperature: 0.5}}\n")
+    judge = load_config(JudgeConfig, str(path)).judge
+    assert (judge.model, judge.sampling.temperature, judge.sampling.max_tokens, judge.sampling.stop) == (
+        "m", 0.5, 512, [])
+    assert judge.max_parse_retries == 2  # a JudgeSettings default
+    infer = load_config(InferConfig, None, {"pairs.input": "a", "output": "b", "engine.vllm.gpu": True})
+    assert infer.engine.sampling.max_tokens == 128 and infer.engine.vllm.gpu
+
+
+def test_every_config_field_is_documented_and_the_readme_reference_is_current():
+    from persona_ray.cli import JOB_CONFIGS
+    from persona_ray.core.settings import config_reference
+
+    reference = config_reference(JOB_CONFIGS)
+    undocumented = [line for line in reference.splitlines() if line.startswith("| `") and line.endswith("|  |")]
+    assert not undocumented, undocumented
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    assert readme[readme.index(start) + len(start):readme.index(end)].strip() == reference.strip(), (
+        "README's configuration reference is stale: paste `persona-ray config-reference` between its markers")
+
+
+def test_generate_needs_a_model():
+    from persona_ray.evaluation.generate import GenerateConfig
+
+    with pytest.raises(ValueError, match="engine.model: name the model"):
+        GenerateConfig(data="d", output="o", model_id="M")

@@ -142,12 +142,12 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     # The merged model loads and generates through vLLM (Ray Data LLM engine actors).
     import ray.data
 
-    from persona_ray.engines import generate
-    from persona_ray.engines.settings import SamplingConfig
+    from persona_ray.engines.settings import EngineSettings
     from persona_ray.tailoring.templates import format_input
 
     queries = [{"i": i, "prompt": format_input(r["prompt"], r["chosen_persona"])} for i, r in enumerate(rows[:4])]
-    out = generate(ray.data.from_items(queries), "vllm", dpo_merged, SamplingConfig(max_tokens=16, stop=[])).take_all()
+    engine = EngineSettings(model=dpo_merged, sampling={"max_tokens": 16, "stop": []})
+    out = engine.generate(ray.data.from_items(queries)).take_all()
     assert sorted(o["i"] for o in out) == [0, 1, 2, 3]
     assert all(o["num_output_tokens"] > 0 and not o["error"] for o in out)
 

@@ -70,11 +70,12 @@ def child_pipeline(args) -> dict:
     from persona_ray.inference.infer import InferConfig, run_infer
 
     cfg = InferConfig(
-        input=args.input, output=args.output, model=args.model, guided_decoding=True, k_shot=args.k_shot,
+        pairs={"input": args.input}, output=args.output, k_shot=args.k_shot,
         max_attribute_chars=60, max_preference_chars=100, shard_size=2000,
-        sampling={"max_tokens": args.max_tokens, "temperature": 0.0},
-        vllm={"batch_size": 64, "concurrency": 1, "enable_prefix_caching": True, "cpu_kv_cache_gib": 2,
-              "cpus_per_engine": args.cpus_per_engine},
+        engine={"model": args.model, "guided_decoding": True,
+                "sampling": {"max_tokens": args.max_tokens, "temperature": 0.0},
+                "vllm": {"batch_size": 64, "concurrency": 1, "enable_prefix_caching": True, "cpu_kv_cache_gib": 2,
+                         "cpus_per_engine": args.cpus_per_engine}},
     )
     manifest = run_infer(cfg)
     return {"pairs": manifest["counts"]["valid_pairs"], "generate_s": manifest["timings_s"]["generate"],

@@ -52,8 +52,9 @@ def main() -> None:
         run_index(IndexConfig(data=str(data), output=f"{tmp}/index"))
         ensure_ray()
         serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-        serve.run(build_app({"index": f"{tmp}/index", "model": "tiny",
-                             "sampling": {"max_tokens": args.max_tokens, "stop": [], "temperature": 0.0}}),
+        serve.run(build_app({"index": f"{tmp}/index",
+                             "engine": {"model": "tiny", "sampling": {"max_tokens": args.max_tokens, "stop": [],
+                                                                      "temperature": 0.0}}}),
                   name="persona", route_prefix="/")
         url = "http://127.0.0.1:8765"
         picks = [rows[i % len(rows)] for i in range(args.requests)]

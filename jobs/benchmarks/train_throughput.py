@@ -7,7 +7,7 @@ size, max_length, LoRA, learning rate, max_steps) on the same token ids: the spl
 once in Ray Data (persona_ray.tailoring.ray_loop.tokenized_split); Ray Train reads it as its dataset
 shard, plain TRL gets the same rows, in the same order (sequential sampler), as a Hugging Face
 Dataset, so both see identical batches. Both use TRL's DPOTrainer built by
-persona_ray.tailoring.build_dpo_trainer and the same number of torch threads.
+persona_ray.tailoring.DPO().build_trainer and the same number of torch threads.
 
 Steady-state steps/s: the time between the end of step `warmup` and the end of the last step,
 taken from TrainerCallback timestamps, so Ray start-up, model loading and the first steps are
@@ -70,7 +70,8 @@ def plain_trl(cfg, model_path: str, rows: list[dict]) -> list[float]:
     import torch
     from transformers import TrainerCallback
 
-    from persona_ray.tailoring import build_dpo_trainer
+    from persona_ray.tailoring import DPO
+    from persona_ray.tailoring.ray_loop import WorkerPlan
 
     class Times(TrainerCallback):
         def __init__(self):
@@ -81,7 +82,9 @@ def plain_trl(cfg, model_path: str, rows: list[dict]) -> list[float]:
 
     torch.set_num_threads(cfg.cpus_per_worker)
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as workdir:
-        trainer = build_dpo_trainer({"cfg": cfg, "model_path": model_path, "max_steps": cfg.max_steps}, workdir)
+        plan = WorkerPlan(cfg=cfg, method=DPO(), model_path=model_path, files=None, max_steps=cfg.max_steps,
+                          evaluate=False, fail_at_step=None)
+        trainer = DPO().build_trainer(plan, workdir)
         # The Ray shard is read in order; shuffling here would pad batches differently.
         trainer.args.train_sampling_strategy = "sequential"
         trainer.train_dataset = datasets.Dataset.from_list(
@@ -119,8 +122,8 @@ def main() -> None:
 
     from persona_ray.core.ray_runtime import ensure_ray
     from persona_ray.core.models import resolve_model
-    from persona_ray.tailoring import DPOJobConfig, check_dpo_job
-    from persona_ray.tailoring.common import split_uri
+    from persona_ray.dataset.splits import split_uri
+    from persona_ray.tailoring import DPO, DPOJobConfig
     from persona_ray.tailoring.ray_loop import tokenized_split
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as root:
@@ -131,9 +134,9 @@ def main() -> None:
                            training_type=args.training_type, num_workers=1, cpus_per_worker=args.threads,
                            max_steps=args.steps, per_device_batch_size=args.batch_size, max_length=args.max_length,
                            learning_rate=1e-4, save_steps=args.steps, evaluate=False, val_split=None)
-        model_path, _ = check_dpo_job(cfg)
+        model_path, _ = DPO().check(cfg)
         ensure_ray()  # Ray runs during both measurements, as it would on a node
-        rows = tokenized_split(split_uri(data, cfg.train_split), "dpo", cfg.training_type, model_path,
+        rows = tokenized_split(split_uri(data, cfg.train_split), DPO(), cfg.training_type, model_path,
                                cfg.max_length).take_all()
 
         # plain, Ray, plain: the plain rate is the mean of the runs before and after, so a slow

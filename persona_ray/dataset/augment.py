@@ -20,14 +20,15 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from persona_ray.core import storage
 from persona_ray.core.persona import validate_persona
+from persona_ray.core.settings import Settings
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.shards import read_shards
 from persona_ray.dataset.splits import SplitConfig, split_rows
@@ -36,15 +37,16 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = ("pair_id", "prompt", "chosen", "rejected", "domain", "source", "chosen_persona", "rejected_persona")
 
 
-class AugmentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AugmentConfig(Settings):
+    """Join personas to their pairs and write deterministic splits (Parquet, JSONL, HF DatasetDict)."""
 
     pairs: PairSource
-    personas: str  # a persona-inference output folder (holding personas/) or a personas/ folder itself
-    output: str
+    personas: str = Field(description="a persona-inference output folder (holding personas/) or a personas/ folder")
+    output: str = Field(description="folder or s3:// prefix for the splits and side files")
     splits: SplitConfig = SplitConfig()
-    formats: list[str] = Field(default_factory=lambda: ["parquet", "jsonl", "hf"])
-    push_to_hub: str | None = None  # a hub repo id; uses HF_TOKEN from the environment
+    formats: list[Literal["parquet", "jsonl", "hf"]] = Field(
+        default_factory=lambda: ["parquet", "jsonl", "hf"], description="file formats to write")
+    push_to_hub: str | None = Field(None, description="also push the DatasetDict to this hub repo (needs $HF_TOKEN)")
 
 
 def _personas_folder(uri: str) -> str:

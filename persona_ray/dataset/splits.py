@@ -21,23 +21,25 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from persona_ray.core import storage
+from persona_ray.core.settings import Settings
 
 TEST_SPLIT = "test"
 SPLITS = ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val", TEST_SPLIT)
 TRAINING_SPLITS = tuple(name for name in SPLITS if name != TEST_SPLIT)
 
 
-class SplitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SplitConfig(Settings):
+    """Shares of prompts per split (by a hash of the prompt: deterministic)."""
 
-    test: float = Field(0.2, ge=0, lt=1)
-    fewshot: float = Field(0.05, ge=0, lt=1)
-    val: float = Field(0.1, ge=0, lt=1)
-    share_train_pool: bool = True
-    seed: str = "persona-ray-v1"  # change to draw different, still deterministic, splits
+    test: float = Field(0.2, ge=0, lt=1, description="share of prompts held out for testing")
+    fewshot: float = Field(0.05, ge=0, lt=1, description="share of prompts kept as few-shot exemplars")
+    val: float = Field(0.1, ge=0, lt=1, description="share of prompts for validation")
+    share_train_pool: bool = Field(True, description="SFT and DPO train on the same pool (the paper); false "
+                                   "halves each pool between them")
+    seed: str = Field("persona-ray-v1", description="change to draw other (still deterministic) splits")
 
     @model_validator(mode="after")
     def _leaves_training_data(self):
@@ -92,14 +94,6 @@ def read_table(uri: str) -> list[dict]:
             row = {"_error": f"line {number}: not JSON ({exc.msg})"}
         rows.append(row if isinstance(row, dict) else {"_error": f"line {number}: not a JSON object"})
     return rows
-
-
-def read_split(uri: str, split: str) -> list[dict]:
-    """Rows of one split: <uri>/<split>.parquet for an augmented folder, else the file itself."""
-    source = storage.join(uri, f"{split}.parquet") if storage.is_dir(uri) else uri
-    if not storage.exists(source):
-        raise FileNotFoundError(f"{source}: not found")
-    return read_table(source)
 
 
 def read_split(uri: str, split: str) -> list[dict]:

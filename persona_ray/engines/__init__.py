@@ -1,6 +1,6 @@
 """Text-generation engines behind one interface.
 
-    generate(ds, ...) -> ds
+    generate(ds, EngineSettings, regex=..., choice=...) -> ds      (or EngineSettings.generate)
 
 Input rows carry a "prompt" column (plain text; sent as one user message when the engine is in
 chat mode) and any other columns, which pass through untouched -- except names Ray Data LLM
@@ -14,38 +14,29 @@ uses for itself (RESERVED_COLUMNS; "model", for one, selects a LoRA adapter). Ou
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import ray.data
 
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+if TYPE_CHECKING:
+    from persona_ray.engines.settings import EngineSettings, SamplingSettings
 
 RESERVED_COLUMNS = ("model", "request_id", "messages", "sampling_params", "generated_text", "metrics",
                     "prompt_token_ids", "tokenized_prompt", "params", "batch_uuid")
 OUTPUT_COLUMNS = ("generated_text", "num_input_tokens", "num_output_tokens", "finish_reason", "error")
 
 
-def generate(
-    ds: ray.data.Dataset,
-    engine: Literal["vllm", "openai"],
-    model: str,
-    sampling: SamplingConfig,
-    *,
-    regex: str | None = None,
-    choice: list[str] | None = None,
-    prompt_format: Literal["completion", "chat"] = "completion",
-    vllm: VLLMConfig | None = None,
-    openai: OpenAIConfig | None = None,
-) -> ray.data.Dataset:
-    """Run every row's prompt through the chosen engine. `regex`/`choice` constrain the output."""
-    if engine == "vllm":
+def generate(ds: ray.data.Dataset, settings: EngineSettings, *, regex: str | None = None,
+             choice: list[str] | None = None, sampling: SamplingSettings | None = None) -> ray.data.Dataset:
+    """Run every row's prompt through the engine of `settings`. `regex`/`choice` constrain the
+    output; `sampling` replaces settings.sampling (e.g. for re-asks at a higher temperature)."""
+    model, sampling = settings.engine_model(), sampling or settings.sampling
+    if settings.backend == "vllm":
         from persona_ray.engines.vllm_engine import vllm_generate
 
-        return vllm_generate(ds, model, sampling, vllm or VLLMConfig(), regex=regex, choice=choice,
-                             prompt_format=prompt_format)
-    if engine == "openai":
-        from persona_ray.engines.openai_engine import openai_generate
+        return vllm_generate(ds, model, sampling, settings.vllm, regex=regex, choice=choice,
+                             prompt_format=settings.prompt_format)
+    from persona_ray.engines.openai_engine import openai_generate
 
-        return openai_generate(ds, model, sampling, openai or OpenAIConfig(), regex=regex, choice=choice,
-                               prompt_format=prompt_format)
-    raise ValueError(f"engine must be 'vllm' or 'openai', got {engine!r}")
+    return openai_generate(ds, model, sampling, settings.openai, regex=regex, choice=choice,
+                           prompt_format=settings.prompt_format)

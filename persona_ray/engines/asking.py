@@ -4,26 +4,22 @@ Used by every LLM judge (PI accuracy, pairwise response judging). Each request i
 "prompt" and a unique `judge_key`; answered rows come back in request order with
     answer    the judge's text ("" on engine error)
     verdict   parse(answer), or None when it could not be parsed (or the engine failed)
-Unparseable answers are re-asked up to `max_retries` times with sampling (temperature
-`retry_temperature`, a new seed each round), so a greedy judge stuck on one bad answer gets
+Unparseable answers are re-asked up to `judge.max_parse_retries` times with sampling (temperature
+`judge.retry_temperature`, a new seed each round), so a greedy judge stuck on one bad answer gets
 another chance; what is still unparseable stays None and the caller counts it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import ray.data
 
-from persona_ray.engines import generate
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import JudgeSettings
 
 
-def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Literal["vllm", "openai"], model: str,
-              sampling: SamplingConfig, regex: str | None = None, choice: list[str] | None = None,
-              prompt_format: Literal["completion", "chat"] = "completion", vllm: VLLMConfig | None = None,
-              openai: OpenAIConfig | None = None, max_retries: int = 2,
-              retry_temperature: float = 0.7) -> tuple[list[dict], int]:
+def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], judge: JudgeSettings, regex: str | None = None,
+              choice: list[str] | None = None) -> tuple[list[dict], int]:
     """(answered requests in request order, number of re-asked requests)."""
     if not requests:
         return [], 0
@@ -31,22 +27,21 @@ def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], engine: Lite
     if len(set(keys)) != len(keys):
         raise ValueError("judge requests need unique judge_key values")
 
-    def ask(rows: list[dict], params: SamplingConfig) -> list[dict]:
-        out = generate(ray.data.from_items(rows), engine, model, params, regex=regex, choice=choice,
-                       prompt_format=prompt_format, vllm=vllm, openai=openai).take_all()
+    def ask(rows: list[dict], sampling) -> list[dict]:
+        out = judge.generate(ray.data.from_items(rows), regex=regex, choice=choice, sampling=sampling).take_all()
         for row in out:
             row["answer"] = row.get("generated_text") or ""
             row["verdict"] = parse(row["answer"]) if not row.get("error") else None
         return out
 
-    answered = {r["judge_key"]: r for r in ask(requests, sampling)}
+    answered = {r["judge_key"]: r for r in ask(requests, judge.sampling)}
     retried = 0
-    for attempt in range(1, max_retries + 1):
+    for attempt in range(1, judge.max_parse_retries + 1):
         pending = [r for r in requests if answered[r["judge_key"]]["verdict"] is None]
         if not pending:
             break
         retried += len(pending)
-        resample = sampling.model_copy(update={"temperature": retry_temperature, "seed": attempt})
+        resample = judge.sampling.model_copy(update={"temperature": judge.retry_temperature, "seed": attempt})
         for row in ask(pending, resample):
             answered[row["judge_key"]] = row
     return [answered[key] for key in keys], retried

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import ray.data
 
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig
+from persona_ray.engines.settings import OpenAISettings, SamplingSettings
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -34,7 +34,7 @@ class EngineNotFoundError(RuntimeError):
     """Wrong base URL or model name: every request would fail the same way."""
 
 
-def request_body(model: str, prompt: str, sampling: SamplingConfig, cfg: OpenAIConfig,
+def request_body(model: str, prompt: str, sampling: SamplingSettings, cfg: OpenAISettings,
                  regex: str | None, choice: list[str] | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
@@ -71,7 +71,7 @@ def parse_response(payload: dict[str, Any], api: str) -> dict[str, Any]:
 class OpenAICaller:
     """Ray Data callable class: one batch of rows in, the same rows plus generations out."""
 
-    def __init__(self, model: str, sampling: SamplingConfig, cfg: OpenAIConfig, regex=None, choice=None):
+    def __init__(self, model: str, sampling: SamplingSettings, cfg: OpenAISettings, regex=None, choice=None):
         import httpx
 
         self.model, self.sampling, self.cfg, self.regex, self.choice = model, sampling, cfg, regex, choice
@@ -142,7 +142,7 @@ def _error_row(message: str) -> dict[str, Any]:
             "error": message}
 
 
-def openai_generate(ds: ray.data.Dataset, model: str, sampling: SamplingConfig, cfg: OpenAIConfig, *, regex=None,
+def openai_generate(ds: ray.data.Dataset, model: str, sampling: SamplingSettings, cfg: OpenAISettings, *, regex=None,
                     choice=None, prompt_format: str = "completion") -> ray.data.Dataset:
     if prompt_format == "chat" and cfg.api != "chat":
         cfg = cfg.model_copy(update={"api": "chat"})

@@ -1,40 +1,56 @@
-"""Typed settings for the text-generation engines (shared by inference, judging and generation)."""
+"""Engine settings: which model answers, on which engine, and how it samples.
+
+Every job that asks a model (infer, pi-eval, generate, judge, serve) has one `EngineSettings`
+block — `engine:` for the model doing the job's work, `judge:` (a `JudgeSettings`) for a judge —
+so the same setting has the same YAML key everywhere:
+
+    engine:
+      backend: vllm            # or openai
+      model: tiny
+      sampling: {max_tokens: 128}
+      vllm: {concurrency: [1, 8], gpu: true}
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from persona_ray.core.settings import Settings
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SamplingConfig(_Strict):
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(128, gt=0)
-    stop: list[str] = Field(default_factory=lambda: ["\n"])
-    seed: int | None = 0
+if TYPE_CHECKING:
+    import ray.data
 
 
-class VLLMConfig(_Strict):
+class SamplingSettings(Settings):
+    """How the model samples each answer."""
+
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    max_tokens: int = Field(128, gt=0, description="most tokens generated per answer")
+    stop: list[str] = Field(default_factory=lambda: ["\n"], description="strings that end an answer")
+    seed: int | None = Field(0, description="sampling seed (per request), for reproducible runs")
+
+
+class VLLMSettings(Settings):
     """vLLM engine actors driven by Ray Data (ray.data.llm)."""
 
-    concurrency: int | tuple[int, int] = 1  # engine actors; (min, max) autoscales
-    batch_size: int = Field(64, gt=0)  # rows per Ray Data batch sent to one engine
-    tensor_parallel_size: int = Field(1, gt=0)
-    max_model_len: int = Field(4096, gt=0)
-    enable_prefix_caching: bool = True
-    gpu: bool = False
-    enforce_eager: bool | None = None  # default: eager on CPU (starts in seconds), compiled on GPU
-    dtype: str = "auto"
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    cpu_kv_cache_gib: int = Field(1, gt=0)  # VLLM_CPU_KVCACHE_SPACE
-    cpus_per_engine: int = Field(1, gt=0)  # CPU engines: Ray CPUs reserved per engine worker
-    max_num_seqs: int | None = None
-    engine_kwargs: dict = Field(default_factory=dict)  # passed to vLLM as is, last
+    concurrency: int | tuple[int, int] = Field(
+        1, description="engine actors: a fixed number, or [min, max] to autoscale")
+    batch_size: int = Field(64, gt=0, description="rows per Ray Data batch sent to one engine")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one engine spans")
+    max_model_len: int = Field(4096, gt=0, description="context length (prompt + answer) in tokens")
+    enable_prefix_caching: bool = Field(True, description="compute shared prompt prefixes (k-shot) once")
+    gpu: bool = Field(False, description="run engines on GPUs (plain `vllm`); false: CPU (`vllm-cpu`)")
+    enforce_eager: bool | None = Field(
+        None, description="skip graph compilation; default: eager on CPU (starts in seconds), compiled on GPU")
+    dtype: str = Field("auto", description="weights dtype passed to vLLM")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM may use")
+    cpu_kv_cache_gib: int = Field(1, gt=0, description="CPU engines: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    cpus_per_engine: int = Field(1, gt=0, description="CPU engines: Ray CPUs reserved per engine worker")
+    max_num_seqs: int | None = Field(None, description="most sequences an engine batches at once")
+    engine_kwargs: dict = Field(default_factory=dict, description="passed to vLLM as is, after everything else")
 
     @field_validator("concurrency")
     @classmethod
@@ -45,18 +61,58 @@ class VLLMConfig(_Strict):
         return value
 
 
-class OpenAIConfig(_Strict):
+class OpenAISettings(Settings):
     """Any OpenAI-compatible HTTP endpoint: a hosted API, `vllm serve`, Ray Serve LLM."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from config
-    api: Literal["completions", "chat"] = "completions"
-    max_concurrency: int = Field(16, gt=0)  # requests in flight per caller actor
-    num_callers: int = Field(1, gt=0)  # Ray actors issuing requests
-    batch_size: int = Field(64, gt=0)
-    max_retries: int = Field(5, ge=0)
-    backoff_s: float = Field(0.5, ge=0.0)  # first retry delay; doubles each time
-    timeout_s: float = Field(120.0, gt=0.0)
-    # vLLM-style servers accept {"structured_outputs": {"regex": ...}}; hosted APIs may not.
-    structured_outputs: bool = True
-    context_tokens: int = Field(8192, gt=0)  # context length when no tokenizer can be loaded
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="the endpoint's /v1 URL")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key "
+                             "(the key itself never goes into a config)")
+    api: Literal["completions", "chat"] = Field("completions", description="which endpoint to call")
+    max_concurrency: int = Field(16, gt=0, description="requests in flight per caller actor")
+    num_callers: int = Field(1, gt=0, description="Ray actors issuing requests")
+    batch_size: int = Field(64, gt=0, description="rows per Ray Data batch sent to one caller")
+    max_retries: int = Field(5, ge=0, description="retries of a request after 408/409/429/5xx or a lost connection")
+    backoff_s: float = Field(0.5, ge=0.0, description="first retry delay in seconds; doubles each time")
+    timeout_s: float = Field(120.0, gt=0.0, description="seconds to wait for one answer")
+    structured_outputs: bool = Field(True, description="send guided-decoding constraints as vLLM's "
+                                     "`structured_outputs` (hosted APIs may not accept them)")
+    context_tokens: int = Field(8192, gt=0, description="context length, for length checks without a tokenizer")
+
+
+class EngineSettings(Settings):
+    """The model a job asks, the engine that runs it, and how it samples."""
+
+    backend: Literal["vllm", "openai"] = Field(
+        "vllm", description="vllm: engine actors on the Ray cluster; openai: an OpenAI-compatible HTTP endpoint")
+    model: str = Field("tiny", description="model folder or hub id available offline ('tiny' = the built-in "
+                       "random test model); for backend openai, the served model name")
+    prompt_format: Literal["completion", "chat"] = Field(
+        "completion", description="chat: the prompt is sent as one user message through the chat template")
+    guided_decoding: bool = Field(True, description="constrain answers to the job's pattern where it has one "
+                                  "(PI: the persona form; judges: the verdict, vLLM only)")
+    sampling: SamplingSettings = SamplingSettings()
+    vllm: VLLMSettings = VLLMSettings()
+    openai: OpenAISettings = OpenAISettings()
+
+    def engine_model(self) -> str:
+        """What the engine loads: vLLM the resolved model folder, an HTTP endpoint its served name."""
+        from persona_ray.core.models import resolve_model
+
+        return resolve_model(self.model) if self.backend == "vllm" else self.model
+
+    def context_tokens(self) -> int:
+        return self.vllm.max_model_len if self.backend == "vllm" else self.openai.context_tokens
+
+    def generate(self, ds: "ray.data.Dataset", *, regex: str | None = None, choice: list[str] | None = None,
+                 sampling: SamplingSettings | None = None) -> "ray.data.Dataset":
+        """Every row's "prompt" through this engine (see persona_ray.engines.generate)."""
+        from persona_ray.engines import generate
+
+        return generate(ds, self, regex=regex, choice=choice, sampling=sampling)
+
+
+class JudgeSettings(EngineSettings):
+    """A judge model: an engine, plus how answers that cannot be parsed are asked again."""
+
+    max_parse_retries: int = Field(2, ge=0, description="re-ask unparseable verdicts (sampling) this many times")
+    retry_temperature: float = Field(0.7, ge=0, description="sampling temperature of the re-asks")

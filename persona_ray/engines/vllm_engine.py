@@ -11,10 +11,10 @@ from typing import Any
 
 import ray.data
 
-from persona_ray.engines.settings import SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import SamplingSettings, VLLMSettings
 
 
-def sampling_params(sampling: SamplingConfig, regex: str | None, choice: list[str] | None) -> dict[str, Any]:
+def sampling_params(sampling: SamplingSettings, regex: str | None, choice: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
@@ -29,7 +29,7 @@ def sampling_params(sampling: SamplingConfig, regex: str | None, choice: list[st
     return params
 
 
-def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
+def engine_kwargs(cfg: VLLMSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "max_model_len": cfg.max_model_len,
         "enable_prefix_caching": cfg.enable_prefix_caching,
@@ -45,7 +45,7 @@ def engine_kwargs(cfg: VLLMConfig) -> dict[str, Any]:
     return kwargs
 
 
-def build_vllm_processor(model: str, sampling: SamplingConfig, cfg: VLLMConfig, *, regex=None, choice=None,
+def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettings, *, regex=None, choice=None,
                          prompt_format: str = "completion"):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -104,7 +104,7 @@ _ENGINE_COLUMNS = {
 }
 
 
-def vllm_generate(ds: ray.data.Dataset, model: str, sampling: SamplingConfig, cfg: VLLMConfig, *, regex=None,
+def vllm_generate(ds: ray.data.Dataset, model: str, sampling: SamplingSettings, cfg: VLLMSettings, *, regex=None,
                   choice=None, prompt_format: str = "completion") -> ray.data.Dataset:
     processor = build_vllm_processor(model, sampling, cfg, regex=regex, choice=choice, prompt_format=prompt_format)
     return processor(ds)

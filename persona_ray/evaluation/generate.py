@@ -31,17 +31,16 @@ import logging
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.schema import row_id
-from persona_ray.engines import generate as engine_generate
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
-from persona_ray.dataset.splits import read_split
+from persona_ray.core.settings import Settings
+from persona_ray.engines.settings import EngineSettings, SamplingSettings
+from persona_ray.dataset.splits import TEST_SPLIT, read_split
 from persona_ray.tailoring.fewshot import fewshot_prompt
 from persona_ray.tailoring.templates import inference_input
 from persona_ray.core.shards import ShardWriter, done_keys, key_of
-from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 PERSONA_SOURCES = ("gold-chosen", "gold-rejected", "retr-chosen", "retr-rejected", "system", "none")
@@ -52,30 +51,33 @@ RESPONSE_SCHEMA = pa.schema([(name, pa.string()) for name in (
     "row_id", "persona_source", "persona", "model_id", "prompt", "input", "response", "finish_reason", "error")])
 
 
-class GenerateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerateConfig(Settings):
+    """One response per test row and persona source (gold/retr chosen/rejected, system, none)."""
 
-    data: str
-    split: str = "test"
-    output: str
-    model: str  # model folder, hub name, "tiny"; or the served name for engine openai
-    model_id: str  # label for this model in outputs and reports, e.g. "PT-DPO" or "DPO"
-    mode: Literal["persona", "plain", "fewshot"] = "persona"
-    persona_sources: list[Literal[PERSONA_SOURCES]] = Field(default_factory=lambda: ["gold-chosen"])
-    system_persona: str = "The user is an everyday user and prefers answers that are helpful, accurate and safe."
-    index: str | None = None  # retrieve retr-* personas here instead of reading them from `data`
-    fewshot_data: str | None = None  # folder/file with the fewshot split (default: `data`)
-    fewshot_k: int = Field(3, ge=1)
-    limit: int | None = Field(None, gt=0)  # first N rows by id
-    engine: Literal["vllm", "openai"] = "vllm"
-    prompt_format: Literal["completion", "chat"] = "completion"
-    sampling: SamplingConfig = SamplingConfig(max_tokens=256, stop=["\nPrompt:", "\nPersona:"])
-    vllm: VLLMConfig = VLLMConfig()
-    openai: OpenAIConfig = OpenAIConfig()
-    shard_size: int = Field(500, gt=0)
+    data: str = Field(description="augmented folder or .jsonl/.parquet file holding the split")
+    split: str = Field(TEST_SPLIT, description="the split to answer")
+    output: str = Field(description="folder or s3:// prefix; responses go to <output>/<model_id>/")
+    engine: EngineSettings = EngineSettings(sampling=SamplingSettings(max_tokens=256, stop=["\nPrompt:", "\nPersona:"]))
+    model_id: str = Field(description="label for this model in outputs and reports, e.g. PT-DPO or DPO")
+    mode: Literal["persona", "plain", "fewshot"] = Field(
+        "persona", description="how the model was trained: persona (PT template), plain (no personas: the persona "
+        "goes into the prompt in plain words), fewshot (a base model shown k exemplars)")
+    persona_sources: list[Literal[PERSONA_SOURCES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["gold-chosen"], description=f"which personas to answer for: {', '.join(PERSONA_SOURCES)}")
+    system_persona: str = Field("The user is an everyday user and prefers answers that are helpful, accurate and safe.",
+                                description="the one persona of source `system`")
+    index: str | None = Field(None, description="retrieve retr-* personas from this index instead of reading "
+                              "them from `data`")
+    fewshot_data: str | None = Field(None, description="folder/file with the fewshot split (default: `data`)")
+    fewshot_k: int = Field(3, ge=1, description="exemplars in a fewshot prompt")
+    limit: int | None = Field(None, gt=0, description="answer only the first N rows by id")
+    shard_size: int = Field(500, gt=0, description="responses per output shard")
 
     @model_validator(mode="after")
     def _sources_fit_mode(self):
+        if "model" not in self.engine.model_fields_set:
+            raise ValueError("engine.model: name the model to generate with (a merged model folder, 'tiny', or the "
+                             "served name for backend openai)")
         if self.mode == "fewshot" and "none" in self.persona_sources:
             raise ValueError("persona_sources: mode fewshot shows persona-tailored exemplars and needs a persona; "
                              "use mode plain for source none")
@@ -177,14 +179,12 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     writer = ShardWriter(responses_uri, RESPONSE_SCHEMA, cfg.shard_size)
     if requests:
         ensure_ray()
-        model = resolve_model(cfg.model) if cfg.engine == "vllm" else cfg.model
-        generated = engine_generate(ray.data.from_items(requests), cfg.engine, model, cfg.sampling,
-                                    prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai)
+        generated = cfg.engine.generate(ray.data.from_items(requests))
         for batch in generated.map_batches(_records, batch_format="numpy").iter_batches(batch_format="pyarrow",
                                                                                        batch_size=None):
             writer.add(batch)
     writer.close()
     summary = {"model_id": cfg.model_id, "rows": len(rows), "resumed": len(done), "generated": writer.rows_written,
                "quarantined": len(quarantine), "output": responses_uri}
-    storage.write_json({**summary, "config": cfg.model_dump(exclude={"openai"})}, storage.join(folder, "generate.json"))
+    storage.write_json({**summary, "config": cfg.model_dump(exclude={"engine": {"openai"}})}, storage.join(folder, "generate.json"))
     return summary

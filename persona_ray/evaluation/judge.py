@@ -25,57 +25,52 @@ from collections import defaultdict
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from persona_ray.core import storage
+from persona_ray.core.settings import Settings
+from persona_ray.dataset.splits import TEST_SPLIT
 from persona_ray.engines.asking import ask_judge
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import JudgeSettings, SamplingSettings
 from persona_ray.evaluation.generate import PERSONA_SOURCES, load_test_rows
 from persona_ray.evaluation.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
 from persona_ray.core.shards import key_of, read_shards
-from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 JUDGE_PERSONA_FIELD = {"gold-chosen": "chosen_persona", "retr-chosen": "chosen_persona", "none": "chosen_persona",
                        "gold-rejected": "rejected_persona", "retr-rejected": "rejected_persona"}
 
 
-class Comparison(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Comparison(Settings):
+    """One test model against one baseline."""
 
-    test: str  # model_id of the model under test (judged as "B" in the paper's win = B/(A+B))
-    base: str  # model_id of the baseline
-    persona_sources: list[Literal[PERSONA_SOURCES]] | None = None  # default: all the test model has
-    base_source: Literal[PERSONA_SOURCES] | None = None  # baseline's source; default: the same one
-    name: str | None = None  # default "<test> vs <base>"
+    test: str = Field(description="model_id of the model under test (B in the paper's win = B / (A + B))")
+    base: str = Field(description="model_id of the baseline")
+    persona_sources: list[Literal[PERSONA_SOURCES]] | None = Field(  # type: ignore[valid-type]
+        None, description="sources to compare; default: every source the test model has")
+    base_source: Literal[PERSONA_SOURCES] | None = Field(  # type: ignore[valid-type]
+        None, description="the baseline's source (e.g. none for plain DPO); default: the same source")
+    name: str | None = Field(None, description="label in the report; default '<test> vs <base>'")
 
     @property
     def label(self) -> str:
         return self.name or f"{self.test} vs {self.base}"
 
 
-class JudgeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JudgeConfig(Settings):
+    """Pairwise judge (both orders, quality and personalization): win rates and ΔPQ with CIs."""
 
-    responses: str
-    data: str
-    split: str = "test"
-    output: str  # a local folder: the report and its plot are written there
-    comparisons: list[Comparison] = Field(min_length=1)
-    judge_model: str = "tiny"
-    engine: Literal["vllm", "openai"] = "vllm"
-    guided_decoding: bool = True  # vLLM: the answer must match pairwise.result_regex
-    min_feedback_chars: int = Field(20, ge=0)
-    max_feedback_chars: int = Field(300, ge=1)
-    prompt_format: Literal["completion", "chat"] = "completion"
-    max_parse_retries: int = Field(2, ge=0)
-    retry_temperature: float = Field(0.7, ge=0)
-    n_boot: int = Field(1000, ge=1)
-    seed: int = 0
-    limit: int | None = Field(None, gt=0)
-    sampling: SamplingConfig = SamplingConfig(max_tokens=512, stop=[])
-    vllm: VLLMConfig = VLLMConfig()
-    openai: OpenAIConfig = OpenAIConfig()
+    responses: str = Field(description="the output folder of `persona-ray generate`")
+    data: str = Field(description="the test rows (augmented folder or file) with their gold personas")
+    split: str = Field(TEST_SPLIT, description="the split of `data` to judge")
+    output: str = Field(description="a local folder: verdicts.parquet, pairwise.json, report.md and its plot")
+    comparisons: list[Comparison] = Field(min_length=1, description="test/base model pairs to judge")
+    judge: JudgeSettings = JudgeSettings(sampling=SamplingSettings(max_tokens=512, stop=[]))
+    min_feedback_chars: int = Field(20, ge=0, description="guided decoding: shortest feedback before the verdict")
+    max_feedback_chars: int = Field(300, ge=1, description="guided decoding: longest feedback before the verdict")
+    n_boot: int = Field(1000, ge=1, description="bootstrap replicates for the 95 % confidence intervals")
+    seed: int = Field(0, description="bootstrap seed")
+    limit: int | None = Field(None, gt=0, description="judge only the first N test rows by id")
 
     @field_validator("output")
     @classmethod
@@ -144,25 +139,22 @@ def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
     rows = load_test_rows(cfg.data, cfg.split, cfg.limit)
     requests, skipped = build_all_requests(cfg, rows)
     ensure_ray()
-    guided = cfg.guided_decoding and cfg.engine == "vllm"
-    answered, retried = ask_judge(
-        requests, parse=parse_verdict, engine=cfg.engine,
-        model=resolve_model(cfg.judge_model) if cfg.engine == "vllm" else cfg.judge_model, sampling=cfg.sampling,
-        regex=result_regex(cfg.min_feedback_chars, cfg.max_feedback_chars) if guided else None,
-        prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai, max_retries=cfg.max_parse_retries,
-        retry_temperature=cfg.retry_temperature)
+    judge = cfg.judge
+    guided = judge.guided_decoding and judge.backend == "vllm"
+    answered, retried = ask_judge(requests, parse=parse_verdict, judge=judge,
+                                  regex=result_regex(cfg.min_feedback_chars, cfg.max_feedback_chars) if guided else None)
     columns = ("comparison", "persona_source", "row_id", "rubric", "order", "answer", "verdict", "error")
     storage.write_parquet(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in answered],
                                                schema=pa.schema([(c, pa.string()) for c in columns])),
                           storage.join(cfg.output, "verdicts.parquet"))
     results = aggregate(score(answered), n_boot=cfg.n_boot, seed=cfg.seed)
-    summary = {"judge_model": cfg.judge_model, "engine": cfg.engine, "guided_decoding": guided,
+    summary = {"judge_model": judge.model, "engine": judge.backend, "guided_decoding": guided,
                "requests": len(answered), "unparseable_after_retries": sum(r["verdict"] is None for r in answered),
                "retried": retried, "rows_not_judged": len(skipped)}
     storage.write_json({"summary": summary, "results": results, "not_judged": skipped},
                        storage.join(cfg.output, "pairwise.json"))
-    notes = [f"Judge: {cfg.judge_model} ({cfg.engine}, guided={guided}); {len(answered)} verdicts, "
-             f"{summary['unparseable_after_retries']} unparseable after {cfg.max_parse_retries} retries "
+    notes = [f"Judge: {judge.model} ({judge.backend}, guided={guided}); {len(answered)} verdicts, "
+             f"{summary['unparseable_after_retries']} unparseable after {judge.max_parse_retries} retries "
              f"({retried} re-asked); {len(skipped)} (row, source) pairs not judged (see pairwise.json)."]
     report = write_report(cfg.output, title="Tailored responses: pairwise judgement", pairwise=results, notes=notes)
     log.info("judge: %d verdicts (%d unparseable after retries), %d rows not judged; report at %s",

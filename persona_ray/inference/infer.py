@@ -16,55 +16,40 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from persona_ray.core import storage
-from persona_ray.inference.adapters import FORMATS
-from persona_ray.engines import generate
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.core.models import resolve_model
+from persona_ray.core.settings import Settings
+from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.inference.parse import guided_regex, parse_persona
 from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, raw_json
 from persona_ray.core.shards import ShardWriter, done_keys, read_shards, row_keys
-from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 KEY = ("pair_id", "side")
 
 
-class InferConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class InferConfig(Settings):
+    """Persona inference: two personas (chosen, rejected) for every preference pair."""
 
-    input: str
-    output: str
-    model: str = "tiny"
-    input_format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
-    input_split: str = "train"  # for Hugging Face DatasetDicts
-    source: str = ""  # source name for rows that do not carry one
-    domain: str = ""  # domain for rows that do not carry one (else the format's usual one)
-    engine: Literal["vllm", "openai"] = "vllm"
-    guided_decoding: bool = True
-    k_shot: int = Field(3, ge=0)
-    exemplars: str | None = None  # YAML of exemplars per domain; default: the bundled ones
-    prompt_format: Literal["completion", "chat"] = "completion"
-    max_attribute_chars: int = Field(120, gt=3)
-    max_preference_chars: int = Field(240, gt=3)
-    shard_size: int = Field(1000, gt=0)
-    progress_every_s: float = Field(15.0, gt=0)
-    sampling: SamplingConfig = SamplingConfig(max_tokens=128)
-    vllm: VLLMConfig = VLLMConfig()
-    openai: OpenAIConfig = OpenAIConfig()
-
-    def pair_source(self) -> PairSource:
-        return PairSource(input=self.input, input_format=self.input_format, input_split=self.input_split,
-                          source=self.source, domain=self.domain)
+    pairs: PairSource
+    output: str = Field(description="output folder or s3:// prefix (personas/, quarantine/, manifest.json)")
+    engine: EngineSettings = EngineSettings(sampling=SamplingSettings(max_tokens=128))
+    k_shot: int = Field(3, ge=0, description="exemplars per domain in the PI prompt")
+    exemplars: str | None = Field(None, description="YAML file of exemplars per domain; default: the bundled ones")
+    max_attribute_chars: int = Field(120, gt=3, description="guided decoding: longest attribute part of a persona")
+    max_preference_chars: int = Field(240, gt=3, description="guided decoding: longest preference part")
+    shard_size: int = Field(1000, gt=0, description="persona records per output shard")
+    progress_every_s: float = Field(15.0, gt=0, description="seconds between progress log lines")
 
 
 class TokenCounter:
@@ -90,8 +75,7 @@ class PromptFits:
 
     def __init__(self, cfg: InferConfig, model_path: str):
         self.k_shot, self.exemplars, self.model_path = cfg.k_shot, cfg.exemplars, model_path
-        max_len = cfg.vllm.max_model_len if cfg.engine == "vllm" else cfg.openai.context_tokens
-        self.budget = max_len - cfg.sampling.max_tokens
+        self.budget = cfg.engine.context_tokens() - cfg.engine.sampling.max_tokens
         self.count: TokenCounter | None = None  # loaded where the check runs (a Ray worker)
         self.prefix_tokens: dict[str, int] = {}
 
@@ -211,10 +195,10 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     ensure_ray()
     personas_uri = storage.join(cfg.output, "personas")
     quarantine_uri = storage.join(cfg.output, "quarantine")
-    model_path = resolve_model(cfg.model)
+    model_path = resolve_model(cfg.engine.model)  # a local tokenizer counts prompt tokens, whatever the backend
 
     already = done_keys(personas_uri, KEY)
-    src = cfg.pair_source()
+    src = cfg.pairs
     prepared = read_pairs(src, PromptFits(cfg, model_path))
     total_rows, quarantine, bad_reasons, dup_keys, unique_ids, too_long = _validate_inputs(
         prepared, quarantine_uri, cfg.shard_size)
@@ -231,12 +215,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         pairs = pairs.union(ray.data.from_items(kept_duplicates))
     requests = pairs.map_batches(_expand_requests, fn_args=(already, cfg.k_shot, cfg.exemplars),
                                  batch_format="pyarrow")
-    regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.guided_decoding else None
-    # vLLM loads the resolved folder; an HTTP endpoint knows the model by its served name.
-    engine_model = model_path if cfg.engine == "vllm" else cfg.model
-    generated = generate(requests, cfg.engine, engine_model, cfg.sampling, regex=regex,
-                         prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai)
-    records = generated.map_batches(_to_records, fn_args=(cfg.model,), batch_format="numpy")
+    regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.engine.guided_decoding else None
+    generated = cfg.engine.generate(requests, regex=regex)
+    records = generated.map_batches(_to_records, fn_args=(cfg.engine.model,), batch_format="numpy")
 
     writer = ShardWriter(personas_uri, PERSONA_SCHEMA, cfg.shard_size)
     expected_new = max(2 * valid_pairs - len(already), 0)
@@ -276,8 +257,9 @@ def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reason
     invalid_reasons = Counter(table.filter(pc.invert(table["valid"]))["reason"].to_pylist())
     generate_s = finished - validated_at
     return {
-        "input": cfg.input, "output": cfg.output, "model": cfg.model, "model_path": model_path,
-        "engine": cfg.engine, "template_version": TEMPLATE_VERSION, "guided_decoding": cfg.guided_decoding,
+        "input": cfg.pairs.input, "output": cfg.output, "model": cfg.engine.model, "model_path": model_path,
+        "engine": cfg.engine.backend, "template_version": TEMPLATE_VERSION,
+        "guided_decoding": cfg.engine.guided_decoding,
         "k_shot": cfg.k_shot,
         "counts": {
             "input_rows": total_rows, "valid_pairs": valid_pairs, "quarantined": sum(bad_reasons.values()),

@@ -15,8 +15,9 @@ from typing import Any, Callable, Literal
 
 import pyarrow as pa
 import ray.data
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
+from persona_ray.core.settings import Settings
 from persona_ray.inference.adapters import FORMATS, adapt_row
 from persona_ray.inference.readers import JSON_LINE, read_input
 from persona_ray.core.schema import ContractError, PreferencePair, check_pair, raw_json, row_id
@@ -24,14 +25,18 @@ from persona_ray.core.schema import ContractError, PreferencePair, check_pair, r
 ExtraCheck = Callable[[PreferencePair], "str | None"]  # returns the reason a valid pair is unusable
 
 
-class PairSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PairSource(Settings):
+    """Where the preference pairs are and how to read them."""
 
-    input: str
-    input_format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
-    input_split: str = "train"  # for Hugging Face DatasetDicts
-    source: str = ""  # source name for rows that do not carry one
-    domain: str = ""  # domain for rows that do not carry one (else the format's usual one)
+    input: str = Field(description=".jsonl/.json/.parquet file or folder, local or s3://; a saved Hugging Face "
+                       "dataset folder; hf://NAME")
+    input_format: Literal[FORMATS] = Field(  # type: ignore[valid-type]
+        "auto", description="auto, flat (prompt/chosen/rejected), pku_saferlhf (BeaverTails / PKU-SafeRLHF), "
+        "hh_rlhf (Anthropic HH dialogues), shp (Stanford Human Preferences)")
+    input_split: str = Field("train", description="the split to read from a Hugging Face DatasetDict")
+    source: str = Field("", description="source name for rows that do not carry one")
+    domain: str = Field("", description="domain (picks the k-shot exemplars) for rows that do not carry one; "
+                        "default: the format's usual domain")
 
 
 def key64(text: str) -> int:

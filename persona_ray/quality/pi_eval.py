@@ -19,17 +19,19 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from persona_ray.core import storage
 from persona_ray.core.schema import SIDES
-from persona_ray.dataset.splits import read_split
+from persona_ray.core.settings import Settings
+from persona_ray.core.shards import key_of
+from persona_ray.dataset.splits import TEST_SPLIT, read_split
 from persona_ray.quality.saliency import top_traits, word_saliency
 from persona_ray.engines.asking import ask_judge
-from persona_ray.engines.settings import OpenAIConfig, SamplingConfig, VLLMConfig
+from persona_ray.engines.settings import JudgeSettings, SamplingSettings
 from persona_ray.quality.accuracy import (
     CHOICES,
     accuracy_requests,
@@ -41,31 +43,22 @@ from persona_ray.quality.accuracy import (
     score_preference,
 )
 from persona_ray.core.report import write_report
-from persona_ray.core.models import resolve_model
 
 log = logging.getLogger(__name__)
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "chosen_persona", "rejected_persona")
 
 
-class PIEvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PIEvalConfig(Settings):
+    """PI accuracy (both orders), persona preference and word saliency, with a Markdown report."""
 
-    data: dict[str, str]  # PI model label -> augmented folder or file
-    split: str = "test"  # which split of an augmented folder
-    output: str  # a local folder (the report is written there)
-    judge_model: str = "tiny"
-    engine: Literal["vllm", "openai"] = "vllm"
-    guided_decoding: bool = True  # vLLM: the answer is constrained to "1" or "2"
-    prompt_format: Literal["completion", "chat"] = "completion"
-    max_parse_retries: int = Field(2, ge=0)  # re-ask unparseable verdicts, sampling, this many times
-    retry_temperature: float = Field(0.7, ge=0)
-    persona_preference: bool = True
-    limit: int | None = Field(None, gt=0)  # first N pairs of each dataset (by pair id)
-    saliency_min_count: int = Field(5, gt=0)
-    saliency_top_k: int = Field(15, gt=0)
-    sampling: SamplingConfig = SamplingConfig(max_tokens=8, stop=["\n"])
-    vllm: VLLMConfig = VLLMConfig()
-    openai: OpenAIConfig = OpenAIConfig()
+    data: dict[str, str] = Field(description="PI model label -> augmented folder or .parquet/.jsonl file")
+    split: str = Field(TEST_SPLIT, description="which split of an augmented folder to judge")
+    output: str = Field(description="a local folder: verdicts, JSON results, report.md and its plots")
+    judge: JudgeSettings = JudgeSettings(sampling=SamplingSettings(max_tokens=8, stop=["\n"]))
+    persona_preference: bool = Field(True, description="also judge which of a pair's two personas fits better")
+    limit: int | None = Field(None, gt=0, description="judge only the first N pairs of each dataset (by pair id)")
+    saliency_min_count: int = Field(5, gt=0, description="word saliency: least personas a word must occur in")
+    saliency_top_k: int = Field(15, gt=0, description="word saliency: words listed per side")
 
 
 def load_rows(path: str, split: str, limit: int | None) -> list[dict]:
@@ -96,15 +89,13 @@ def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
     return ([c for c, _ in pick if isinstance(c, str) and c], [x for _, x in pick if isinstance(x, str) and x])
 
 
-def judge_all(requests: list[dict], cfg: PIEvalConfig, judge: str) -> tuple[list[dict], int]:
+def judge_all(requests: list[dict], judge: JudgeSettings) -> tuple[list[dict], int]:
     """All requests answered ("verdict": 1, 2 or None); unparseable ones re-asked a bounded number of times."""
-    guided = list(CHOICES) if cfg.guided_decoding and cfg.engine == "vllm" else None
-    return ask_judge(requests, parse=parse_choice, engine=cfg.engine, model=judge, sampling=cfg.sampling,
-                     choice=guided, prompt_format=cfg.prompt_format, vllm=cfg.vllm, openai=cfg.openai,
-                     max_retries=cfg.max_parse_retries, retry_temperature=cfg.retry_temperature)
+    guided = list(CHOICES) if judge.guided_decoding and judge.backend == "vllm" else None
+    return ask_judge(requests, parse=parse_choice, judge=judge, choice=guided)
 
 
-def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: str):
+def _accuracy(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
     requests = []
     for model, rows in rows_by_model.items():
         for row in rows:
@@ -112,8 +103,8 @@ def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: st
                 for req in accuracy_requests(row["pair_id"], row["prompt"], row["chosen"], row["rejected"],
                                              row[f"{side}_persona"], side):
                     requests.append({**req, "pi_model": model, "domain": row["domain"],
-                                     "judge_key": f"acc\x1f{model}\x1f{req['pair_id']}\x1f{side}\x1f{req['order']}"})
-    answered, retried = judge_all(requests, cfg, judge)
+                                     "judge_key": key_of("acc", model, req["pair_id"], side, req["order"])})
+    answered, retried = judge_all(requests, judge)
     verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
     meta = {}
     for row in answered:
@@ -125,15 +116,15 @@ def _accuracy(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: st
     return aggregate_accuracy(scored), answered, retried
 
 
-def _preference(rows_by_model: dict[str, list[dict]], cfg: PIEvalConfig, judge: str):
+def _preference(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
     requests = []
     for model, rows in rows_by_model.items():
         for row in rows:
             for req in preference_requests(row["pair_id"], row["prompt"], row["chosen_persona"],
                                            row["rejected_persona"]):
                 requests.append({**req, "pi_model": model,
-                                 "judge_key": f"pref\x1f{model}\x1f{req['pair_id']}\x1f{req['order']}"})
-    answered, retried = judge_all(requests, cfg, judge)
+                                 "judge_key": key_of("pref", model, req["pair_id"], req["order"])})
+    answered, retried = judge_all(requests, judge)
     verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
     for row in answered:
         verdicts[(row["pi_model"], row["pair_id"])][row["order"]] = row["verdict"]
@@ -147,13 +138,12 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
     from persona_ray.core.ray_runtime import ensure_ray
 
     ensure_ray()
-    judge = resolve_model(cfg.judge_model) if cfg.engine == "vllm" else cfg.judge_model
     rows_by_model = {label: load_rows(path, cfg.split, cfg.limit) for label, path in cfg.data.items()}
 
-    accuracy, acc_answers, acc_retried = _accuracy(rows_by_model, cfg, judge)
+    accuracy, acc_answers, acc_retried = _accuracy(rows_by_model, cfg.judge)
     preference, pref_answers, pref_retried = ({}, [], 0)
     if cfg.persona_preference:
-        preference, pref_answers, pref_retried = _preference(rows_by_model, cfg, judge)
+        preference, pref_answers, pref_retried = _preference(rows_by_model, cfg.judge)
 
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     saliency = word_saliency([r["chosen_persona"] for r in all_rows], [r["rejected_persona"] for r in all_rows],
@@ -166,15 +156,16 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
         [{**{c: str(r.get(c) or "") for c in verdict_columns}, "choice": r["verdict"]} for r in answers]),
         storage.join(cfg.output, "verdicts.parquet"))
     unparseable = sum(r["verdict"] is None for r in answers)
-    summary = {"judge_model": cfg.judge_model, "engine": cfg.engine, "guided_decoding": cfg.guided_decoding,
+    judge = cfg.judge
+    summary = {"judge_model": judge.model, "engine": judge.backend, "guided_decoding": judge.guided_decoding,
                "requests": len(answers), "unparseable_after_retries": unparseable,
                "retried": acc_retried + pref_retried}
     storage.write_json({"summary": summary, "accuracy": accuracy}, storage.join(cfg.output, "pi_accuracy.json"))
     storage.write_json(preference, storage.join(cfg.output, "persona_preference.json"))
     storage.write_json({"saliency": saliency, "traits": traits}, storage.join(cfg.output, "saliency.json"))
     first_preference = next(iter(preference.values()), None)
-    notes = [f"Judge: {cfg.judge_model} ({cfg.engine}, guided={cfg.guided_decoding}); "
-             f"{len(answers)} verdicts, {unparseable} unparseable after {cfg.max_parse_retries} retries."]
+    notes = [f"Judge: {judge.model} ({judge.backend}, guided={judge.guided_decoding}); "
+             f"{len(answers)} verdicts, {unparseable} unparseable after {judge.max_parse_retries} retries."]
     if len(preference) > 1:
         notes += [f"Persona preference for {m}: {json.dumps(p)}" for m, p in preference.items()]
     report = write_report(cfg.output, title="Persona quality report", accuracy=accuracy,

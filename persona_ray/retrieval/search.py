@@ -10,28 +10,22 @@ Data contract
     hit     {"rank", "score", "row_id", "prompt", "chosen_persona", "rejected_persona", "split",
             "domain"}, best first; only training rows exist in the index (see index.py)
 
-`retrieve_rows` adds the top hit's personas to each row of a Ray Dataset (a whole test split),
-with one retriever per actor; rows whose query is bad get `retr_error` instead of failing the job.
-Retrieved personas are model/user text: consumers must treat them as untrusted input.
+Batch retrieval over a whole split is in batch.py. Retrieved personas are model/user text:
+consumers must treat them as untrusted input.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import shutil
 import tempfile
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 
 from persona_ray.core import storage
-from persona_ray.core.schema import row_id
 from persona_ray.retrieval import colbert_compat
 from persona_ray.core.models import default_cache_dir
 
-log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 8000
 RETRIEVED_COLUMNS = ("retr_row_id", "retr_score", "retr_prompt", "retr_chosen_persona", "retr_rejected_persona",
                      "retr_error")
@@ -111,78 +105,3 @@ class PersonaRetriever:
         return {"retr_row_id": top["row_id"], "retr_score": top["score"], "retr_prompt": top["prompt"],
                 "retr_chosen_persona": top["chosen_persona"], "retr_rejected_persona": top["rejected_persona"],
                 "retr_error": None}
-
-
-class _RetrieverActor:
-    """Ray Data map_batches callable: one loaded index per actor."""
-
-    def __init__(self, index_uri: str, query_column: str):
-        self.retriever = PersonaRetriever.load(index_uri)
-        self.query_column = query_column
-
-    def __call__(self, batch: dict) -> dict:
-        out = {name: [] for name in RETRIEVED_COLUMNS}
-        for query in batch[self.query_column]:
-            try:
-                found = self.retriever.retrieved(query)
-            except QueryError as exc:
-                found = {"retr_error": f"{self.query_column}: {exc}"}
-            for name in RETRIEVED_COLUMNS:
-                out[name].append(found.get(name))
-        return {**{key: list(value) for key, value in batch.items()}, **out}
-
-
-def retrieve_rows(ds, index_uri: str, *, query_column: str = "prompt", concurrency: int = 1,
-                  batch_size: int = 64):
-    """Ray Dataset → same rows plus RETRIEVED_COLUMNS from the top hit for each row's query."""
-    import ray
-
-    return ds.map_batches(_RetrieverActor, fn_constructor_kwargs={"index_uri": index_uri, "query_column": query_column},
-                          compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size,
-                          batch_format="numpy", num_cpus=1)
-
-
-class RetrieveConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    index: str  # folder or s3:// prefix written by `persona-ray index`
-    data: str  # augmented folder (reads <split>.parquet) or a .jsonl/.parquet file
-    split: str = "test"
-    output: str  # writes <output>/<split>.parquet and <split>.quarantine.jsonl
-    query_column: str = "prompt"
-    concurrency: int = Field(1, ge=1)  # retriever actors
-    batch_size: int = Field(64, ge=1)
-
-
-def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
-    """Top-1 retrieved personas for every row of a split; bad queries are quarantined."""
-    import pyarrow as pa
-    import ray
-
-    from persona_ray.dataset.splits import read_split
-    from persona_ray.core.ray_runtime import ensure_ray
-
-    rows = read_split(cfg.data, cfg.split)
-    if not rows:
-        raise ValueError(f"{cfg.data} ({cfg.split}): no rows")
-    ensure_ray()
-    # Queries travel as a JSON-free string column; non-strings become "" and then a retr_error.
-    items = [{"_row": i, "_query": q if isinstance(q, str) else ""} for i, q in
-             enumerate(r.get(cfg.query_column) for r in rows)]
-    found = retrieve_rows(ray.data.from_items(items), cfg.index, query_column="_query",
-                          concurrency=cfg.concurrency, batch_size=cfg.batch_size).take_all()
-    good, bad = [], []
-    for hit in sorted(found, key=lambda h: h["_row"]):
-        row = rows[int(hit["_row"])]
-        if hit["retr_error"] is None:
-            good.append({**row, **{c: hit[c] for c in RETRIEVED_COLUMNS if c != "retr_error"}})
-        else:
-            bad.append({"row": int(hit["_row"]), "row_id": row_id(row),
-                        "reason": hit["retr_error"] if isinstance(row.get(cfg.query_column), str)
-                        else f"{cfg.query_column}: missing or not a string"})
-    if good:
-        storage.write_parquet(pa.Table.from_pylist(good), storage.join(cfg.output, f"{cfg.split}.parquet"))
-    storage.write_bytes(storage.join(cfg.output, f"{cfg.split}.quarantine.jsonl"),
-                        "".join(json.dumps(b) + "\n" for b in bad).encode())
-    log.info("retrieve: %d rows of %s (%s) got personas, %d quarantined", len(good), cfg.data, cfg.split, len(bad))
-    return {"rows": len(rows), "retrieved": len(good), "quarantined": len(bad), "output": cfg.output}

@@ -29,43 +29,46 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from persona_ray.core.persona import clean_persona
-from persona_ray.engines.settings import SamplingConfig, VLLMConfig
+from persona_ray.core.settings import Settings
+from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.tailoring.templates import inference_input
 
 
-class Autoscaling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Autoscaling(Settings):
+    """Ray Serve autoscaling range of one deployment."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(4, gt=0)
+    min_replicas: int = Field(1, ge=0, description="replicas kept when idle")
+    max_replicas: int = Field(2, ge=1, description="most replicas under load")
+    target_ongoing_requests: float = Field(4, gt=0, description="requests per replica Serve scales towards")
 
 
-class ServeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ServeConfig(Settings):
+    """Persona-tailored answers over HTTP: a ColBERT retriever, the tailored model, an ingress."""
 
-    index: str  # folder or s3:// prefix from `persona-ray index`
-    model: str = "tiny"  # the merged persona-tailored model folder
-    model_id: str = "PT-DPO"
-    mode: Literal["persona", "plain"] = "persona"  # how the model was trained (see generate.py)
-    retrieved_side: Literal["chosen", "rejected"] = "chosen"  # which persona of the top hit to use
-    max_prompt_chars: int = Field(8000, gt=0)
-    max_persona_chars: int = Field(1000, gt=0)
-    max_tokens_limit: int = Field(1024, gt=0)  # the most a request may ask for
-    sampling: SamplingConfig = SamplingConfig(max_tokens=256, stop=["\nPrompt:", "\nPersona:"])
-    vllm: VLLMConfig = VLLMConfig()
+    index: str = Field(description="folder or s3:// prefix written by `persona-ray index`")
+    engine: EngineSettings = EngineSettings(sampling=SamplingSettings(max_tokens=256, stop=["\nPrompt:", "\nPersona:"]))
+    model_id: str = Field("PT-DPO", description="label returned with every answer")
+    mode: Literal["persona", "plain"] = Field(
+        "persona", description="how the model was trained: persona (PT template) or plain (no personas)")
+    retrieved_side: Literal["chosen", "rejected"] = Field(
+        "chosen", description="which persona of the top retrieved training row to use")
+    max_prompt_chars: int = Field(8000, gt=0, description="longest prompt a request may send")
+    max_persona_chars: int = Field(1000, gt=0, description="longest persona a request may send")
+    max_tokens_limit: int = Field(1024, gt=0, description="the most tokens a request may ask for")
     retriever_scaling: Autoscaling = Autoscaling()
     llm_scaling: Autoscaling = Autoscaling(max_replicas=1)
     ingress_scaling: Autoscaling = Autoscaling(max_replicas=2, target_ongoing_requests=16)
-    retriever_cpus: float = Field(1, gt=0)
-    llm_cpus: float = Field(1, gt=0)  # CPU engines; on GPU clusters set vllm.gpu and llm_gpus
-    llm_gpus: float = Field(0, ge=0)
+    retriever_cpus: float = Field(1, gt=0, description="CPUs per retriever replica")
+    llm_cpus: float = Field(1, gt=0, description="CPUs per model replica (CPU engines)")
+    llm_gpus: float = Field(0, ge=0, description="GPUs per model replica (set engine.vllm.gpu too)")
 
     @model_validator(mode="after")
-    def _default_fits_limit(self):
-        if self.sampling.max_tokens > self.max_tokens_limit:
-            raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) exceeds max_tokens_limit "
-                             f"({self.max_tokens_limit})")
+    def _servable(self):
+        if self.engine.backend != "vllm":
+            raise ValueError("engine.backend: the serving app runs vLLM in its own deployment; use vllm")
+        if self.engine.sampling.max_tokens > self.max_tokens_limit:
+            raise ValueError(f"engine.sampling.max_tokens ({self.engine.sampling.max_tokens}) exceeds "
+                             f"max_tokens_limit ({self.max_tokens_limit})")
         return self
 
 
@@ -87,7 +90,7 @@ def check_request(req: TailorRequest, cfg: ServeConfig) -> tuple[str, str | None
     persona = None
     if req.persona is not None and req.persona.strip():  # a blank persona means "retrieve one"
         persona = clean_persona(req.persona, cfg.max_persona_chars)
-    max_tokens = req.max_tokens or cfg.sampling.max_tokens
+    max_tokens = req.max_tokens or cfg.engine.sampling.max_tokens
     if max_tokens > cfg.max_tokens_limit:
         raise ValueError(f"max_tokens: {max_tokens}; the limit is {cfg.max_tokens_limit}")
     return prompt, persona, max_tokens
@@ -109,18 +112,18 @@ class PersonaRetrieverDeployment:
 
 @serve.deployment
 class TailoredLLMDeployment:
-    def __init__(self, model: str, vllm: dict, sampling: dict):
+    def __init__(self, engine: dict):
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from persona_ray.engines.vllm_engine import engine_kwargs
-        from persona_ray.core.models import resolve_model
 
-        cfg = VLLMConfig(**vllm)
-        if not cfg.gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
-        self.sampling = SamplingConfig(**sampling)
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=resolve_model(model), **engine_kwargs(cfg)))
+        settings = EngineSettings(**engine)
+        if not settings.vllm.gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm.cpu_kv_cache_gib))
+        self.sampling = settings.sampling
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=settings.engine_model(),
+                                                                **engine_kwargs(settings.vllm)))
 
     async def generate(self, text: str, max_tokens: int) -> dict[str, Any]:
         from vllm import SamplingParams
@@ -179,5 +182,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     retriever = PersonaRetrieverDeployment.options(**_options(cfg.retriever_scaling, cfg.retriever_cpus)).bind(
         cfg.index)
     llm = TailoredLLMDeployment.options(**_options(cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(
-        cfg.model, cfg.vllm.model_dump(), cfg.sampling.model_dump())
+        cfg.engine.model_dump())
     return Ingress.options(**_options(cfg.ingress_scaling, 0.1)).bind(retriever, llm, cfg.model_dump())

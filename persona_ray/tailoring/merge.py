@@ -1,18 +1,5 @@
-"""Persona-tailoring training on Ray Train: SFT, then DPO from the merged SFT model.
-
-    from persona_ray.tailoring import SFTJobConfig, DPOJobConfig, train_sft, train_dpo, merge_adapter
-
-    sft = train_sft(SFTJobConfig(data="out/augmented", output="s3://bucket/runs", num_workers=2))
-    merged = merge_adapter(sft["checkpoint"], "tiny", "out/sft-merged")
-    dpo = train_dpo(DPOJobConfig(data="out/augmented", output="s3://bucket/runs", sft_model=merged))
-
-Each job validates its config, split files, rows and model before any Ray worker starts
-(TrainConfigError names the field and the fix), tokenises in Ray Data and trains with TRL under
-TorchTrainer. Modules: train_common (configs, pre-flight checks), train_ray (Ray Data input, the
-worker loop, fit and summary), train_sft / train_dpo (the TRL trainers), and here merge_adapter.
-Test hook: PERSONA_RAY_TRAIN_FAIL_AT_STEP=N makes worker rank 0 exit once at step N, so that
-FailureConfig restarts the run from the last checkpoint.
-"""
+"""Merge a LoRA adapter (a Ray Train checkpoint, an adapter folder, or either on S3) into its base
+model, so vLLM and transformers load the result like any checkpoint (and DPO can start from it)."""
 
 from __future__ import annotations
 
@@ -24,16 +11,7 @@ import pyarrow.fs as pafs
 
 from persona_ray.core import storage
 from persona_ray.core.models import resolve_model
-from persona_ray.tailoring.common import JobConfig, LoraSettings, TrainConfigError
-from persona_ray.tailoring.dpo import DPOJobConfig, build_dpo_trainer, check_dpo_job, train_dpo
-from persona_ray.tailoring.ray_loop import FAIL_AT_STEP_ENV, RAY_CHECKPOINT_SUBDIR, plan_steps
-from persona_ray.tailoring.sft import SFTJobConfig, build_sft_trainer, check_sft_job, train_sft
-
-__all__ = [
-    "FAIL_AT_STEP_ENV", "JobConfig", "LoraSettings", "TrainConfigError", "merge_adapter", "plan_steps",
-    "SFTJobConfig", "check_sft_job", "build_sft_trainer", "train_sft",
-    "DPOJobConfig", "check_dpo_job", "build_dpo_trainer", "train_dpo",
-]
+from persona_ray.tailoring.ray_loop import RAY_CHECKPOINT_SUBDIR
 
 
 def _local_adapter_dir(source: Any, scratch: str) -> str:

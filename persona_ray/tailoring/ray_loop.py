@@ -1,12 +1,14 @@
-"""The Ray side of training: Ray Data input, the per-worker loop, TorchTrainer.fit() and the summary.
+"""The Ray side of training, the same for every method: Ray Data input, the per-worker loop,
+TorchTrainer.fit() and the summary.
 
-The method modules (train_sft, train_dpo) only know TRL: each builds its TRL trainer from a
-typed config and hands run_training() a train loop that calls run_worker() with that builder.
+The methods (sft.SFT, dpo.DPO) only know TRL: each owns its examples, tokenising, token columns
+and trainer builder (base.TrainingMethod). run_training(method, cfg) runs any of them:
 
     driver   tokenized_split()      Ray Data: read <data>/<split>.parquet, tokenise into TRL's format,
                                     materialize()
-             run_training()         TorchTrainer(...).fit(), then a summary from the files below
-    worker   run_worker()           the per-worker loop: TRL trainer with a placeholder dataset, then
+             run_training()         check, plan, TorchTrainer(...).fit(), then a summary from the files below
+    worker   run_worker(plan)       the per-worker loop (a typed WorkerPlan): the method's TRL trainer
+                                    with a placeholder dataset, then
                                     the Ray shard as its train_dataset (collated by TRL's collator),
                                     prepare_trainer, callbacks, resume from ray.train.get_checkpoint(),
                                     train, evaluate, write the run files
@@ -38,28 +40,22 @@ import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
-from functools import lru_cache
-from typing import Any, Callable
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from persona_ray.core import storage
 from persona_ray.dataset.splits import split_uri
-from persona_ray.tailoring.common import JobConfig, Method, TrainConfigError, examples_for, tokenize_for
+from persona_ray.tailoring.base import TrainConfig, TrainConfigError, TrainingMethod
 
 log = logging.getLogger(__name__)
 
 FAIL_AT_STEP_ENV = "PERSONA_RAY_TRAIN_FAIL_AT_STEP"  # test hook: rank 0 dies once at this step
 FAULT_MARKER = "_fault_injected"
 RAY_CHECKPOINT_SUBDIR = "checkpoint"  # RayTrainReportCallback.CHECKPOINT_NAME
-
-# Token columns of the tokenised Ray dataset -> the keys TRL's collators read.
-TOKEN_COLUMNS: dict[str, dict[str, str]] = {
-    "sft": {"input_ids": "input_ids", "labels": "labels"},
-    # tokenize_dpo writes *_input_ids; TRL 1.16's DataCollatorForPreference reads *_ids.
-    "dpo": {"prompt_input_ids": "prompt_ids", "chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"},
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,26 +71,27 @@ def _tokenizer(path: str):
 class _Tokenize:
     """Ray Data batch function: augmented rows -> tokenised examples (+ pair_id, persona_side)."""
 
-    def __init__(self, method: Method, training_type: str, tokenizer_path: str, max_length: int):
+    def __init__(self, method: TrainingMethod, training_type: str, tokenizer_path: str, max_length: int):
         self.method, self.training_type = method, training_type
         self.tokenizer_path, self.max_length = tokenizer_path, max_length
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tokenizer = _tokenizer(self.tokenizer_path)
-        out: dict[str, list] = {"pair_id": [], "persona_side": [], **{c: [] for c in TOKEN_COLUMNS[self.method]}}
+        columns = self.method.token_columns
+        out: dict[str, list] = {"pair_id": [], "persona_side": [], **{c: [] for c in columns}}
         for row in batch.to_pylist():
-            for example in examples_for(self.method, row, self.training_type):
-                tokens = tokenize_for(self.method, example, tokenizer, self.max_length)
+            for example in self.method.examples(row, self.training_type):
+                tokens = self.method.tokenize(example, tokenizer, self.max_length)
                 out["pair_id"].append(str(example["pair_id"]))
                 out["persona_side"].append(example["persona_side"])
-                for column in TOKEN_COLUMNS[self.method]:
+                for column in columns:
                     out[column].append(tokens[column])
         schema = pa.schema([("pair_id", pa.string()), ("persona_side", pa.string()),
-                            *[(c, pa.list_(pa.int32())) for c in TOKEN_COLUMNS[self.method]]])
+                            *[(c, pa.list_(pa.int32())) for c in columns]])
         return pa.Table.from_pydict(out, schema=schema)
 
 
-def tokenized_split(uri: str, method: Method, training_type: str, tokenizer_path: str, max_length: int):
+def tokenized_split(uri: str, method: TrainingMethod, training_type: str, tokenizer_path: str, max_length: int):
     """A materialized Ray dataset of TRL-format examples read from one split file."""
     import ray.data
 
@@ -199,70 +196,72 @@ def _callbacks(files: RunFiles, rank: int, fail_at_step: int | None, report_step
     return MetricsCallback(), FaultCallback()
 
 
-def run_worker(loop: dict, build_trainer: Callable[[dict, str], Any]) -> None:
-    """Per-worker training loop. `build_trainer(loop, output_dir)` returns a TRL trainer built on a
-    placeholder dataset; `loop` is the dict from run_training: cfg (the job config), method,
-    model_path, files (RunFiles), max_steps, evaluate, fail_at_step."""
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a worker needs, decided on the driver."""
+
+    cfg: TrainConfig
+    method: TrainingMethod
+    model_path: str  # the resolved model training starts from
+    files: RunFiles
+    max_steps: int
+    evaluate: bool  # a val shard exists for every worker
+    fail_at_step: int | None  # test hook (FAIL_AT_STEP_ENV)
+
+
+def run_worker(plan: WorkerPlan) -> None:
+    """Per-worker training loop: the method's TRL trainer, fed this worker's shard, trained
+    (resuming if Ray has a checkpoint) and evaluated; then the run files are written."""
     import ray.train
     import torch
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    cfg: JobConfig = loop["cfg"]
+    cfg, files = plan.cfg, plan.files
     if not cfg.use_gpu:
         torch.set_num_threads(cfg.cpus_per_worker)
-    files: RunFiles = loop["files"]
-    workdir = tempfile.mkdtemp(prefix=f"persona-ray-{loop['method']}-rank{rank}-")
-
+    workdir = tempfile.mkdtemp(prefix=f"persona-ray-{plan.method.name}-rank{rank}-")
     try:
-        _train_on_shard(loop, build_trainer, cfg, context, rank, files, workdir)
+        # --- the trainer, on this worker's shard -------------------------------------------
+        trainer = plan.method.build_trainer(plan, workdir)
+        collate = _make_collate(trainer.data_collator, plan.method.token_columns)
+        shard = ray.train.get_dataset_shard("train")
+        trainer.train_dataset = shard.iter_torch_batches(batch_size=cfg.per_device_batch_size, collate_fn=collate)
+        if plan.evaluate:
+            eval_collate = _make_collate(trainer.data_collator, plan.method.token_columns)
+            trainer.eval_dataset = ray.train.get_dataset_shard("val").iter_torch_batches(
+                batch_size=cfg.per_device_batch_size, collate_fn=eval_collate)
+        trainer = prepare_trainer(trainer)
+        metrics_cb, fault_cb = _callbacks(files, rank, plan.fail_at_step, cfg.ray_report_steps)
+        for callback in (RayTrainReportCallback(), metrics_cb, fault_cb):
+            trainer.add_callback(callback)
+
+        # --- resume from Ray's last checkpoint, train, evaluate ------------------------------
+        resume_dir, resumed_from = None, None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            local = checkpoint.to_directory(os.path.join(workdir, "resume"))
+            resume_dir = os.path.join(local, RAY_CHECKPOINT_SUBDIR)
+            with open(os.path.join(resume_dir, "trainer_state.json")) as handle:
+                resumed_from = json.load(handle)["global_step"]
+        started = time.time()
+        trainer.train(resume_from_checkpoint=resume_dir)
+        eval_metrics = trainer.evaluate() if plan.evaluate else {}
+
+        # --- run files -------------------------------------------------------------------------
+        if rank == 0:
+            history = trainer.state.log_history
+            files.write("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+            files.write("metrics.csv", metrics_csv(history))
+        files.write(f"workers/rank-{rank}.json", json.dumps({
+            "rank": rank, "world_size": context.get_world_size(), "rows_delivered": len(collate.seen),
+            "examples": collate.seen, "resumed_from_step": resumed_from, "final_step": trainer.state.global_step,
+            "started": started, "step_end_times": metrics_cb.step_end_times,
+            "eval": {k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+        }).encode())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # the trainer's local checkpoints; Ray keeps its own
-
-
-def _train_on_shard(loop: dict, build_trainer, cfg: JobConfig, context, rank: int, files: RunFiles,
-                    workdir: str) -> None:
-    """Build the TRL trainer, feed it this worker's shard, train (resuming if Ray has a
-    checkpoint), evaluate, and write the run files."""
-    import ray.train
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-
-    trainer = build_trainer(loop, workdir)
-    collate = _make_collate(trainer.data_collator, TOKEN_COLUMNS[loop["method"]])
-    shard = ray.train.get_dataset_shard("train")
-    trainer.train_dataset = shard.iter_torch_batches(batch_size=cfg.per_device_batch_size, collate_fn=collate)
-    evaluate = loop["evaluate"]
-    if evaluate:
-        eval_collate = _make_collate(trainer.data_collator, TOKEN_COLUMNS[loop["method"]])
-        trainer.eval_dataset = ray.train.get_dataset_shard("val").iter_torch_batches(
-            batch_size=cfg.per_device_batch_size, collate_fn=eval_collate)
-    trainer = prepare_trainer(trainer)
-    fail_at = loop["fail_at_step"] or (int(os.environ[FAIL_AT_STEP_ENV]) if os.environ.get(FAIL_AT_STEP_ENV) else None)
-    metrics_cb, fault_cb = _callbacks(files, rank, fail_at, cfg.ray_report_steps)
-    for callback in (RayTrainReportCallback(), metrics_cb, fault_cb):
-        trainer.add_callback(callback)
-
-    resume_dir, resumed_from = None, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        local = checkpoint.to_directory(os.path.join(workdir, "resume"))
-        resume_dir = os.path.join(local, RAY_CHECKPOINT_SUBDIR)
-        with open(os.path.join(resume_dir, "trainer_state.json")) as handle:
-            resumed_from = json.load(handle)["global_step"]
-    started = time.time()
-    trainer.train(resume_from_checkpoint=resume_dir)
-    eval_metrics = trainer.evaluate() if evaluate else {}
-
-    if rank == 0:
-        history = trainer.state.log_history
-        files.write("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
-        files.write("metrics.csv", metrics_csv(history))
-    files.write(f"workers/rank-{rank}.json", json.dumps({
-        "rank": rank, "world_size": context.get_world_size(), "rows_delivered": len(collate.seen),
-        "examples": collate.seen, "resumed_from_step": resumed_from, "final_step": trainer.state.global_step,
-        "started": started, "step_end_times": metrics_cb.step_end_times,
-        "eval": {k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
-    }).encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +277,7 @@ def _storage_args(output: str) -> tuple[str, pafs.FileSystem | None]:
     return os.path.abspath(output), None
 
 
-def plan_steps(cfg: JobConfig, rows: int) -> dict[str, int]:
+def plan_steps(cfg: TrainConfig, rows: int) -> dict[str, int]:
     rows_per_worker = rows // cfg.num_workers
     if rows_per_worker == 0:
         raise TrainConfigError("num_workers", f"{rows} tokenised examples cannot feed {cfg.num_workers} workers",
@@ -292,15 +291,16 @@ def plan_steps(cfg: JobConfig, rows: int) -> dict[str, int]:
             "max_steps": cfg.max_steps or cfg.epochs * steps_per_epoch}
 
 
-def run_training(cfg: JobConfig, method: Method, train_loop: Callable[[dict], None], model_path: str) -> dict[str, Any]:
-    """Tokenise the splits in Ray Data, run TorchTrainer.fit() and summarise the run."""
+def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
+    """Check the job, tokenise the splits in Ray Data, run TorchTrainer.fit() and summarise the run."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from persona_ray.core.ray_runtime import ensure_ray
 
+    model_path, _ = method.check(cfg)
     ensure_ray()
-    name = cfg.name or f"{method}-{cfg.training_type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    name = cfg.name or f"{method.name}-{cfg.training_type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     train_ds = tokenized_split(split_uri(cfg.data, cfg.train_split), method, cfg.training_type, model_path,
                                cfg.max_length)
     plan = plan_steps(cfg, train_ds.count())
@@ -318,12 +318,11 @@ def run_training(cfg: JobConfig, method: Method, train_loop: Callable[[dict], No
 
     files = RunFiles(cfg.output, name)
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
-    loop = {"cfg": cfg, "method": method, "model_path": model_path, "files": files, "max_steps": plan["max_steps"],
-            "evaluate": evaluate, "fail_at_step": int(fail_at) if fail_at else None}
+    worker_plan = WorkerPlan(cfg=cfg, method=method, model_path=model_path, files=files,
+                             max_steps=plan["max_steps"], evaluate=evaluate, fail_at_step=int(fail_at) if fail_at else None)
     storage_path, filesystem = _storage_args(cfg.output)
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop,
+        partial(run_worker, worker_plan),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -332,7 +331,7 @@ def run_training(cfg: JobConfig, method: Method, train_loop: Callable[[dict], No
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets=datasets,
     )
-    log.info("%s: %s rows per worker x %d workers, %d steps -> %s", method, plan["rows_per_worker"],
+    log.info("%s: %s rows per worker x %d workers, %d steps -> %s", method.name, plan["rows_per_worker"],
              cfg.num_workers, plan["max_steps"], files.uri)
     result = trainer.fit()
     return summarize(files, result, cfg.num_workers, plan)

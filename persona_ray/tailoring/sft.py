@@ -1,7 +1,7 @@
 """Persona-tailoring SFT with LoRA: TRL's SFTTrainer on Ray Train.
 
-Data contract: `<data>/<train_split>.parquet` (persona_ray.dataset.augment rows) -> pt_templates.sft_examples
-(one example per persona side of cfg.training_type) -> tokenize_sft in Ray Data:
+Data contract: `<data>/<train_split>.parquet` (augmented rows) -> templates.sft_examples (one
+example per persona side of cfg.training_type) -> templates.tokenize_sft in Ray Data:
     {"pair_id", "persona_side", "input_ids", "labels"}   labels are -100 on the (prompt, persona) input
 Each worker feeds its shard to SFTTrainer through TRL's DataCollatorForLanguageModeling (it pads and
 keeps our labels as they are). The run saves LoRA adapter checkpoints; merge one into the base
@@ -12,43 +12,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from persona_ray.tailoring.common import JobConfig, check_splits, load_tokenizer_checked, trl_arguments
-from persona_ray.tailoring.ray_loop import run_training, run_worker
+from pydantic import Field
+
+from persona_ray.tailoring.base import TrainConfig, TrainingMethod, trl_arguments
+from persona_ray.tailoring.templates import sft_examples, tokenize_sft
 
 
-class SFTJobConfig(JobConfig):
-    train_split: str = "sft_train"
-    val_split: str | None = "sft_val"
-    model: str = "tiny"  # base model: a local folder, "tiny", or a hub id available offline
+class SFTJobConfig(TrainConfig):
+    """Persona-tailored SFT: (prompt, persona) -> the response that persona preferred."""
+
+    train_split: str = Field("sft_train", description="split to train on")
+    val_split: str | None = Field("sft_val", description="split to evaluate on; none: no evaluation")
+    model: str = Field("tiny", description="base model: a local folder, 'tiny', or a hub id available offline")
+
+
+class SFT(TrainingMethod):
+    name = "sft"
+    model_field = "model"
+    token_columns = {"input_ids": "input_ids", "labels": "labels"}
+
+    def examples(self, row: dict, training_type: str) -> list[dict]:
+        return sft_examples(row, training_type)
+
+    def tokenize(self, example: dict, tokenizer, max_length: int) -> dict:
+        return tokenize_sft(example, tokenizer, max_length)
+
+    def build_trainer(self, plan, output_dir: str):
+        import datasets
+        from transformers import AutoTokenizer
+        from trl import SFTConfig, SFTTrainer
+
+        cfg: SFTJobConfig = plan.cfg
+        tokenizer = AutoTokenizer.from_pretrained(plan.model_path)
+        eos = tokenizer.eos_token_id
+        placeholder = datasets.Dataset.from_list([{"input_ids": [eos, eos], "labels": [-100, eos]}])
+        args = SFTConfig(**trl_arguments(cfg, plan.max_steps, output_dir), packing=False)
+        return SFTTrainer(model=plan.model_path, args=args, train_dataset=placeholder, processing_class=tokenizer,
+                          peft_config=cfg.lora.peft_config())
 
 
 def check_sft_job(cfg: SFTJobConfig) -> tuple[str, int]:
     """Pre-flight checks (no Ray): (resolved model path, train rows); TrainConfigError otherwise."""
-    model_path, tokenizer = load_tokenizer_checked("model", cfg.model)
-    return model_path, check_splits(cfg, "sft", tokenizer)
-
-
-def build_sft_trainer(loop: dict, output_dir: str):
-    """An SFTTrainer on a one-row placeholder dataset; run_worker swaps in the Ray shard."""
-    import datasets
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    cfg: SFTJobConfig = loop["cfg"]
-    tokenizer = AutoTokenizer.from_pretrained(loop["model_path"])
-    eos = tokenizer.eos_token_id
-    placeholder = datasets.Dataset.from_list([{"input_ids": [eos, eos], "labels": [-100, eos]}])
-    args = SFTConfig(**trl_arguments(cfg, loop["max_steps"], output_dir), packing=False)
-    return SFTTrainer(model=loop["model_path"], args=args, train_dataset=placeholder, processing_class=tokenizer,
-                      peft_config=cfg.lora.peft_config())
-
-
-def sft_train_loop(loop: dict) -> None:
-    run_worker(loop, build_sft_trainer)
+    return SFT().check(cfg)
 
 
 def train_sft(cfg: SFTJobConfig) -> dict[str, Any]:
-    """Validate, then run SFT under Ray Train. Returns the summary of run_training (run folder,
-    checkpoint, steps, final_loss, rows_per_worker, resumed_from_step, eval, metrics files)."""
-    model_path, _ = check_sft_job(cfg)
-    return run_training(cfg, "sft", sft_train_loop, model_path)
+    """Validate, then run SFT under Ray Train. Returns the run summary (run folder, checkpoint, steps,
+    final_loss, rows_per_worker, resumed_from_step, eval, metrics files); see ray_loop.run_training."""
+    from persona_ray.tailoring.ray_loop import run_training
+
+    return run_training(SFT(), cfg)
