@@ -1,26 +1,36 @@
-"""`persona-ray` command line: one subcommand per pipeline stage."""
+"""`persona-ray` command line: one subcommand per pipeline stage.
+
+Every job command is built the same way from its config class: `--config FILE` (YAML) plus a few
+flags, each setting one config key. A flag's type, choices and help text come from the config
+field itself, so the command line, the YAML files and the configuration reference never disagree.
+
+    persona-ray infer --config cluster/jobs/local.yaml --max-tokens 64
+    persona-ray train sft --data outputs/augmented --output outputs/runs
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from typing import Optional
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
 
-import typer
+import click
 
-from persona_ray.core.settings import describe
+from persona_ray.core.settings import ConfigError, describe, field_info, load_config
 from persona_ray.dataset.augment import AugmentConfig
 from persona_ray.evaluation.generate import GenerateConfig
 from persona_ray.evaluation.judge import JudgeConfig
 from persona_ray.inference.infer import InferConfig
 from persona_ray.quality.pi_eval import PIEvalConfig
-from persona_ray.retrieval.index import IndexConfig
 from persona_ray.retrieval.batch import RetrieveConfig
+from persona_ray.retrieval.index import IndexConfig
 from persona_ray.serving.app import ServeConfig
 from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Persona-aware preference tuning on Ray.")
 # Every job config, in pipeline order: `persona-ray config-reference` documents them.
 JOB_CONFIGS = [InferConfig, AugmentConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig, RetrieveConfig,
                GenerateConfig, JudgeConfig, ServeConfig]
@@ -31,196 +41,141 @@ def _setup_logging() -> None:
                         stream=sys.stderr)
 
 
-@app.command()
-def infer(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see cluster/jobs/local.yaml)"),
-    input: Optional[str] = typer.Option(None, "--input", help=describe(InferConfig, "pairs.input")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(InferConfig, "output")),
-    model: Optional[str] = typer.Option(None, "--model", help=describe(InferConfig, "engine.model")),
-    engine: Optional[str] = typer.Option(None, "--engine", help=describe(InferConfig, "engine.backend")),
-    input_format: Optional[str] = typer.Option(None, "--input-format", help=describe(InferConfig, "pairs.input_format")),
-    guided: Optional[bool] = typer.Option(None, "--guided/--no-guided",
-                                          help=describe(InferConfig, "engine.guided_decoding")),
-    k_shot: Optional[int] = typer.Option(None, "--k-shot", help=describe(InferConfig, "k_shot")),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=describe(InferConfig, "engine.sampling.max_tokens")),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help=describe(InferConfig, "engine.vllm.concurrency")),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help=describe(InferConfig, "engine.openai.base_url")),
-    shard_size: Optional[int] = typer.Option(None, "--shard-size", help=describe(InferConfig, "shard_size")),
-) -> None:
-    """Persona inference: two personas (chosen, rejected) for every preference pair."""
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags that set config keys.
+
+@dataclass(frozen=True)
+class Flag:
+    """`--name` sets config key `key` (dotted). `parse` turns the text (or, with `multiple`, the
+    list of texts) into the value, for keys that are not a plain number, word or switch."""
+
+    key: str
+    name: str | None = None  # default: the key's last part, dashed
+    parse: Callable[[Any], Any] | None = None
+    multiple: bool = False
+    help: str | None = None  # default: the field's description
+
+    @property
+    def dest(self) -> str:
+        return self.key.replace(".", "__")  # click needs an identifier
+
+    def option(self, cls: type) -> click.Option:
+        name = self.name or self.key.rsplit(".", 1)[-1].replace("_", "-")
+        help_text = self.help or describe(cls, self.key)
+        if self.parse or self.multiple:
+            return click.Option([f"--{name}", self.dest], multiple=self.multiple, help=help_text)
+        annotation = field_info(cls, self.key).annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        if annotation is bool:
+            return click.Option([f"--{name}/--no-{name}", self.dest], default=None, help=help_text)
+        if typing.get_origin(annotation) is typing.Literal:
+            return click.Option([f"--{name}", self.dest], type=click.Choice(typing.get_args(annotation)), help=help_text)
+        kind = annotation if annotation in (int, float) else str
+        return click.Option([f"--{name}", self.dest], type=kind, help=help_text)
+
+    def value(self, raw: Any) -> Any:
+        if self.multiple and not raw:
+            return None  # not given: leave the config's value
+        return self.parse(raw) if self.parse and raw is not None else raw
+
+
+def _pairs(items: tuple[str, ...], sep: str, what: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        left, found, right = item.partition(sep)
+        if not found or not left or not right:
+            _fail(f"expected {what}, got {item!r}")
+        out.append((left, right))
+    return out
+
+
+def job_command(name: str, cls: type, run: Callable[..., Any], flags: list[Flag],
+                extra: tuple[click.Option, ...] = ()) -> click.Command:
+    """A command that loads `cls` from --config and the flags, then prints run(cfg, **extra) as JSON."""
+
+    def callback(config: str | None, **given: Any) -> None:
+        _setup_logging()
+        overrides = {flag.key: flag.value(given.pop(flag.dest)) for flag in flags}
+        try:
+            cfg = load_config(cls, config, overrides)
+        except (ConfigError, OSError) as exc:
+            _fail(str(exc))
+        result = run(cfg, **given)
+        if result is not None:
+            click.echo(json.dumps(result, default=str))
+
+    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    params = [click.Option(["--config", "-c"], help=f"YAML config ({cls.__name__}; see the README's "
+                           "configuration reference)"), *[flag.option(cls) for flag in flags], *extra]
+    return click.Command(name, params=params, callback=callback, help=summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline's jobs, in order. Each `run` returns what the command prints.
+
+def _infer(cfg: InferConfig) -> dict:
     from persona_ray.inference.infer import run_infer
 
-    _setup_logging()
-    overrides = {
-        "pairs.input": input, "output": output, "engine.model": model, "engine.backend": engine,
-        "pairs.input_format": input_format, "engine.guided_decoding": guided, "k_shot": k_shot,
-        "engine.sampling.max_tokens": max_tokens, "engine.vllm.concurrency": concurrency,
-        "engine.openai.base_url": base_url, "shard_size": shard_size,
-    }
-    cfg = _load(InferConfig, config, overrides)
     manifest = run_infer(cfg)
-    typer.echo(json.dumps({"output": cfg.output, **manifest["counts"], **manifest["throughput"]}))
+    return {"output": cfg.output, **manifest["counts"], **manifest["throughput"]}
 
 
-def _load(cls, config, overrides):
-    from persona_ray.core.settings import ConfigError, load_config
-
-    try:
-        return load_config(cls, config, overrides)
-    except (ConfigError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-
-
-@app.command()
-def augment(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (AugmentConfig)"),
-    pairs: Optional[str] = typer.Option(None, "--pairs", help=describe(AugmentConfig, "pairs.input")),
-    input_format: Optional[str] = typer.Option(None, "--input-format", help=describe(AugmentConfig, "pairs.input_format")),
-    personas: Optional[str] = typer.Option(None, "--personas", help=describe(AugmentConfig, "personas")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(AugmentConfig, "output")),
-    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help=describe(AugmentConfig, "push_to_hub")),
-) -> None:
-    """Join personas to their pairs and write deterministic splits (Parquet, JSONL, HF DatasetDict)."""
+def _augment(cfg: AugmentConfig) -> dict:
     from persona_ray.dataset.augment import run_augment
 
-    _setup_logging()
-    cfg = _load(AugmentConfig, config, {"pairs.input": pairs, "pairs.input_format": input_format,
-                                        "personas": personas, "output": output, "push_to_hub": push_to_hub})
-    typer.echo(json.dumps(run_augment(cfg)["counts"]))
+    return run_augment(cfg)["counts"]
 
 
-@app.command("pi-eval")
-def pi_eval(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (PIEvalConfig)"),
-    data: list[str] = typer.Option([], "--data", help="LABEL=PATH: augmented data of one PI model (repeat)"),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(PIEvalConfig, "output")),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help=describe(PIEvalConfig, "judge.model")),
-    engine: Optional[str] = typer.Option(None, "--engine", help=describe(PIEvalConfig, "judge.backend")),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help=describe(PIEvalConfig, "judge.openai.base_url")),
-    limit: Optional[int] = typer.Option(None, "--limit", help=describe(PIEvalConfig, "limit")),
-) -> None:
-    """PI accuracy (both orders), persona preference and word saliency, with a Markdown report."""
+def _pi_eval(cfg: PIEvalConfig) -> dict:
     from persona_ray.quality.pi_eval import run_pi_eval
 
-    _setup_logging()
-    pairs = {}
-    for item in data:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            typer.echo(f"error: --data expects LABEL=PATH, got {item!r}", err=True)
-            raise typer.Exit(2)
-        pairs[label] = path
-    cfg = _load(PIEvalConfig, config, {"data": pairs or None, "output": output, "judge.model": judge_model,
-                                       "judge.backend": engine, "judge.openai.base_url": base_url, "limit": limit})
-    typer.echo(json.dumps(run_pi_eval(cfg)["summary"]))
+    return run_pi_eval(cfg)["summary"]
 
 
-@app.command()
-def index(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (IndexConfig)"),
-    data: Optional[str] = typer.Option(None, "--data", help=describe(IndexConfig, "data")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(IndexConfig, "output")),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=describe(IndexConfig, "checkpoint")),
-    force: Optional[bool] = typer.Option(None, "--force/--no-force", help=describe(IndexConfig, "force")),
-) -> None:
-    """ColBERT (PLAID) index of the training prompts and their personas, for persona retrieval."""
+def _train(run_name: str) -> Callable[[Any], dict]:
+    def run(cfg) -> dict:
+        import persona_ray.tailoring as tailoring
+
+        try:
+            return getattr(tailoring, run_name)(cfg)
+        except tailoring.TrainConfigError as exc:
+            _fail(str(exc))
+
+    return run
+
+
+def _index(cfg: IndexConfig) -> dict:
     from persona_ray.retrieval.index import run_index
 
-    _setup_logging()
-    cfg = _load(IndexConfig, config, {"data": data, "output": output, "checkpoint": checkpoint, "force": force})
-    typer.echo(json.dumps(run_index(cfg)))
+    return run_index(cfg)
 
 
-@app.command()
-def retrieve(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (RetrieveConfig)"),
-    index: Optional[str] = typer.Option(None, "--index", help=describe(RetrieveConfig, "index")),
-    data: Optional[str] = typer.Option(None, "--data", help=describe(RetrieveConfig, "data")),
-    split: Optional[str] = typer.Option(None, "--split", help=describe(RetrieveConfig, "split")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(RetrieveConfig, "output")),
-    query: Optional[str] = typer.Option(None, "--query", help="search one query and print its top hits"),
-    k: int = typer.Option(5, "--k", help="hits to print with --query"),
-) -> None:
-    """Retrieved personas (top training prompt) for every row of a split, or the hits of one --query."""
+def _retrieve(cfg: RetrieveConfig) -> dict:
     from persona_ray.retrieval.batch import run_retrieve
-    from persona_ray.retrieval.search import PersonaRetriever, QueryError
 
-    _setup_logging()
-    if query is not None:
-        if not index:
-            typer.echo("error: --query needs --index", err=True)
-            raise typer.Exit(2)
-        try:
-            hits = PersonaRetriever.load(index).search(query, k=k)
-        except QueryError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2)
-        typer.echo(json.dumps(hits, indent=2))
-        return
-    cfg = _load(RetrieveConfig, config, {"index": index, "data": data, "split": split, "output": output})
-    typer.echo(json.dumps(run_retrieve(cfg)))
+    return run_retrieve(cfg)
 
 
-@app.command()
-def generate(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (GenerateConfig)"),
-    data: Optional[str] = typer.Option(None, "--data", help=describe(GenerateConfig, "data")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(GenerateConfig, "output")),
-    model: Optional[str] = typer.Option(None, "--model", help=describe(GenerateConfig, "engine.model")),
-    model_id: Optional[str] = typer.Option(None, "--model-id", help=describe(GenerateConfig, "model_id")),
-    mode: Optional[str] = typer.Option(None, "--mode", help=describe(GenerateConfig, "mode")),
-    sources: Optional[str] = typer.Option(None, "--sources", help="comma-separated: "
-                                          + describe(GenerateConfig, "persona_sources")),
-    index: Optional[str] = typer.Option(None, "--index", help=describe(GenerateConfig, "index")),
-    limit: Optional[int] = typer.Option(None, "--limit", help=describe(GenerateConfig, "limit")),
-) -> None:
-    """One response per test row and persona source (gold/retr chosen/rejected, system, none)."""
+def _generate(cfg: GenerateConfig) -> dict:
     from persona_ray.evaluation.generate import run_generate
 
-    _setup_logging()
-    cfg = _load(GenerateConfig, config, {
-        "data": data, "output": output, "engine.model": model, "model_id": model_id, "mode": mode, "index": index,
-        "persona_sources": sources.split(",") if sources else None, "limit": limit})
-    typer.echo(json.dumps(run_generate(cfg)))
+    return run_generate(cfg)
 
 
-@app.command()
-def judge(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (JudgeConfig)"),
-    responses: Optional[str] = typer.Option(None, "--responses", help=describe(JudgeConfig, "responses")),
-    data: Optional[str] = typer.Option(None, "--data", help=describe(JudgeConfig, "data")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(JudgeConfig, "output")),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help=describe(JudgeConfig, "judge.model")),
-    compare: list[str] = typer.Option([], "--compare", help="TEST:BASE model ids (repeat)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help=describe(JudgeConfig, "limit")),
-) -> None:
-    """Pairwise judge (both orders, quality and personalization): win rates and ΔPQ with CIs."""
+def _judge(cfg: JudgeConfig) -> dict:
     from persona_ray.evaluation.judge import run_judge
 
-    _setup_logging()
-    comparisons = []
-    for item in compare:
-        test, sep, base = item.partition(":")
-        if not sep or not test or not base:
-            typer.echo(f"error: --compare expects TEST:BASE, got {item!r}", err=True)
-            raise typer.Exit(2)
-        comparisons.append({"test": test, "base": base})
-    cfg = _load(JudgeConfig, config, {"responses": responses, "data": data, "output": output,
-                                      "judge.model": judge_model, "comparisons": comparisons or None, "limit": limit})
     result = run_judge(cfg)
-    typer.echo(json.dumps({"summary": result["summary"], "report": result["report"]}))
+    return {"summary": result["summary"], "report": result["report"]}
 
 
-@app.command("serve")
-def serve_cmd(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (ServeConfig)"),
-    index: Optional[str] = typer.Option(None, "--index", help=describe(ServeConfig, "index")),
-    model: Optional[str] = typer.Option(None, "--model", help=describe(ServeConfig, "engine.model")),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-) -> None:
-    """Serve persona-tailored answers over HTTP (Ray Serve): POST /v1/tailor, GET /healthz."""
+def _serve(cfg: ServeConfig, host: str, port: int) -> None:
     import time
 
     from ray import serve
@@ -228,12 +183,10 @@ def serve_cmd(
     from persona_ray.core.ray_runtime import ensure_ray
     from persona_ray.serving.app import build_app
 
-    _setup_logging()
-    cfg = _load(ServeConfig, config, {"index": index, "engine.model": model})
     ensure_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/")
-    typer.echo(f"serving on http://{host}:{port} (POST /v1/tailor, GET /healthz); Ctrl-C stops")
+    click.echo(f"serving on http://{host}:{port} (POST /v1/tailor, GET /healthz); Ctrl-C stops")
     try:
         while True:
             time.sleep(3600)
@@ -241,24 +194,80 @@ def serve_cmd(
         serve.shutdown()
 
 
-@app.command()
-def report(
-    output: str = typer.Option(..., "--output", help="local folder for report.md and plots"),
-    personas: Optional[str] = typer.Option(None, "--personas",
-                                           help=".jsonl/.parquet with chosen_persona and rejected_persona"),
-    judged: Optional[str] = typer.Option(None, "--judged", help="a `persona-ray judge` output folder"),
-    min_count: int = typer.Option(5, "--min-count"),
-    top_k: int = typer.Option(15, "--top-k"),
-) -> None:
+MODEL = Flag("engine.model", "model")
+train = click.Group("train", help="Persona tailoring with TRL + LoRA under Ray Train: SFT, or DPO from the merged "
+                    "SFT model.")
+TRAIN_FLAGS = [Flag("data"), Flag("output"), Flag("training_type"), Flag("num_workers"), Flag("max_steps")]
+train.add_command(job_command("sft", SFTJobConfig, _train("train_sft"), [*TRAIN_FLAGS, Flag("model")]))
+train.add_command(job_command("dpo", DPOJobConfig, _train("train_dpo"), [*TRAIN_FLAGS, Flag("sft_model")]))
+
+JOBS = [
+    job_command("infer", InferConfig, _infer, [
+        Flag("pairs.input", "input"), Flag("output"), MODEL, Flag("engine.backend", "engine"),
+        Flag("pairs.input_format"), Flag("engine.guided_decoding", "guided"), Flag("k_shot"),
+        Flag("engine.sampling.max_tokens"), Flag("engine.vllm.concurrency"), Flag("engine.openai.base_url"),
+        Flag("shard_size")]),
+    job_command("augment", AugmentConfig, _augment, [
+        Flag("pairs.input", "pairs"), Flag("pairs.input_format"), Flag("personas"), Flag("output"),
+        Flag("push_to_hub")]),
+    job_command("pi-eval", PIEvalConfig, _pi_eval, [
+        Flag("data", multiple=True, parse=lambda items: dict(_pairs(items, "=", "LABEL=PATH")),
+             help="LABEL=PATH: the augmented data of one PI model (repeat)"),
+        Flag("output"), Flag("judge.model", "judge-model"), Flag("judge.backend", "engine"),
+        Flag("judge.openai.base_url"), Flag("limit")]),
+    train,
+    job_command("index", IndexConfig, _index, [Flag("data"), Flag("output"), Flag("checkpoint"), Flag("force")]),
+    job_command("retrieve", RetrieveConfig, _retrieve, [Flag("index"), Flag("data"), Flag("split"), Flag("output")]),
+    job_command("generate", GenerateConfig, _generate, [
+        Flag("data"), Flag("output"), MODEL, Flag("model_id"), Flag("mode"),
+        Flag("persona_sources", "sources", parse=lambda text: text.split(","),
+             help="comma-separated: " + describe(GenerateConfig, "persona_sources")),
+        Flag("index"), Flag("limit")]),
+    job_command("judge", JudgeConfig, _judge, [
+        Flag("responses"), Flag("data"), Flag("output"), Flag("judge.model", "judge-model"),
+        Flag("comparisons", "compare", multiple=True, help="TEST:BASE model ids (repeat)",
+             parse=lambda items: [{"test": t, "base": b} for t, b in _pairs(items, ":", "TEST:BASE")]),
+        Flag("limit")]),
+    job_command("serve", ServeConfig, _serve, [Flag("index"), MODEL], extra=(
+        click.Option(["--host"], default="127.0.0.1", show_default=True, help="address to listen on"),
+        click.Option(["--port"], default=8000, type=int, show_default=True, help="port to listen on"))),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands that are not jobs.
+
+@click.command()
+@click.option("--index", required=True, help=describe(RetrieveConfig, "index"))
+@click.option("--query", required=True, help="the text to search with")
+@click.option("--k", default=5, show_default=True, help="hits to print")
+def search(index: str, query: str, k: int) -> None:
+    """The top-k training rows (with their personas) for one query."""
+    from persona_ray.retrieval.search import PersonaRetriever, QueryError
+
+    _setup_logging()
+    try:
+        hits = PersonaRetriever.load(index).search(query, k=k)
+    except QueryError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(hits, indent=2))
+
+
+@click.command()
+@click.option("--output", required=True, help="local folder for report.md and plots")
+@click.option("--personas", help=".jsonl/.parquet with chosen_persona and rejected_persona, or an augmented folder")
+@click.option("--judged", help="a `persona-ray judge` output folder")
+@click.option("--min-count", default=5, show_default=True, help=describe(PIEvalConfig, "saliency_min_count"))
+@click.option("--top-k", default=15, show_default=True, help=describe(PIEvalConfig, "saliency_top_k"))
+def report(output: str, personas: str | None, judged: str | None, min_count: int, top_k: int) -> None:
     """A report from persona diagnostics (--personas) and/or pairwise judgements (--judged)."""
     from persona_ray.core import storage
-    from persona_ray.quality.saliency import top_traits, word_saliency
-    from persona_ray.quality.pi_eval import load_personas_for_report
     from persona_ray.core.report import write_report
+    from persona_ray.quality.pi_eval import load_personas_for_report
+    from persona_ray.quality.saliency import top_traits, word_saliency
 
     if not personas and not judged:
-        typer.echo("error: give --personas and/or --judged", err=True)
-        raise typer.Exit(2)
+        _fail("give --personas and/or --judged")
     sections: dict = {"notes": []}
     if personas:
         chosen, rejected = load_personas_for_report(personas)
@@ -269,73 +278,40 @@ def report(
         results = storage.read_json(storage.join(judged, "pairwise.json"))
         sections["pairwise"] = results["results"]
         sections["notes"].append(f"Pairwise judgements from {judged}: {json.dumps(results['summary'])}")
-    typer.echo(write_report(output, title="persona-ray report", **sections))
+    click.echo(write_report(output, title="persona-ray report", **sections))
 
 
-@app.command()
-def train(
-    method: str = typer.Argument(..., help="sft | dpo"),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (SFTJobConfig / DPOJobConfig)"),
-    data: Optional[str] = typer.Option(None, "--data", help=describe(SFTJobConfig, "data")),
-    output: Optional[str] = typer.Option(None, "--output", help=describe(SFTJobConfig, "output")),
-    training_type: Optional[str] = typer.Option(None, "--training-type", help=describe(SFTJobConfig, "training_type")),
-    model: Optional[str] = typer.Option(None, "--model", help="SFT: " + describe(SFTJobConfig, "model")),
-    sft_model: Optional[str] = typer.Option(None, "--sft-model", help="DPO: " + describe(DPOJobConfig, "sft_model")),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help=describe(SFTJobConfig, "num_workers")),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=describe(SFTJobConfig, "max_steps")),
-) -> None:
-    """Persona tailoring with TRL + LoRA under Ray Train: SFT, or DPO from the merged SFT model."""
-    from persona_ray.tailoring import TrainConfigError, train_dpo, train_sft
-
-    _setup_logging()
-    jobs = {"sft": (SFTJobConfig, train_sft), "dpo": (DPOJobConfig, train_dpo)}
-    if method not in jobs:
-        typer.echo(f"error: method must be 'sft' or 'dpo', got {method!r}", err=True)
-        raise typer.Exit(2)
-    cls, run = jobs[method]
-    overrides = {"data": data, "output": output, "training_type": training_type, "num_workers": num_workers,
-                 "max_steps": max_steps}
-    if method == "sft":
-        overrides["model"] = model
-    else:
-        overrides["sft_model"] = sft_model
-    cfg = _load(cls, config, overrides)
-    try:
-        summary = run(cfg)
-    except TrainConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
-    typer.echo(json.dumps(summary, default=str))
-
-
-@app.command()
-def merge(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="Ray Train checkpoint or LoRA adapter folder (or s3://)"),
-    base_model: str = typer.Option(..., "--base-model", help="the model the adapter was trained on ('tiny' ok)"),
-    output: str = typer.Option(..., "--output", help="folder for the merged model (vLLM/transformers load it)"),
-) -> None:
+@click.command()
+@click.option("--checkpoint", required=True, help="Ray Train checkpoint or LoRA adapter folder (or s3://)")
+@click.option("--base-model", required=True, help="the model the adapter was trained on ('tiny' ok)")
+@click.option("--output", required=True, help="folder for the merged model (vLLM/transformers load it)")
+def merge(checkpoint: str, base_model: str, output: str) -> None:
     """Merge a LoRA adapter into its base model and save model + tokenizer."""
     from persona_ray.tailoring import merge_adapter
 
     _setup_logging()
-    typer.echo(merge_adapter(checkpoint, base_model, output))
+    click.echo(merge_adapter(checkpoint, base_model, output))
 
 
-@app.command("config-reference")
+@click.command("config-reference")
 def config_reference_cmd() -> None:
     """Print every job config's keys, defaults and meanings as Markdown (the README's reference)."""
     from persona_ray.core.settings import config_reference
 
-    typer.echo(config_reference(JOB_CONFIGS))
+    click.echo(config_reference(JOB_CONFIGS))
 
 
-@app.command("build-tiny-model")
-def build_tiny_model_cmd(cache_dir: Optional[str] = typer.Option(None, "--cache-dir")) -> None:
+@click.command("build-tiny-model")
+@click.option("--cache-dir", help="where to build it (default: $PERSONA_RAY_CACHE)")
+def build_tiny_model_cmd(cache_dir: str | None) -> None:
     """Build (or find) the tiny random-weight test model and print its folder."""
     from persona_ray.testing.tiny_model import build_tiny_model
 
-    typer.echo(str(build_tiny_model(cache_dir)))
+    click.echo(str(build_tiny_model(cache_dir)))
 
+
+app = click.Group("persona-ray", help="Persona-aware preference tuning on Ray.", no_args_is_help=True,
+                  commands=[*JOBS, search, report, merge, config_reference_cmd, build_tiny_model_cmd])
 
 if __name__ == "__main__":
     app()

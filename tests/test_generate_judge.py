@@ -194,7 +194,7 @@ def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local,
 
 
 def test_report_cli_renders_judged_results_with_the_delta_pq_plot(tmp_path):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from persona_ray.cli import app
     from persona_ray.evaluation.pairwise import aggregate

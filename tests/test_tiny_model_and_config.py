@@ -118,3 +118,43 @@ def test_generate_needs_a_model():
 
     with pytest.raises(ValueError, match="engine.model: name the model"):
         GenerateConfig(data="d", output="o", model_id="M")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["infer", "--input", "a", "--output", "b", "--max-tokens", "0"],
+     "engine.sampling.max_tokens: Input should be greater than 0"),
+    (["infer", "--input", "a", "--output", "b", "--engine", "tgi"], "Invalid value for '--engine'"),
+    (["pi-eval", "--data", "no-label", "--output", "o"], "expected LABEL=PATH, got 'no-label'"),
+    (["judge", "--responses", "r", "--data", "d", "--output", "o", "--compare", "PT"], "expected TEST:BASE"),
+    (["generate", "--data", "d", "--output", "o", "--model", "m", "--model-id", "M", "--sources", "gold-chosen,nope"],
+     "persona_sources.1: Input should be"),
+    (["train", "dpo", "--data", "d", "--output", "o", "--training-type", "both"], "Invalid value for '--training-type'"),
+])
+def test_cli_flags_set_config_keys_and_bad_values_exit_2(args, message):
+    """Flags are typed by their config field: a bad value is refused before any job starts."""
+    from click.testing import CliRunner
+
+    from persona_ray.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_cli_flags_reach_the_config(monkeypatch):
+    from click.testing import CliRunner
+
+    import persona_ray.cli as cli
+
+    seen = {}
+
+    def load_and_stop(cls, path, overrides):
+        seen.update(overrides)
+        raise ConfigError("stop before the job")
+
+    monkeypatch.setattr(cli, "load_config", load_and_stop)
+    result = CliRunner().invoke(cli.app, ["pi-eval", "--data", "gold=g.jsonl", "--data", "retr=r.jsonl",
+                                          "--output", "o", "--judge-model", "tiny", "--engine", "openai"])
+    assert result.exit_code == 2 and "stop before the job" in result.output
+    assert seen == {"data": {"gold": "g.jsonl", "retr": "r.jsonl"}, "output": "o", "judge.model": "tiny",
+                    "judge.backend": "openai", "judge.openai.base_url": None, "limit": None}

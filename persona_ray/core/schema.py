@@ -87,14 +87,20 @@ def content_id(source: str, prompt: str, chosen: str, rejected: str) -> str:
     return f"{source}-{digest[:16]}"
 
 
+def text_field(row: dict[str, Any], name: str) -> str:
+    """row[name] as text, or ContractError naming the field ("missing" / "expected text")."""
+    value = row.get(name)
+    if value is None:
+        raise ContractError(name, "missing")
+    if not isinstance(value, str):
+        raise ContractError(name, f"expected text, got {type(value).__name__}")
+    return value
+
+
 def check_pair(row: dict[str, Any]) -> PreferencePair:
     """Validate one adapted row against the contract; raise ContractError naming the field."""
     for name in (*TEXT_FIELDS, "pair_id", "domain", "source"):
-        value = row.get(name)
-        if value is None:
-            raise ContractError(name, "missing")
-        if not isinstance(value, str):
-            raise ContractError(name, f"expected text, got {type(value).__name__}")
+        value = text_field(row, name)
         if name in TEXT_FIELDS and not value.strip():
             raise ContractError(name, "empty")
     if not row["pair_id"].strip():

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 T = TypeVar("T", bound=BaseModel)
@@ -101,17 +102,22 @@ def _block_class(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def describe(cls: type[BaseModel], dotted: str) -> str:
-    """The description of a (nested) field, e.g. describe(InferConfig, "engine.model")."""
+def field_info(cls: type[BaseModel], dotted: str) -> FieldInfo:
+    """The pydantic field behind a (nested) key, e.g. field_info(InferConfig, "engine.model")."""
     *parents, leaf = dotted.split(".")
     for part in parents:
         block = _block_class(cls.model_fields[part].annotation)
         if block is None:
             raise KeyError(f"{cls.__name__}.{part} is not a settings block")
         cls = block
-    description = cls.model_fields[leaf].description
+    return cls.model_fields[leaf]
+
+
+def describe(cls: type[BaseModel], dotted: str) -> str:
+    """The description of a (nested) field: the one text for YAML docs and CLI help."""
+    description = field_info(cls, dotted).description
     if not description:
-        raise KeyError(f"{cls.__name__}.{leaf} has no description")
+        raise KeyError(f"{cls.__name__}.{dotted} has no description")
     return description
 
 

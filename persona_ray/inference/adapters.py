@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from persona_ray.core.schema import ContractError, content_id, row_id
+from persona_ray.core.schema import ContractError, content_id, row_id, text_field
 
 FORMATS = ("auto", "flat", "pku_saferlhf", "hh_rlhf", "shp")
 DEFAULT_DOMAINS = {"pku_saferlhf": "safety_qa", "hh_rlhf": "dialogue", "shp": "reddit"}
@@ -32,15 +32,6 @@ def detect_format(row: dict[str, Any]) -> str:
     if "prompt" in keys and keys & {"chosen", "rejected"}:
         return "flat"  # a missing chosen/rejected is then reported by name
     raise ContractError("<row>", f"unknown schema (keys: {sorted(keys)[:8]})")
-
-
-def _text(row: dict[str, Any], field: str) -> str:
-    value = row.get(field)
-    if value is None:
-        raise ContractError(field, "missing")
-    if not isinstance(value, str):
-        raise ContractError(field, f"expected text, got {type(value).__name__}")
-    return value
 
 
 def _choice(row: dict[str, Any], field: str) -> int:
@@ -65,7 +56,7 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 
 def _pku(row: dict[str, Any]) -> dict[str, Any]:
     better = _choice(row, "better_response_id")
-    responses = (_text(row, "response_0"), _text(row, "response_1"))
+    responses = (text_field(row, "response_0"), text_field(row, "response_1"))
     return {"prompt": row.get("prompt"), "chosen": responses[better], "rejected": responses[1 - better]}
 
 
@@ -91,13 +82,13 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
 
 
 def _hh(row: dict[str, Any]) -> dict[str, Any]:
-    prompt, chosen, rejected = split_dialogue(_text(row, "chosen"), _text(row, "rejected"))
+    prompt, chosen, rejected = split_dialogue(text_field(row, "chosen"), text_field(row, "rejected"))
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _shp(row: dict[str, Any]) -> dict[str, Any]:
     a_preferred = _choice(row, "labels") == 1
-    ref_a, ref_b = _text(row, "human_ref_A"), _text(row, "human_ref_B")
+    ref_a, ref_b = text_field(row, "human_ref_A"), text_field(row, "human_ref_B")
     pair_id = None
     if row.get("post_id") is not None:
         pair_id = f"{row['post_id']}-{row.get('c_root_id_A')}-{row.get('c_root_id_B')}"

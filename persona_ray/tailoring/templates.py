@@ -43,8 +43,11 @@ IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy (and TRL) ig
 
 
 def _text(value: Any, field: str) -> str:
+    """Stripped, non-empty text, or ValueError naming the field."""
     if not isinstance(value, str):
         raise ValueError(f"{field} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{field} is empty")
     return value.strip()
 
 
@@ -56,8 +59,6 @@ def format_input(prompt: str, persona: str | None) -> str:
     Raises ValueError naming the field for an empty prompt or an empty persona.
     """
     prompt_text = _text(prompt, "prompt")
-    if not prompt_text:
-        raise ValueError("prompt is empty")
     if persona is None:
         return f"Prompt: {prompt_text}\nResponse:"
     return f"Prompt: {prompt_text}\nPersona: {clean_persona(persona)}\nResponse:"
@@ -68,8 +69,6 @@ def format_response(response: str, eos_token: str) -> str:
     if not isinstance(eos_token, str) or not eos_token:
         raise ValueError("eos_token is missing (the tokenizer needs an EOS token)")
     text = _text(response, "response")
-    if not text:
-        raise ValueError("response is empty")
     # An EOS inside the text would end the target early and teach the model to stop mid-answer.
     if eos_token in text:
         raise ValueError(f"response contains the EOS token text {eos_token!r}")
@@ -146,10 +145,7 @@ def plain_words_persona(persona: str) -> str:
 
 def prompt_with_plain_persona(prompt: str, persona: str) -> str:
     """The prompt for a type-none model given a persona: "{prompt}\\n\\n{I ... persona}"."""
-    prompt_text = _text(prompt, "prompt")
-    if not prompt_text:
-        raise ValueError("prompt is empty")
-    return f"{prompt_text}\n\n{plain_words_persona(persona)}"
+    return f"{_text(prompt, 'prompt')}\n\n{plain_words_persona(persona)}"
 
 
 def inference_input(prompt: str, persona: str | None, persona_template: bool) -> str:
