@@ -9,7 +9,7 @@ import pytest
 
 from persona_ray.core import storage
 from persona_ray.dataset.augment import AugmentConfig, join_personas, run_augment
-from persona_ray.dataset.splits import SplitConfig, assign_split, split_rows
+from persona_ray.dataset.splits import SplitSettings, assign_split, split_rows
 from persona_ray.core.schema import PERSONA_SCHEMA
 from persona_ray.core.shards import ShardWriter
 from tests.conftest import SAMPLE_PAIRS, read_jsonl
@@ -66,7 +66,7 @@ def test_join_applies_the_shared_persona_rules_to_records_marked_valid():
 
 
 def test_splits_group_by_prompt_and_never_leak_test_prompts():
-    cfg = SplitConfig(test=0.3, fewshot=0.1, val=0.1)
+    cfg = SplitSettings(test=0.3, fewshot=0.1, val=0.1)
     rows = [{"pair_id": f"p{i}", "prompt": f"Question number {i // 3}?"} for i in range(300)]  # 3 pairs a prompt
     splits = split_rows(rows, cfg)
     test_prompts = {r["prompt"] for r in splits["test"]}
@@ -80,7 +80,7 @@ def test_splits_group_by_prompt_and_never_leak_test_prompts():
 
 
 def test_unshared_pools_split_train_between_sft_and_dpo():
-    cfg = SplitConfig(share_train_pool=False)
+    cfg = SplitSettings(share_train_pool=False)
     splits = split_rows([{"pair_id": f"p{i}", "prompt": f"Q{i}"} for i in range(400)], cfg)
     assert splits["sft_train"] and splits["dpo_train"]
     assert not {r["pair_id"] for r in splits["sft_train"]} & {r["pair_id"] for r in splits["dpo_train"]}
@@ -88,7 +88,7 @@ def test_unshared_pools_split_train_between_sft_and_dpo():
 
 def test_split_config_must_leave_a_train_pool():
     with pytest.raises(ValueError, match="leave a train pool"):
-        SplitConfig(test=0.5, fewshot=0.3, val=0.3)
+        SplitSettings(test=0.5, fewshot=0.3, val=0.3)
 
 
 @pytest.mark.usefixtures("ray_local")

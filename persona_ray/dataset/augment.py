@@ -31,7 +31,7 @@ from persona_ray.core.persona import validate_persona
 from persona_ray.core.settings import Settings
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.shards import read_shards
-from persona_ray.dataset.splits import SplitConfig, split_rows
+from persona_ray.dataset.splits import SplitSettings, split_rows
 
 log = logging.getLogger(__name__)
 ROW_FIELDS = ("pair_id", "prompt", "chosen", "rejected", "domain", "source", "chosen_persona", "rejected_persona")
@@ -43,7 +43,7 @@ class AugmentConfig(Settings):
     pairs: PairSource
     personas: str = Field(description="a persona-inference output folder (holding personas/) or a personas/ folder")
     output: str = Field(description="folder or s3:// prefix for the splits and side files")
-    splits: SplitConfig = SplitConfig()
+    splits: SplitSettings = SplitSettings()
     formats: list[Literal["parquet", "jsonl", "hf"]] = Field(
         default_factory=lambda: ["parquet", "jsonl", "hf"], description="file formats to write")
     push_to_hub: str | None = Field(None, description="also push the DatasetDict to this hub repo (needs $HF_TOKEN)")

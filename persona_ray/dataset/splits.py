@@ -31,7 +31,7 @@ SPLITS = ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val", TEST_SPLIT)
 TRAINING_SPLITS = tuple(name for name in SPLITS if name != TEST_SPLIT)
 
 
-class SplitConfig(Settings):
+class SplitSettings(Settings):
     """Shares of prompts per split (by a hash of the prompt: deterministic)."""
 
     test: float = Field(0.2, ge=0, lt=1, description="share of prompts held out for testing")
@@ -53,7 +53,7 @@ def _unit(text: str, seed: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_split(prompt: str, cfg: SplitConfig) -> str:
+def assign_split(prompt: str, cfg: SplitSettings) -> str:
     """Deterministic split for a prompt (all pairs of one prompt land together)."""
     key = " ".join(prompt.lower().split())
     u = _unit(key, cfg.seed)
@@ -67,7 +67,7 @@ def assign_split(prompt: str, cfg: SplitConfig) -> str:
     return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
 
 
-def split_rows(rows: list[dict], cfg: SplitConfig) -> dict[str, list[dict]]:
+def split_rows(rows: list[dict], cfg: SplitSettings) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for row in sorted(rows, key=lambda r: r["pair_id"]):
         out[assign_split(row["prompt"], cfg)].append(row)
