@@ -80,7 +80,9 @@ def test_guided_run_from_and_to_s3(s3_run):
     # Guided decoding: every output has the persona form. Only content checks may reject one.
     pattern = re.compile(guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars))
     assert all(pattern.fullmatch(r["raw_text"]) for r in personas.values())
-    assert all(r["valid"] or "protected attribute" in r["reason"] for r in personas.values())
+    # Content rules only: a random model's text may be degenerate or name a protected attribute.
+    content_reasons = ("protected attribute", "degenerate")
+    assert all(r["valid"] or any(c in r["reason"] for c in content_reasons) for r in personas.values())
     assert all(r["model"] == "tiny" and r["template_version"] == "pi-v1" for r in personas.values())
     assert storage.read_json("s3://pi-data/out/manifest.json")["counts"] == counts
 
