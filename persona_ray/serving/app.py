@@ -10,8 +10,8 @@ CPU), `TailoredLLMDeployment` (vLLM AsyncLLM on the persona-tailored model) and 
 `Ingress`, which validates the request, retrieves a persona when the user gave none (the top
 training prompt's chosen persona, as retr-chosen) and builds the model input with the same
 templates as training and evaluation (pt_templates). A persona is untrusted user text: it is
-checked by the shared persona rules (persona_ray.core.persona.clean_persona): length-bounded,
-control characters refused, whitespace collapsed to one line.
+checked by the shared persona rules (persona_ray.core.persona): length-bounded, whitespace
+collapsed to one line, and refused (422 with the reason) when validate_persona refuses it.
 
 `build_app(args)` is the application builder for `serve run` and for a KubeRay RayService
 (`import_path: persona_ray.serving.app:build_app`, `args:` = a ServeConfig).
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from persona_ray.core.persona import clean_persona
+from persona_ray.core.persona import clean_persona, validate_persona
 from persona_ray.core.settings import Settings
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.tailoring.templates import inference_input
@@ -90,6 +90,10 @@ def check_request(req: TailorRequest, cfg: ServeConfig) -> tuple[str, str | None
     persona = None
     if req.persona is not None and req.persona.strip():  # a blank persona means "retrieve one"
         persona = clean_persona(req.persona, cfg.max_persona_chars)
+        checked = validate_persona(persona)  # the same rules as every other place a persona enters
+        if not checked.valid:
+            raise ValueError(f"persona: {checked.reason}")
+        persona = checked.persona
     max_tokens = req.max_tokens or cfg.engine.sampling.max_tokens
     if max_tokens > cfg.max_tokens_limit:
         raise ValueError(f"max_tokens: {max_tokens}; the limit is {cfg.max_tokens_limit}")
