@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/persona-ray infer --config cluster/jobs/local.yaml
+	$(BIN)/persona-ray pipeline --config cluster/jobs/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -25,6 +25,7 @@ from persona_ray.dataset.augment import AugmentConfig
 from persona_ray.evaluation.generate import GenerateConfig
 from persona_ray.evaluation.judge import JudgeConfig
 from persona_ray.inference.infer import InferConfig
+from persona_ray.pipeline.run import STAGES, PipelineConfig
 from persona_ray.quality.pi_eval import PIEvalConfig
 from persona_ray.retrieval.batch import RetrieveConfig
 from persona_ray.retrieval.index import IndexConfig
@@ -32,8 +33,8 @@ from persona_ray.serving.app import ServeConfig
 from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
 
 # Every job config, in pipeline order: `persona-ray config-reference` documents them.
-JOB_CONFIGS = [InferConfig, AugmentConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig, RetrieveConfig,
-               GenerateConfig, JudgeConfig, ServeConfig]
+JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig,
+               RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig]
 
 
 def _setup_logging() -> None:
@@ -194,6 +195,17 @@ def _serve(cfg: ServeConfig, host: str, port: int) -> None:
         serve.shutdown()
 
 
+def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose: bool) -> None:
+    from persona_ray.pipeline.run import PipelineFailed, run_pipeline
+
+    if start and only:
+        _fail("give --from or --only, not both")
+    try:
+        run_pipeline(cfg, start=start, only=only, verbose=verbose)
+    except PipelineFailed:
+        sys.exit(1)  # the terminal already shows the stage, the error and the log's path
+
+
 MODEL = Flag("engine.model", "model")
 train = click.Group("train", help="Persona tailoring with TRL + LoRA under Ray Train: SFT, or DPO from the merged "
                     "SFT model.")
@@ -202,6 +214,11 @@ train.add_command(job_command("sft", SFTJobConfig, _train("train_sft"), [*TRAIN_
 train.add_command(job_command("dpo", DPOJobConfig, _train("train_dpo"), [*TRAIN_FLAGS, Flag("sft_model")]))
 
 JOBS = [
+    job_command("pipeline", PipelineConfig, _pipeline, [Flag("pairs.input", "input"), Flag("output"), MODEL], extra=(
+        click.Option(["--from", "start"], type=click.Choice(STAGES), help="rerun this stage and all after it"),
+        click.Option(["--only"], type=click.Choice(STAGES), help="rerun just this stage"),
+        click.Option(["--verbose"], is_flag=True, help="show Ray, vLLM and job logs instead of writing them to "
+                     "<output>/pipeline.log"))),
     job_command("infer", InferConfig, _infer, [
         Flag("pairs.input", "input"), Flag("output"), MODEL, Flag("engine.backend", "engine"),
         Flag("pairs.input_format"), Flag("engine.guided_decoding", "guided"), Flag("k_shot"),

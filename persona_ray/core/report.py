@@ -13,6 +13,9 @@ Data contract:
     traits      `diagnose.top_traits` output: [{"trait", "count"}]
     pairwise    `pairwise.aggregate` output: per (comparison, persona_source) counts, p_win,
                 q_win, delta_pq and their 95 % CI bounds (None when undefined)
+    examples    [{"row_id", "prompt", "chosen_persona", "rejected_persona",
+                  "answers": [{"model", "persona_source", "persona", "response"}]}]: test prompts
+                  with their inferred personas and each model's answer, shown first
     notes       free-text lines, listed at the end
 
 Plots use matplotlib's Agg canvas directly (no pyplot), so no display and no global
@@ -92,6 +95,15 @@ def _saliency_plot(saliency: dict, path: str) -> None:
     _save(fig, path)
 
 
+def _quote(text: object, limit: int = 400) -> str:
+    """Model or user text on one line, shortened, with Markdown's active characters escaped."""
+    line = " ".join(str(text or "(empty)").split())
+    line = line if len(line) <= limit else line[: limit - 1] + "…"
+    for char in "\\`*_[]<>#|":
+        line = line.replace(char, "\\" + char)
+    return line
+
+
 def _ci(value: float | None, lo: float | None, hi: float | None, scale: float = 1.0) -> str:
     if value is None:
         return "n/a"
@@ -131,11 +143,25 @@ def write_report(
     saliency: dict | None = None,
     traits: list[dict] | None = None,
     pairwise: list[dict] | None = None,
+    examples: list[dict] | None = None,
+    intro: Sequence[str] = (),
     notes: Sequence[str] = (),
 ) -> str:
     """Write `folder/report.md` (and its PNG plots); returns the report's path."""
     os.makedirs(folder, exist_ok=True)
     md = [f"# {' '.join(title.split())}", ""]
+    md += [*intro, ""] if intro else []
+
+    if examples:
+        md += ["## What it does: personas and tailored answers", ""]
+        for ex in examples:
+            md += [f"### {_quote(ex['prompt'], 300)}", "",
+                   f"- inferred persona of the **chosen** response: {_quote(ex['chosen_persona'])}",
+                   f"- inferred persona of the **rejected** response: {_quote(ex['rejected_persona'])}", ""]
+            for answer in ex["answers"]:
+                persona = f" — persona: {_quote(answer['persona'], 200)}" if answer.get("persona") else ""
+                md += [f"**{answer['model']}**, {answer['persona_source']}{persona}", "",
+                       f"> {_quote(answer['response'], 700)}", ""]
 
     if accuracy is not None:
         md += ["## Persona accuracy", ""]

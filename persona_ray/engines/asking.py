@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import ray.data
 
+from persona_ray.core import progress
 from persona_ray.engines.settings import JudgeSettings
 
 
@@ -28,10 +29,13 @@ def ask_judge(requests: list[dict], *, parse: Callable[[str], Any], judge: Judge
         raise ValueError("judge requests need unique judge_key values")
 
     def ask(rows: list[dict], sampling) -> list[dict]:
-        out = judge.generate(ray.data.from_items(rows), regex=regex, choice=choice, sampling=sampling).take_all()
-        for row in out:
+        out = []
+        for row in judge.generate(ray.data.from_items(rows), regex=regex, choice=choice, sampling=sampling).iter_rows():
+            row = dict(row)
             row["answer"] = row.get("generated_text") or ""
             row["verdict"] = parse(row["answer"]) if not row.get("error") else None
+            out.append(row)
+            progress.update(len(out), len(rows), "verdicts")
         return out
 
     answered = {r["judge_key"]: r for r in ask(requests, judge.sampling)}

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from persona_ray.core import storage
+from persona_ray.core import progress, storage
 from persona_ray.core.schema import row_id
 from persona_ray.core.settings import Settings
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
@@ -183,6 +183,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         for batch in generated.map_batches(_records, batch_format="numpy").iter_batches(batch_format="pyarrow",
                                                                                        batch_size=None):
             writer.add(batch)
+            progress.update(writer.rows_written + writer.buffered, len(requests), "responses")
     writer.close()
     summary = {"model_id": cfg.model_id, "rows": len(rows), "resumed": len(done), "generated": writer.rows_written,
                "quarantined": len(quarantine), "output": responses_uri}

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import ray.data
 from pydantic import Field
 
-from persona_ray.core import storage
+from persona_ray.core import progress, storage
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
@@ -227,6 +227,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
         first_result_at = first_result_at or time.time()  # roughly: when the engines were up
         writer.add(batch)
+        progress.update(writer.rows_written + writer.buffered, expected_new, "personas")
         tokens += pc.sum(batch["num_input_tokens"]).as_py() or 0
         tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
         if time.time() - last_report >= cfg.progress_every_s:

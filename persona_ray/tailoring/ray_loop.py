@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from persona_ray.core import storage
+from persona_ray.core import progress, storage
 from persona_ray.dataset.splits import split_uri
 from persona_ray.tailoring.base import TrainConfig, TrainConfigError, TrainingMethod
 
@@ -175,6 +175,8 @@ def _callbacks(files: RunFiles, rank: int, fail_at_step: int | None, report_step
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step_end_times.append(time.perf_counter())
+            if rank == 0:
+                progress.update(state.global_step, state.max_steps, "steps")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
