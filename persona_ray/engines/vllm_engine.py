@@ -14,14 +14,16 @@ import ray.data
 from persona_ray.engines.settings import SamplingSettings, VLLMSettings
 
 
-def sampling_params(sampling: SamplingSettings, regex: str | None, choice: list[str] | None) -> dict[str, Any]:
+def sampling_params(sampling: SamplingSettings, regex: str | None, choice: list[str] | None,
+                    per_request_seed: bool = True) -> dict[str, Any]:
     params: dict[str, Any] = {
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop),
-        "seed": sampling.seed,
     }
+    if per_request_seed:
+        params["seed"] = sampling.seed
     if regex is not None:
         params["structured_outputs"] = {"regex": regex}
     elif choice is not None:
@@ -54,9 +56,14 @@ def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettin
         # Without this the processor asks for a GPU and waits forever on a CPU cluster.
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_engine}] * cfg.tensor_parallel_size}
         extra["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kv_cache_gib)}}
+    kwargs = engine_kwargs(cfg)
+    if not cfg.gpu:
+        # vLLM's CPU engine dies on a seeded request that is still in chunked prefill ("CPU Generator
+        # does not use offset"): seed the engine once instead of each request.
+        kwargs.setdefault("seed", sampling.seed or 0)
     processor_config = vLLMEngineProcessorConfig(
         model_source=model,
-        engine_kwargs=engine_kwargs(cfg),
+        engine_kwargs=kwargs,
         concurrency=cfg.concurrency,
         batch_size=cfg.batch_size,
         chat_template_stage=prompt_format == "chat",
@@ -66,7 +73,7 @@ def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettin
         log_engine_metrics=False,
         **extra,
     )
-    params = sampling_params(sampling, regex, choice)
+    params = sampling_params(sampling, regex, choice, per_request_seed=cfg.gpu)
     max_tokens = sampling.max_tokens
 
     def preprocess(row: dict[str, Any]) -> dict[str, Any]:
