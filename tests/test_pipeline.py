@@ -100,7 +100,7 @@ def test_pipeline_end_to_end_killed_in_training_then_resumed(tmp_path):
     for section in ("## What it does: personas and tailored answers", "## Persona accuracy", "## Word saliency",
                     "## Pairwise judgements"):
         assert section in report
-    assert "**PT-DPO**, gold-chosen" in report and "**DPO**, none" in report
+    assert "**PT-DPO**, given the chosen persona:" in report and "**DPO**, no persona:" in report
     judged = json.loads((out / "judged" / "pairwise.json").read_text())
     assert {r["persona_source"] for r in judged["results"]} == {"gold-chosen", "gold-rejected", "retr-chosen",
                                                                 "retr-rejected"}

@@ -95,6 +95,11 @@ def _saliency_plot(saliency: dict, path: str) -> None:
     _save(fig, path)
 
 
+_SOURCE_LABEL = {"gold-chosen": "given the chosen persona", "gold-rejected": "given the rejected persona",
+                 "retr-chosen": "given the retrieved chosen persona", "retr-rejected": "given the retrieved rejected "
+                 "persona", "none": "no persona"}
+
+
 def _quote(text: object, limit: int = 400) -> str:
     """Model or user text on one line, shortened, with Markdown's active characters escaped."""
     line = " ".join(str(text or "(empty)").split())
@@ -154,14 +159,13 @@ def write_report(
 
     if examples:
         md += ["## What it does: personas and tailored answers", ""]
-        for ex in examples:
-            md += [f"### {_quote(ex['prompt'], 300)}", "",
-                   f"- inferred persona of the **chosen** response: {_quote(ex['chosen_persona'])}",
-                   f"- inferred persona of the **rejected** response: {_quote(ex['rejected_persona'])}", ""]
+        for number, ex in enumerate(examples, start=1):
+            md += [f"### Example {number}", "", f"**Prompt:** {_quote(ex['prompt'], 600)}", "",
+                   f"- persona inferred for the **chosen** response: {_quote(ex['chosen_persona'])}",
+                   f"- persona inferred for the **rejected** response: {_quote(ex['rejected_persona'])}", ""]
             for answer in ex["answers"]:
-                persona = f" — persona: {_quote(answer['persona'], 200)}" if answer.get("persona") else ""
-                md += [f"**{answer['model']}**, {answer['persona_source']}{persona}", "",
-                       f"> {_quote(answer['response'], 700)}", ""]
+                md += [f"**{answer['model']}**, {_SOURCE_LABEL.get(answer['persona_source'], answer['persona_source'])}:",
+                       "", f"> {_quote(answer['response'], 700)}", ""]
 
     if accuracy is not None:
         md += ["## Persona accuracy", ""]

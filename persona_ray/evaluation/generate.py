@@ -153,7 +153,8 @@ def build_requests(rows: list[dict], cfg: GenerateConfig, fewshot: list[dict], d
 def _records(batch: dict[str, Any]) -> dict[str, Any]:
     """Engine rows → RESPONSE_SCHEMA columns. Engines consume "prompt" (the model input), so requests
     carry it twice ("model_input") and the user's own prompt as "question"."""
-    return {"row_id": batch["row_id"], "persona_source": batch["persona_source"], "persona": batch["persona"],
+    personas = [p if isinstance(p, str) else None for p in batch["persona"]]  # source none: no persona, not NaN
+    return {"row_id": batch["row_id"], "persona_source": batch["persona_source"], "persona": personas,
             "model_id": batch["model_id"], "prompt": batch["question"], "input": batch["model_input"],
             "response": [str(t).strip() for t in batch["generated_text"]],
             "finish_reason": batch["finish_reason"], "error": batch["error"]}
