@@ -300,10 +300,9 @@ _PROTECTED_RE = {
 _GENDERED_PRONOUN = re.compile(
     _START + r"(?:he|she|his|him|her|hers|himself|herself)" + _END, re.IGNORECASE
 )
-_PREFERENCE_VERB = re.compile(
-    r"\b(?:prefer\w*|valu(?:e|es|ing)|prioriti\w+|favou?r\w*|appreciat\w+|seek\w*|want\w*)\b",
-    re.IGNORECASE,
-)
+# The verbs that state what the user prefers; the attribute part of a persona ends at the first.
+PREFERENCE_VERBS = r"prefer\w*|valu(?:e|es|ing)|prioriti\w+|favou?r\w*|appreciat\w+|seek\w*|want\w*"
+_PREFERENCE_VERB = re.compile(rf"\b(?:{PREFERENCE_VERBS})\b", re.IGNORECASE)
 
 
 def find_protected(persona: str) -> tuple[str, str] | None:

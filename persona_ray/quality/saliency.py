@@ -23,6 +23,7 @@ from collections import Counter
 
 import simplemma
 
+from persona_ray.core.persona import PREFERENCE_VERBS
 from persona_ray.core.schema import SIDES
 
 _OPENER = re.compile(r"^\s*the user(?:\s+is)?\b\s*", re.IGNORECASE)
@@ -31,10 +32,7 @@ _OPENER = re.compile(r"^\s*the user(?:\s+is)?\b\s*", re.IGNORECASE)
 CONTRAST_MARKERS = (" rather than ", " over ", " instead of ", " as opposed to ", " versus ", " vs ")
 _CONTRAST = re.compile("|".join(re.escape(m) for m in CONTRAST_MARKERS), re.IGNORECASE)
 # Where the attribute part ends: the first preference verb, or "who" ("an individual who ...").
-_PREFERENCE_VERB = re.compile(
-    r"\b(?:who|prefer\w*|valu(?:e|es|ing)|prioriti\w+|favou?r\w*|appreciat\w+|seek\w*|want\w*)\b",
-    re.IGNORECASE,
-)
+_PREFERENCE_VERB = re.compile(rf"\b(?:who|{PREFERENCE_VERBS})\b", re.IGNORECASE)
 # Lowercase words, hyphenated compounds kept together; apostrophes split ("user's" -> user, s).
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 
