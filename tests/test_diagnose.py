@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,8 @@ import pytest
 from persona_ray.quality.saliency import persona_words, preference_part, top_traits, word_saliency
 from persona_ray.core.report import write_report
 
-PERSONAS_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beavertails-test-personas.jsonl"
+from .conftest import read_jsonl
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -129,26 +129,9 @@ def test_report_omits_missing_sections_and_escapes_pipes(tmp_path):
     assert "![accuracy](accuracy.png)" in text
 
 
-def test_real_personas_show_verbosity_bias_and_report(tmp_path):
-    if not PERSONAS_FILE.exists():
-        pytest.skip(f"real persona data not found at {PERSONAS_FILE}")
-    rows = [json.loads(line) for line in PERSONAS_FILE.read_text().splitlines() if line.strip()]
-    chosen = [r["chosen_persona"] for r in rows]
-    rejected = [r["rejected_persona"] for r in rows]
-    assert len(chosen) == len(rejected) == 499
-
-    saliency = word_saliency(chosen, rejected, top_k=15)
-    top_chosen = {r["word"] for r in saliency["chosen"]}
-    top_rejected = {r["word"] for r in saliency["rejected"]}
-    chosen_expected = top_chosen & {"comprehensive", "detailed", "thorough", "nuanced", "multi-faceted"}
-    rejected_expected = top_rejected & {"concise", "straightforward", "simple", "simplicity"}
-    assert len(chosen_expected) >= 2, saliency["chosen"]
-    assert len(rejected_expected) >= 2, saliency["rejected"]
-    for rows_ in saliency.values():
-        assert all(r["count_chosen"] + r["count_rejected"] >= 5 for r in rows_)
-        assert [r["p_label"] for r in rows_] == sorted((r["p_label"] for r in rows_), reverse=True)
-
-    traits = top_traits(chosen + rejected, top_k=10)
+def _write_full_report_and_check(folder: Path, saliency: dict, traits: list[dict],
+                                 chosen_expected: set[str], rejected_expected: set[str]) -> None:
+    """Every section of the report, with the salient words on their own side of the tables."""
     accuracy = [
         {"model": "llama-8b", "domain": "all", "side": "chosen", "n": 499, "accuracy": 0.81,
          "consistency": 0.9, "unparseable": 2},
@@ -159,7 +142,6 @@ def test_real_personas_show_verbosity_bias_and_report(tmp_path):
     ]
     preference = {"n": 499, "chosen_wins": 300, "rejected_wins": 150, "ties": 40, "unparseable": 9,
                   "rejected_as_good_rate": 0.3}
-    folder = tmp_path / "report"
     path = write_report(str(folder), title="BeaverTails personas", accuracy=accuracy,
                         preference=preference, saliency=saliency, traits=traits,
                         notes=["499 persona pairs"])
@@ -181,3 +163,41 @@ def test_real_personas_show_verbosity_bias_and_report(tmp_path):
 
     for name in ("accuracy.png", "saliency.png"):
         assert (folder / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_full_report_on_small_personas(tmp_path):
+    """The whole report on a handful of personas, so it is checked where the real file is absent."""
+    chosen = ["The user is calm and prefers thorough, detailed examples."] * 3 + [
+        "The user is curious and prefers detailed examples."]
+    rejected = ["The user is busy and prefers short, simple examples.",
+                "The user is calm and prefers short, simple examples.",
+                "The user is calm and prefers simple answers."]
+    saliency = word_saliency(chosen, rejected, min_count=2, top_k=2)
+    assert {r["word"] for r in saliency["chosen"]} == {"thorough", "detailed"}
+    assert {r["word"] for r in saliency["rejected"]} == {"short", "simple"}
+    traits = top_traits(chosen + rejected, top_k=10)
+    assert {t["trait"] for t in traits} == {"curious", "calm", "busy"}
+    _write_full_report_and_check(tmp_path / "report", saliency, traits, {"thorough", "detailed"}, {"short", "simple"})
+
+
+def test_real_personas_show_verbosity_bias_and_report(tmp_path, real_personas):
+    # The paper's verbosity-bias finding on its 499 BeaverTails personas is the point: no bundled
+    # data can stand in for it (the report itself is also checked by test_full_report_on_small_personas).
+    rows = read_jsonl(real_personas)
+    chosen = [r["chosen_persona"] for r in rows]
+    rejected = [r["rejected_persona"] for r in rows]
+    assert len(chosen) == len(rejected) == 499
+
+    saliency = word_saliency(chosen, rejected, top_k=15)
+    top_chosen = {r["word"] for r in saliency["chosen"]}
+    top_rejected = {r["word"] for r in saliency["rejected"]}
+    chosen_expected = top_chosen & {"comprehensive", "detailed", "thorough", "nuanced", "multi-faceted"}
+    rejected_expected = top_rejected & {"concise", "straightforward", "simple", "simplicity"}
+    assert len(chosen_expected) >= 2, saliency["chosen"]
+    assert len(rejected_expected) >= 2, saliency["rejected"]
+    for rows_ in saliency.values():
+        assert all(r["count_chosen"] + r["count_rejected"] >= 5 for r in rows_)
+        assert [r["p_label"] for r in rows_] == sorted((r["p_label"] for r in rows_), reverse=True)
+
+    traits = top_traits(chosen + rejected, top_k=10)
+    _write_full_report_and_check(tmp_path / "report", saliency, traits, chosen_expected, rejected_expected)

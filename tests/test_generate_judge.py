@@ -15,19 +15,19 @@ from persona_ray.evaluation.pairwise import parse_verdict, result_regex
 from persona_ray.core.shards import ShardWriter, read_shards
 from persona_ray.evaluation.generate import RESPONSE_SCHEMA
 
-from .conftest import SHARED_DATA, read_jsonl
+from .conftest import bundled_persona_rows
 
-REAL = SHARED_DATA / "beavertails-test-personas.jsonl"
 SYSTEM = "The user is a busy parent and prefers short, practical answers."
 
 
 def _test_rows(n: int) -> list[dict]:
-    """Test rows with gold personas and retrieved ones (as `persona-ray retrieve` writes them)."""
-    real = read_jsonl(REAL)[:n]
+    """Test rows with gold personas and retrieved ones (as `persona-ray retrieve` writes them),
+    from bundled data: these tests check the mechanics, not what the personas say."""
+    bundled = bundled_persona_rows()[:n]
     return [{"pair_id": r["id"], "prompt": r["prompt"], "chosen": "c", "rejected": "r", "domain": "safety",
              "chosen_persona": r["chosen_persona"], "rejected_persona": r["rejected_persona"],
              "retr_chosen_persona": r["retr_chosen_persona"], "retr_rejected_persona": r["retr_rejected_persona"]}
-            for r in real]
+            for r in bundled]
 
 
 def _cfg(**kw) -> GenerateConfig:

@@ -1,11 +1,12 @@
 """Checks for the operations files: k8s/*.yaml manifests and cluster/*.yaml configs.
 
 KubeRay documents (RayCluster, RayJob, RayService) are validated against the openAPIV3Schema of
-the real KubeRay CRDs in ``<repo>/../shared/kuberay-crds/``. Kubernetes prunes or rejects unknown
-fields (``kubectl apply`` validates strictly by default) while plain JSON Schema accepts them, so
-the CRD schemas are tightened here: an object schema with ``properties`` and neither
-``additionalProperties`` nor ``x-kubernetes-preserve-unknown-fields`` rejects unknown keys. That
-catches typos such as ``enableInTreeAutoscalling``. The ``x-kubernetes-*`` keys (including CEL
+the real KubeRay CRDs, vendored unmodified in ``k8s/crds/`` (KubeRay v1.7.0, Apache-2.0; see its
+README). Kubernetes prunes or rejects unknown fields (``kubectl apply`` validates strictly by
+default) while plain JSON Schema accepts them, so the CRD schemas are tightened here: an object
+schema with ``properties`` and neither ``additionalProperties`` nor
+``x-kubernetes-preserve-unknown-fields`` rejects unknown keys. That catches typos such as
+``enableInTreeAutoscalling``. The ``x-kubernetes-*`` keys (including CEL
 ``x-kubernetes-validations``) are not evaluated; ``int32``/``int64`` formats are range-checked.
 """
 
@@ -27,7 +28,7 @@ jsonschema = pytest.importorskip("jsonschema")
 REPO = Path(__file__).resolve().parents[1]
 K8S_DIR = REPO / "k8s"
 CLUSTER_DIR = REPO / "cluster"  # jobs/ (job configs) and launcher/ (`ray up` files)
-CRD_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "kuberay-crds"
+CRD_DIR = K8S_DIR / "crds"  # vendored from ray-project/kuberay; not globbed as manifests (*.yaml is not recursive)
 
 RAY_VERSION = "2.60.0"
 S3_SECRET = "persona-ray-s3"
@@ -72,12 +73,8 @@ def _docs_of_kind(kind: str) -> list[dict]:
 
 
 def _require_crds() -> None:
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (expected the shared/kuberay-crds folder "
-                    "next to the repository); cannot validate manifests against them")
     missing = [f for f in CRD_FILES.values() if not (CRD_DIR / f).is_file()]
-    if missing:
-        pytest.skip(f"KubeRay CRD files missing from {CRD_DIR}: {', '.join(missing)}")
+    assert not missing, f"vendored KubeRay CRDs missing from {CRD_DIR}: {', '.join(missing)} (see its README.md)"
 
 
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are ~1 MB each

@@ -7,15 +7,16 @@ import json
 import pytest
 
 from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
-from tests.conftest import SHARED_DATA, read_jsonl
+from tests.conftest import bundled_persona_rows
 
 pytestmark = pytest.mark.slow
 
 
 def paper_rows(persona_prefix: str, n: int = 12) -> list[dict]:
-    """Real prompts and personas from the paper's BeaverTails outputs; its two model responses
-    (PT-DPO and DPO) stand in for the chosen and rejected responses."""
-    rows = read_jsonl(SHARED_DATA / "beavertails-test-personas.jsonl")[:n]
+    """Rows shaped like the paper's BeaverTails outputs, from bundled data (the pipeline's
+    mechanics are under test, not the tiny judge's accuracy); the two model responses (PT-DPO
+    and DPO) stand in for the chosen and rejected responses."""
+    rows = bundled_persona_rows()[:n]
     return [{"pair_id": r["id"], "prompt": r["prompt"], "chosen": r["pt_dpo_response"],
              "rejected": r["dpo_response"], "domain": "safety_qa",
              "chosen_persona": r[f"{persona_prefix}chosen_persona"],

@@ -14,10 +14,9 @@ from persona_ray.retrieval.recall import corpus_rows, recall_at, reword
 from persona_ray.retrieval.batch import RetrieveConfig, run_retrieve
 from persona_ray.retrieval.search import MAX_QUERY_CHARS, PersonaRetriever, QueryError
 
-from .conftest import SAMPLE_PAIRS, SHARED_DATA, read_jsonl
+from .conftest import SAMPLE_PAIRS, bundled_persona_rows, read_jsonl, shared_data
 
 pytestmark = pytest.mark.slow
-REAL = SHARED_DATA / "beavertails-test-personas.jsonl"
 
 
 def _write_jsonl(path, rows):
@@ -27,8 +26,10 @@ def _write_jsonl(path, rows):
 
 @pytest.fixture(scope="module")
 def big_index(tmp_path_factory):
-    """~2,000 distinct real texts: 499 BeaverTails prompts, 60 sample prompts, personas, responses."""
-    real = read_jsonl(REAL)
+    """~2,000 distinct real texts: 499 BeaverTails prompts, 60 sample prompts, personas, responses.
+    Recall at this size on messy real text is the point, and the bundled data holds only ~1,100
+    distinct texts (mostly clauses of a few dozen answers): skipped where the real file is absent."""
+    real = read_jsonl(shared_data())
     sample = read_jsonl(SAMPLE_PAIRS)
     extra = [r["prompt"] for r in sample] + [r[f] for r in sample for f in ("chosen", "rejected")]
     extra += [r[f] for r in real for f in ("pt_dpo_response", "dpo_response")]
@@ -36,6 +37,21 @@ def big_index(tmp_path_factory):
     folder = tmp_path_factory.mktemp("big")
     manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index")))
     return rows, manifest, PersonaRetriever.load(str(folder / "index"))
+
+
+@pytest.fixture(scope="module")
+def bundled_index(tmp_path_factory):
+    """The 60 bundled prompts with personas: a small index that every clone can build."""
+    rows = [{"pair_id": r["id"], **{k: v for k, v in r.items() if k != "id"}} for r in bundled_persona_rows()]
+    folder = tmp_path_factory.mktemp("bundled")
+    manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index")))
+    return rows, manifest, PersonaRetriever.load(str(folder / "index"))
+
+
+@pytest.fixture(scope="module", params=["bundled_index", "big_index"])
+def any_index(request):
+    """Query checks run on the bundled index everywhere and on the real one where it exists."""
+    return request.getfixturevalue(request.param)
 
 
 def test_recall_on_reworded_queries_over_2000_prompts(big_index):
@@ -50,8 +66,20 @@ def test_recall_on_reworded_queries_over_2000_prompts(big_index):
     assert recall[1] >= 0.8
 
 
-def test_hits_are_ranked_rows_with_personas(big_index):
-    rows, _, retriever = big_index
+def test_recall_on_reworded_bundled_prompts(bundled_index):
+    """A sanity check of retrieval quality that runs without the real data (60 prompts only)."""
+    rows, manifest, retriever = bundled_index
+    assert manifest["rows"] == len(rows) == len(retriever) == 60
+    targets = [(reword(r["prompt"]), r["pair_id"]) for r in rows]
+    assert all(q != r["prompt"] for (q, _), r in zip(targets, rows))
+    recall = recall_at(retriever.search, targets, ks=(1, 10))
+    print(f"recall@1={recall[1]:.3f} recall@10={recall[10]:.3f} on {len(targets)} reworded queries")
+    assert recall[10] >= 0.95
+    assert recall[1] >= 0.8
+
+
+def test_hits_are_ranked_rows_with_personas(any_index):
+    rows, _, retriever = any_index
     by_id = {r["pair_id"]: r for r in rows}
     hits = retriever.search(rows[7]["prompt"], k=5)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
@@ -73,20 +101,21 @@ def test_hits_are_ranked_rows_with_personas(big_index):
     (["a list"], "must be a string, got list"),
     ("nul\x00inside", "NUL"),
 ])
-def test_bad_queries_get_a_clear_error(big_index, query, reason):
+def test_bad_queries_get_a_clear_error(any_index, query, reason):
     with pytest.raises(QueryError, match=reason):
-        big_index[2].search(query, k=3)
+        any_index[2].search(query, k=3)
 
 
-def test_bad_k_is_an_error(big_index):
+def test_bad_k_is_an_error(any_index):
     with pytest.raises(QueryError, match="k must be a positive integer"):
-        big_index[2].search("how do I stay safe online", k=0)
+        any_index[2].search("how do I stay safe online", k=0)
 
 
 def _augmented_folder(tmp_path):
-    """An augmented folder as `persona-ray augment` writes it, from real rows (test split included)."""
-    real = read_jsonl(REAL)[:90]
-    splits = {"fewshot": real[:5], "sft_train": real[5:55], "sft_val": real[55:65], "test": real[65:90]}
+    """An augmented folder as `persona-ray augment` writes it (test split included), from the 60
+    bundled rows: every row's (chosen, rejected) personas are its own, so they identify it."""
+    rows = bundled_persona_rows()
+    splits = {"fewshot": rows[:5], "sft_train": rows[5:40], "sft_val": rows[40:45], "test": rows[45:60]}
     splits["dpo_train"], splits["dpo_val"] = splits["sft_train"], splits["sft_val"]  # shared pools
     folder = tmp_path / "augmented"
     folder.mkdir()
@@ -101,14 +130,14 @@ def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, 
     data, splits = _augmented_folder(tmp_path)
     uri = f"s3://{s3_bucket}/indexes/beavertails"
     first = run_index(IndexConfig(data=data, output=uri))
-    assert first["rebuilt"] and first["rows"] == 65  # 5 + 50 + 10, shared pools counted once
+    assert first["rebuilt"] and first["rows"] == 45  # 5 + 35 + 5, shared pools counted once
     assert storage.exists(f"{uri}/manifest.json") and storage.list_files(f"{uri}/colbert")
     again = run_index(IndexConfig(data=data, output=uri))
     assert not again["rebuilt"] and again["fingerprint"] == first["fingerprint"]
 
     test_ids = {r["id"] for r in splits["test"]}
     indexed = storage.read_parquet(f"{uri}/rows.parquet").column("row_id").to_pylist()
-    assert len(indexed) == len(set(indexed)) == 65 and not test_ids & set(indexed)
+    assert len(indexed) == len(set(indexed)) == 45 and not test_ids & set(indexed)
 
     # Replicas starting together on one node: one complete local copy, no scratch folders left.
     from concurrent.futures import ThreadPoolExecutor
@@ -134,17 +163,17 @@ def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, 
                              [{"pair_id": r["id"], "prompt": r["prompt"]} for r in splits["test"]] + [bad])
     out = f"s3://{s3_bucket}/retrieved"
     summary = run_retrieve(RetrieveConfig(index=uri, data=test_file, output=out))
-    assert summary == {"rows": 26, "retrieved": 25, "quarantined": 1, "output": out}
+    assert summary == {"rows": 16, "retrieved": 15, "quarantined": 1, "output": out}
     got = storage.read_parquet(f"{out}/test.parquet").to_pylist()
     assert [g["pair_id"] for g in got] == [r["id"] for r in splits["test"]]
-    by_id = {r["id"]: r for r in read_jsonl(REAL)}
+    by_id = {r["id"]: r for r in bundled_persona_rows()}
     for g in got:
         assert g["retr_row_id"] not in test_ids
         assert g["retr_chosen_persona"] == by_id[g["retr_row_id"]]["chosen_persona"]
         assert g["retr_rejected_persona"] == by_id[g["retr_row_id"]]["rejected_persona"]
         assert g["retr_chosen_persona"] == retriever.search(g["prompt"], k=1)[0]["chosen_persona"]
     quarantined = [json.loads(x) for x in storage.read_bytes(f"{out}/test.quarantine.jsonl").decode().splitlines()]
-    assert quarantined == [{"row": 25, "row_id": "bad-1", "reason": "_query: query is empty"}] or \
+    assert quarantined == [{"row": 15, "row_id": "bad-1", "reason": "_query: query is empty"}] or \
         quarantined[0]["row_id"] == "bad-1" and "query is empty" in quarantined[0]["reason"]
 
 

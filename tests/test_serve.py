@@ -11,9 +11,7 @@ import pytest
 from persona_ray.retrieval.index import IndexConfig, run_index
 from persona_ray.serving.app import ServeConfig, TailorRequest, check_request
 
-from .conftest import SHARED_DATA, free_port, read_jsonl
-
-REAL = SHARED_DATA / "beavertails-test-personas.jsonl"
+from .conftest import bundled_persona_rows, free_port
 
 
 def test_request_checks_name_the_field():
@@ -45,7 +43,7 @@ def served(ray_local, tiny_model, tmp_path_factory):
 
     from persona_ray.serving.app import build_app
 
-    rows = read_jsonl(REAL)[:120]
+    rows = bundled_persona_rows()  # 60 distinct prompts with personas, bundled: a clone runs this too
     folder = tmp_path_factory.mktemp("serve")
     data = folder / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -67,7 +65,7 @@ def test_given_and_retrieved_personas_over_http(served):
 
     url, rows = served
     health = httpx.get(f"{url}/healthz", timeout=30).json()
-    assert health == {"status": "ok", "model_id": "tiny-PT", "index_rows": 120}
+    assert health == {"status": "ok", "model_id": "tiny-PT", "index_rows": 60}
 
     given = httpx.post(f"{url}/v1/tailor", json={"prompt": "How do I store bleach safely?",
                                                   "persona": "The user is  cautious\nand prefers steps."},

@@ -4,9 +4,11 @@
 
 Corpus: distinct real texts (BeaverTails prompts and personas from ../shared/data, the bundled
 sample pairs, then sentences and clauses of real model responses), each row carrying real
-personas; see persona_ray.retrieval.recall.corpus_rows. Two indexes are built side by side in this
-run (small and large) with the default IndexConfig (MiniLM ColBERT checkpoint, nbits 2), so the
-build cost per 1k prompts can be compared across sizes. Latency: single `PersonaRetriever.search`
+personas; the BeaverTails file is not redistributable, so it is not in the repository and the
+benchmark stops with a message where ../shared/data is absent. See
+persona_ray.retrieval.recall.corpus_rows. Two indexes are built side by side in this run (small
+and large) with the default IndexConfig (MiniLM ColBERT checkpoint, nbits 2), so the build cost
+per 1k prompts can be compared across sizes. Latency: single `PersonaRetriever.search`
 calls (k=10, one query at a time, as Serving calls it) on the large index, after 20 warm-up
 queries; queries are reworded indexed texts (words dropped, two swapped). Target: p50 <= 25 ms.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +25,17 @@ from pathlib import Path
 from latency import p50_p99
 
 REPO = Path(__file__).resolve().parents[2]
+# Real BeaverTails personas, kept beside the repository (not redistributable, so not in it).
 REAL = REPO.parent / "shared" / "data" / "beavertails-test-personas.jsonl"
 SAMPLE = REPO / "persona_ray" / "data" / "sample_pairs.jsonl"
+
+
+def require_real_data() -> None:
+    """Say plainly, before any work, that this benchmark measures on ../shared data."""
+    if not REAL.is_file():
+        raise SystemExit(f"this benchmark needs {REAL} (real BeaverTails personas, not redistributable, "
+                         "so not in the repository); run it where ../shared/data exists, e.g. CI")
+    print(f"data: {REAL}", file=sys.stderr, flush=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -58,6 +70,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=10000)
     parser.add_argument("--queries", type=int, default=500)
     args = parser.parse_args()
+    require_real_data()
 
     from persona_ray.retrieval.colbert_compat import build_minilm_checkpoint
     from persona_ray.retrieval.recall import recall_at, reword

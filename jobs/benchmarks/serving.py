@@ -6,12 +6,15 @@ One run, side by side on one warm app (tiny model on vLLM CPU, MiniLM ColBERT in
 BeaverTails prompts of ../shared/data): the same prompts are sent once with a persona and once
 without (so the ingress first asks the retriever). Prints p50/p99 latency of each, their ratio
 (the cost of retrieval in a request), and requests/s with `--concurrency` clients.
+The BeaverTails file is not redistributable, so it is not in the repository: the benchmark stops
+with a message where ../shared/data is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +24,16 @@ import httpx
 from latency import p50_p99
 
 REPO = Path(__file__).resolve().parents[2]
+# Real BeaverTails personas, kept beside the repository (not redistributable, so not in it).
 REAL = REPO.parent / "shared" / "data" / "beavertails-test-personas.jsonl"
+
+
+def require_real_data() -> None:
+    """Say plainly, before any work, that this benchmark measures on ../shared data."""
+    if not REAL.is_file():
+        raise SystemExit(f"this benchmark needs {REAL} (real BeaverTails personas, not redistributable, "
+                         "so not in the repository); run it where ../shared/data exists, e.g. CI")
+    print(f"data: {REAL}", file=sys.stderr, flush=True)
 
 
 def timed(url: str, body: dict) -> float:
@@ -38,6 +50,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
+    require_real_data()
 
     from ray import serve
 
