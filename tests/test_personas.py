@@ -16,18 +16,10 @@ from persona_ray.core.persona import (
     validate_persona,
 )
 from persona_ray.inference.parse import guided_regex, parse_persona
-from tests.conftest import SHARED_DATA, read_jsonl
+from tests.conftest import read_jsonl
 
-# Real PI personas from the paper: kept beside the repository, never in it (no redistribution
-# licence). CI has the file; a plain clone does not, and the tests that need it skip.
-REAL_PERSONAS = SHARED_DATA / "beavertails-test-personas.jsonl"
-
-
-def real_personas() -> list[str]:
-    """The 998 real personas (chosen and rejected of each row), or skip the calling test."""
-    path = REAL_PERSONAS  # read at call time, so a test run can point it elsewhere
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data/{path.name} (real personas, not redistributable); CI has it")
+def real_persona_texts(path) -> list[str]:
+    """The 998 real personas (chosen and rejected of each row) of the paper's file."""
     return [r[k] for r in read_jsonl(path) for k in ("chosen_persona", "rejected_persona")]
 
 
@@ -99,8 +91,8 @@ def test_guided_regex_accepts_its_form_and_bounds_length():
     assert not pattern.fullmatch("A user is calm and prefers detail.")
 
 
-def test_real_personas_from_the_paper_mostly_validate():
-    personas = real_personas()
+def test_real_personas_from_the_paper_mostly_validate(real_personas):
+    personas = real_persona_texts(real_personas)
     results = [validate_persona(p) for p in personas]
     valid = sum(r.valid for r in results)
     assert len(personas) == 998
