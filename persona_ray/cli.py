@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import click
 
+from persona_ray.core.errors import UserError
 from persona_ray.core.settings import ConfigError, describe, field_info, load_config
 from persona_ray.dataset.augment import AugmentConfig
 from persona_ray.evaluation.generate import GenerateConfig
@@ -45,6 +46,28 @@ def _setup_logging() -> None:
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _fail_with_log(command: str, exc: BaseException, verbose: bool) -> None:
+    """A UserError: one line on stderr, exit 2; the traceback into a log file (and, verbose, on stderr)."""
+    import time
+    import traceback
+
+    from persona_ray.core.errors import one_line
+    from persona_ray.core.models import default_cache_dir
+
+    text = "".join(traceback.format_exception(exc))
+    log_dir = default_cache_dir() / "logs"
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{command.replace(' ', '-')}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        log_path.write_text(text)
+        where = f" (traceback: {log_path})"
+    except OSError:
+        where = ""
+    if verbose:
+        click.echo(text, err=True)
+    _fail(one_line(exc, 600) + where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,13 +130,20 @@ def job_command(name: str, cls: type, run: Callable[..., Any], flags: list[Flag]
             cfg = load_config(cls, config, overrides)
         except (ConfigError, OSError) as exc:
             _fail(str(exc))
-        result = run(cfg, **given)
+        verbose = given.get("verbose") if "verbose" in given else given.pop("show_traceback")
+        try:
+            result = run(cfg, **given)
+        except UserError as exc:
+            _fail_with_log(name, exc, bool(verbose))
         if result is not None:
             click.echo(json.dumps(result, default=str))
 
     summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
     params = [click.Option(["--config", "-c"], help=f"YAML config ({cls.__name__}; see the README's "
                            "configuration reference)"), *[flag.option(cls) for flag in flags], *extra]
+    if not any(param.name == "verbose" for param in extra):
+        params.append(click.Option(["--verbose", "show_traceback"], is_flag=True,
+                                   help="on an error, print the traceback too (it always goes to a log file)"))
     return click.Command(name, params=params, callback=callback, help=summary)
 
 

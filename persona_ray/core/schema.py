@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,12 +98,20 @@ def text_field(row: dict[str, Any], name: str) -> str:
     return value
 
 
+# C0 control characters other than tab, newline and carriage return, and DEL: no prompt or
+# response needs them, and NUL in particular breaks C tokenizers and terminals downstream.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def check_pair(row: dict[str, Any]) -> PreferencePair:
     """Validate one adapted row against the contract; raise ContractError naming the field."""
     for name in (*TEXT_FIELDS, "pair_id", "domain", "source"):
         value = text_field(row, name)
         if name in TEXT_FIELDS and not value.strip():
             raise ContractError(name, "empty")
+        control = _CONTROL.search(value)
+        if control:
+            raise ContractError(name, f"control character U+{ord(control.group()):04X} at position {control.start()}")
     if not row["pair_id"].strip():
         raise ContractError("pair_id", "empty")
     if row["chosen"].strip() == row["rejected"].strip():

@@ -1,6 +1,8 @@
 """Resumable output: a folder of Parquet shards, each written whole or not at all.
 
-A job streams result rows to a ShardWriter, which writes a shard every `shard_size` rows.
+A job streams result rows to a ShardWriter, which writes a shard every `shard_size` rows, and
+also every `commit_every_s` seconds when rows are waiting, so results reach storage steadily
+however slowly they come.
 A rerun first asks `done_keys` which rows are already there and skips them, so a job killed
 at any point and run again ends with every key exactly once. Shards that cannot be read (a
 crash on a filesystem without atomic rename) and leftover temporary files are removed first.
@@ -76,8 +78,9 @@ def done_keys(folder: str, key_columns: tuple[str, ...]) -> pa.Array:
 class ShardWriter:
     """Buffers rows and writes them as numbered shards under a folder."""
 
-    def __init__(self, folder: str, schema: pa.Schema, shard_size: int = 1000):
-        self.folder, self.schema, self.shard_size = folder, schema, shard_size
+    def __init__(self, folder: str, schema: pa.Schema, shard_size: int = 1000, commit_every_s: float | None = 30.0):
+        self.folder, self.schema, self.shard_size, self.commit_every_s = folder, schema, shard_size, commit_every_s
+        self.last_commit = time.monotonic()
         self.run_tag = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.buffer: list[pa.Table] = []
         self.buffered = 0
@@ -90,6 +93,9 @@ class ShardWriter:
         self.buffered += table.num_rows
         while self.buffered >= self.shard_size:
             self._flush(self.shard_size)
+        if (self.buffered and self.commit_every_s is not None
+                and time.monotonic() - self.last_commit >= self.commit_every_s):
+            self._flush(self.buffered)
 
     def close(self) -> None:
         if self.buffered:
@@ -100,6 +106,7 @@ class ShardWriter:
         shard, rest = combined.slice(0, rows), combined.slice(rows)
         name = f"part-{self.run_tag}-{self.shards_written:05d}{SHARD_SUFFIX}"
         storage.write_parquet(shard, storage.join(self.folder, name))
+        self.last_commit = time.monotonic()
         self.shards_written += 1
         self.rows_written += shard.num_rows
         self.buffer = [rest] if rest.num_rows else []

@@ -3,13 +3,20 @@
 S3 settings come from the standard environment variables (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL), never from
 configs, so no secret ends up in a YAML file or a log.
+
+Whole-file reads and writes on S3 are retried with exponential backoff for up to
+$PERSONA_RAY_S3_RETRY_S seconds (default 120), each try waiting at most $PERSONA_RAY_S3_TIMEOUT_S
+(default 20): a stalled or restarting object store costs time, not the job. When the window is
+spent, StorageError says which object and why.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import time
 import uuid
 from functools import lru_cache
 from typing import Any
@@ -19,7 +26,46 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from persona_ray.core.errors import UserError, one_line
+
+log = logging.getLogger(__name__)
 S3_PREFIX = "s3://"
+RETRY_ENV = "PERSONA_RAY_S3_RETRY_S"  # how long whole-file reads and writes keep retrying
+DEFAULT_RETRY_S = 120.0
+TIMEOUT_ENV = "PERSONA_RAY_S3_TIMEOUT_S"  # one request's connect / answer timeout
+DEFAULT_TIMEOUT_S = 20.0
+
+
+class StorageError(UserError):
+    """An object could not be read or written within the retry window."""
+
+
+def retry_window_s() -> float:
+    return float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S))
+
+
+def _with_retries(action: str, uri: str, attempt, retry_s: float | None):
+    """Run attempt() until it succeeds or `retry_s` seconds have passed (S3 only; local: once)."""
+    if not is_s3(uri):
+        return attempt()
+    window = retry_window_s() if retry_s is None else retry_s
+    started, delay, tries = time.monotonic(), 0.5, 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+            raise  # answers, not stalls: retrying changes nothing
+        except OSError as exc:
+            spent = time.monotonic() - started
+            if spent + delay > window:
+                raise StorageError(
+                    f"could not {action} {uri} after {tries} tries in {spent:.0f} s ({one_line(exc, 200)}). "
+                    f"Fix: check the S3 endpoint and credentials, or allow longer with ${RETRY_ENV}; "
+                    "a rerun resumes") from None
+            log.warning("%s %s failed (%s); retrying in %.1f s", action, uri, one_line(exc, 120), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def is_s3(uri: str) -> bool:
@@ -27,8 +73,11 @@ def is_s3(uri: str) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
-    kwargs: dict[str, Any] = {"region": region}
+def _s3_filesystem(endpoint: str | None, region: str, timeout_s: float) -> pafs.S3FileSystem:
+    # One try per call, each bounded by timeout_s: the retries are ours (_with_retries), so the
+    # time a stalled store may cost is exactly the configured window.
+    kwargs: dict[str, Any] = {"region": region, "connect_timeout": timeout_s, "request_timeout": timeout_s,
+                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1)}
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs["endpoint_override"] = parsed.netloc
@@ -44,7 +93,8 @@ def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it). S3 paths are "bucket/key", local ones absolute."""
     if is_s3(uri):
-        fs = _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        fs = _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                            float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
         return fs, uri[len(S3_PREFIX):].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
@@ -86,13 +136,17 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     return [_to_uri(uri, name) for name in names]
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, retry_s: float | None = None) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as handle:
-        return handle.read()
+
+    def attempt() -> bytes:
+        with fs.open_input_stream(path) as handle:
+            return handle.read()
+
+    return _with_retries("read", uri, attempt, retry_s)
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+def write_bytes(uri: str, data: bytes, retry_s: float | None = None) -> None:
     """Write a whole file so that readers see all of it or nothing.
 
     Locally: a hidden temporary file in the same folder, then an atomic rename.
@@ -100,8 +154,11 @@ def write_bytes(uri: str, data: bytes) -> None:
     """
     fs, path = filesystem(uri)
     if is_s3(uri):
-        with fs.open_output_stream(path) as handle:
-            handle.write(data)
+        def attempt() -> None:
+            with fs.open_output_stream(path) as handle:
+                handle.write(data)
+
+        _with_retries("write", uri, attempt, retry_s)
         return
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)

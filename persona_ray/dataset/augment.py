@@ -107,8 +107,12 @@ def _write_hf(splits: dict[str, list[dict]], uri: str) -> None:
 
 def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     """Join, split and write; returns the manifest."""
+    from persona_ray.core import preflight
     from persona_ray.core.ray_runtime import ensure_ray
 
+    preflight.check_input("pairs.input", cfg.pairs.input)
+    preflight.check_input("personas", cfg.personas)
+    preflight.check_output("output", cfg.output)
     ensure_ray()
     prepared = read_pairs(cfg.pairs).select_columns(["pair_id", "prompt", "chosen", "rejected", "domain", "source",
                                                      "valid"])

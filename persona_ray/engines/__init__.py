@@ -31,6 +31,11 @@ def generate(ds: ray.data.Dataset, settings: EngineSettings, *, regex: str | Non
     """Run every row's prompt through the engine of `settings`. `regex`/`choice` constrain the
     output; `sampling` replaces settings.sampling (e.g. for re-asks at a higher temperature)."""
     model, sampling = settings.engine_model(), sampling or settings.sampling
+    # An engine task hands back its rows only when its whole input block is done, and a block read
+    # from one file can hold every row of the job: cut blocks to one engine batch, so results
+    # flow out (and reach storage) steadily and a crash loses only the blocks in flight.
+    batch_size = settings.vllm.batch_size if settings.backend == "vllm" else settings.openai.batch_size
+    ds = ds.repartition(target_num_rows_per_block=batch_size, strict=True)
     if settings.backend == "vllm":
         from persona_ray.engines.vllm_engine import vllm_generate
 

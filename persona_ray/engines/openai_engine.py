@@ -17,20 +17,21 @@ from typing import Any
 import numpy as np
 import ray.data
 
+from persona_ray.core.errors import UserError
 from persona_ray.engines.settings import OpenAISettings, SamplingSettings
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
-class EngineAuthError(RuntimeError):
+class EngineAuthError(UserError):
     """The endpoint refused our credentials."""
 
 
-class EngineConnectionError(RuntimeError):
+class EngineConnectionError(UserError):
     """The endpoint could not be reached after every retry."""
 
 
-class EngineNotFoundError(RuntimeError):
+class EngineNotFoundError(UserError):
     """Wrong base URL or model name: every request would fail the same way."""
 
 

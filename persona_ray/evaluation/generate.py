@@ -164,8 +164,12 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     """Generate (or resume) responses for every (test row, persona source); returns counts."""
     import ray.data
 
+    from persona_ray.core import preflight
     from persona_ray.core.ray_runtime import ensure_ray
 
+    preflight.check_input("data", cfg.data)
+    preflight.check_output("output", cfg.output)
+    preflight.check_engine("engine", cfg.engine)
     folder = storage.join(cfg.output, cfg.model_id)
     responses_uri = storage.join(folder, "responses")
     needs_retrieval = any(source.startswith("retr-") for source in cfg.persona_sources)

@@ -133,9 +133,14 @@ def score(answered: list[dict]) -> list[dict]:
 
 
 def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
+    from persona_ray.core import preflight
     from persona_ray.core.ray_runtime import ensure_ray
     from persona_ray.core.report import write_report
 
+    preflight.check_input("responses", cfg.responses)
+    preflight.check_input("data", cfg.data)
+    preflight.check_output("output", cfg.output)
+    preflight.check_engine("judge", cfg.judge)
     rows = load_test_rows(cfg.data, cfg.split, cfg.limit)
     requests, skipped = build_all_requests(cfg, rows)
     ensure_ray()

@@ -27,11 +27,16 @@ def detect_format(row: dict[str, Any]) -> str:
         return "pku_saferlhf"
     if {"human_ref_A", "human_ref_B", "labels"} <= keys:
         return "shp"
-    if {"chosen", "rejected"} <= keys and "prompt" not in keys:
+    if {"chosen", "rejected"} <= keys and "prompt" not in keys and _is_dialogue(row["chosen"]):
         return "hh_rlhf"
-    if "prompt" in keys and keys & {"chosen", "rejected"}:
-        return "flat"  # a missing chosen/rejected is then reported by name
+    if keys & {"prompt", "chosen", "rejected"}:
+        return "flat"  # a missing prompt/chosen/rejected is then reported by name
     raise ContractError("<row>", f"unknown schema (keys: {sorted(keys)[:8]})")
+
+
+def _is_dialogue(text: Any) -> bool:
+    """HH-RLHF rows hold whole dialogues, which start with a human turn."""
+    return isinstance(text, str) and text.lstrip().startswith(_HUMAN.strip())
 
 
 def _choice(row: dict[str, Any], field: str) -> int:

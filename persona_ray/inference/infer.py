@@ -24,14 +24,14 @@ import pyarrow.compute as pc
 import ray.data
 from pydantic import Field
 
-from persona_ray.core import progress, storage
+from persona_ray.core import preflight, progress, storage
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.inference.parse import guided_regex, parse_persona
-from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query
+from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query, check_k_shot
 from persona_ray.inference.input_pairs import PairSource, read_pairs
-from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES, raw_json
+from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES
 from persona_ray.core.shards import ShardWriter, done_keys, read_shards, row_keys
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class InferConfig(Settings):
     max_attribute_chars: int = Field(120, gt=3, description="guided decoding: longest attribute part of a persona")
     max_preference_chars: int = Field(240, gt=3, description="guided decoding: longest preference part")
     shard_size: int = Field(1000, gt=0, description="persona records per output shard")
+    commit_every_s: float = Field(30.0, gt=0, description="also write a (smaller) shard when this many seconds "
+                                  "have passed since the last one: a kill loses the rows in flight and at most "
+                                  "this many seconds of finished ones")
     progress_every_s: float = Field(15.0, gt=0, description="seconds between progress log lines")
 
 
@@ -59,7 +62,8 @@ class TokenCounter:
         try:
             from transformers import AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            # Local files only: a hosted model's name must never send us to a model hub.
+            self.tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
         except Exception:  # noqa: BLE001 - hosted models have no local tokenizer
             log.warning("no tokenizer for %s: estimating prompt lengths from characters", model)
             self.tokenizer = None
@@ -162,12 +166,12 @@ def _validate_inputs(prepared: ray.data.Dataset, quarantine_uri: str, shard_size
     return total, quarantine, reasons, unique[counts > 1], len(unique), np.concatenate(too_long_keys)
 
 
-def _resolve_duplicates(prepared: ray.data.Dataset, dup_keys: np.ndarray, quarantine: ShardWriter,
+def _resolve_duplicates(src: PairSource, dup_keys: np.ndarray, quarantine: ShardWriter,
                         reasons: Counter) -> list[dict]:
-    """Rows sharing a pair id: keep one per id (smallest content hash), quarantine the rest."""
+    """Rows sharing a pair id: keep one per id (smallest content hash), quarantine the rest as written."""
     if not len(dup_keys):
         return []
-    rows = prepared.map_batches(_only_ids, fn_args=(dup_keys,), batch_format="pyarrow").take_all()
+    rows = read_pairs(src, keep_raw=True).map_batches(_only_ids, fn_args=(dup_keys,), batch_format="pyarrow").take_all()
     by_id: dict[str, list[dict]] = {}
     for row in rows:
         by_id.setdefault(row["pair_id"], []).append(row)
@@ -179,12 +183,23 @@ def _resolve_duplicates(prepared: ray.data.Dataset, dup_keys: np.ndarray, quaran
             same = other["content_key"] == group[0]["content_key"]
             reason = (f"field 'pair_id': exact duplicate of pair '{pair_id}'" if same
                       else f"field 'pair_id': '{pair_id}' used by rows with different content (kept one)")
-            dropped.append({"row_id": pair_id, "reason": reason, "raw": raw_json(
-                {k: other[k] for k in ("pair_id", "prompt", "chosen", "rejected", "domain", "source")})})
+            dropped.append({"row_id": pair_id, "reason": reason, "raw": other["raw"]})
             reasons[reason] += 1
     if dropped:
         quarantine.add(pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA))
     return kept
+
+
+def check_infer(cfg: InferConfig) -> str:
+    """Everything that can be checked before Ray or an engine starts (UserError otherwise): the
+    input exists, the output is writable, k_shot fits the exemplars, the model loads or the
+    endpoint answers. Returns the model's local path (or its name, for a hosted model)."""
+    preflight.check_input("pairs.input", cfg.pairs.input)
+    preflight.check_output("output", cfg.output)
+    check_k_shot(cfg.k_shot, cfg.exemplars)
+    model = preflight.check_engine("engine", cfg.engine)
+    # A served model named like a local one ('tiny', a folder) still has a local tokenizer to count with.
+    return resolve_model(model) if cfg.engine.backend == "openai" else model
 
 
 def run_infer(cfg: InferConfig) -> dict[str, Any]:
@@ -192,17 +207,17 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     from persona_ray.core.ray_runtime import ensure_ray
 
     started = time.time()
+    model_path = check_infer(cfg)  # a local tokenizer counts prompt tokens, whatever the backend
     ensure_ray()
     personas_uri = storage.join(cfg.output, "personas")
     quarantine_uri = storage.join(cfg.output, "quarantine")
-    model_path = resolve_model(cfg.engine.model)  # a local tokenizer counts prompt tokens, whatever the backend
 
     already = done_keys(personas_uri, KEY)
     src = cfg.pairs
     prepared = read_pairs(src, PromptFits(cfg, model_path))
     total_rows, quarantine, bad_reasons, dup_keys, unique_ids, too_long = _validate_inputs(
         prepared, quarantine_uri, cfg.shard_size)
-    kept_duplicates = _resolve_duplicates(prepared, dup_keys, quarantine, bad_reasons)
+    kept_duplicates = _resolve_duplicates(src, dup_keys, quarantine, bad_reasons)
     quarantine.close()
     validated_at = time.time()
     valid_pairs = unique_ids
@@ -219,7 +234,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     generated = cfg.engine.generate(requests, regex=regex)
     records = generated.map_batches(_to_records, fn_args=(cfg.engine.model,), batch_format="numpy")
 
-    writer = ShardWriter(personas_uri, PERSONA_SCHEMA, cfg.shard_size)
+    writer = ShardWriter(personas_uri, PERSONA_SCHEMA, cfg.shard_size, commit_every_s=cfg.commit_every_s)
     expected_new = max(2 * valid_pairs - len(already), 0)
     tokens = 0
     last_report = time.time()

@@ -54,6 +54,25 @@ def load_exemplars(path: str | None = None) -> dict[str, tuple[Exemplar, ...]]:
     return exemplars
 
 
+def check_k_shot(k: int, exemplar_path: str | None = None) -> None:
+    """Every domain must have k exemplars (any domain may appear in the data); UserError if not."""
+    from persona_ray.core.errors import UserError, one_line
+
+    try:
+        exemplars = load_exemplars(exemplar_path)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"exemplars: cannot read {exemplar_path} ({one_line(exc, 200)}). Fix: a YAML file "
+                        "mapping each domain to a list of exemplars") from None
+    if DEFAULT_DOMAIN not in exemplars:
+        raise UserError(f"exemplars: {exemplar_path} has no '{DEFAULT_DOMAIN}' domain (the fallback). "
+                        f"Fix: add exemplars for it")
+    fewest = min(exemplars, key=lambda domain: len(exemplars[domain]))
+    if k > len(exemplars[fewest]):
+        counts = ", ".join(f"{domain} {len(shots)}" for domain, shots in exemplars.items())
+        raise UserError(f"k_shot: {k}, but domain '{fewest}' has only {len(exemplars[fewest])} exemplars "
+                        f"({counts}). Fix: k_shot <= {len(exemplars[fewest])}, or add exemplars")
+
+
 def _block(prompt: str, response_1: str, response_2: str, preferred: int) -> str:
     return (
         f"Prompt: {prompt.strip()}\n"

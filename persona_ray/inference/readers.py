@@ -1,8 +1,11 @@
 """Open an input dataset as a streaming Ray Dataset.
 
 Accepted inputs (local path or s3:// URI):
-    *.jsonl / *.json   JSON Lines, read as text and parsed row by row, so one broken line is
-                       quarantined instead of failing the read (column JSON_LINE)
+    *.jsonl / *.json   JSON Lines, read as bytes and split on "\n" only (a JSON string may hold
+                       U+2028 and friends), parsed row by row later, so one broken line is
+                       quarantined instead of failing the read: columns JSON_LINE (the line;
+                       undecodable bytes shown as \\xNN), LINE_ERROR ("" or why the line is not
+                       text) and LINE_WHERE ("file:line")
     *.parquet          Parquet files
     a folder           every .jsonl/.json/.parquet file in it (one kind per folder)
     a saved Hugging Face dataset folder (load_from_disk) -- `split` picks from a DatasetDict
@@ -12,18 +15,55 @@ Accepted inputs (local path or s3:// URI):
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
+import pyarrow as pa
 import ray.data
+from ray.data.datasource import FileBasedDatasource
 
+from persona_ray.core.errors import UserError
 from persona_ray.core import storage
 
 JSON_LINE = "_json_line"
+LINE_ERROR = "_line_error"
+LINE_WHERE = "_line_where"
+LINES_PER_BLOCK = 512  # small blocks: rows flow on through the pipeline while a big file is read
 _JSON_SUFFIXES = (".jsonl", ".json")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The input cannot be opened; the message says what was expected."""
+
+
+class JsonLinesDatasource(FileBasedDatasource):
+    """Lines of UTF-8 text, one row each, that never fail on the bytes they hold.
+
+    Ray's read_text decodes a whole file at once (one bad byte fails the job) and splits on every
+    Unicode line break; here each line is decoded on its own and split on "\n" only.
+    """
+
+    def _read_stream(self, f: "pa.NativeFile", path: str) -> Iterator[pa.Table]:
+        name = os.path.basename(path)
+        rows: dict[str, list[str]] = {JSON_LINE: [], LINE_ERROR: [], LINE_WHERE: []}
+        data = f.readall().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors)
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            raw = raw.removesuffix(b"\r")
+            if not raw.strip():
+                continue
+            try:
+                line, error = raw.decode("utf-8"), ""
+            except UnicodeDecodeError as exc:
+                line = raw.decode("utf-8", errors="backslashreplace")
+                error = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start} of the line)"
+            rows[JSON_LINE].append(line)
+            rows[LINE_ERROR].append(error)
+            rows[LINE_WHERE].append(f"{name}:{number}")
+            if len(rows[JSON_LINE]) == LINES_PER_BLOCK:
+                yield pa.table(rows)
+                rows = {column: [] for column in rows}
+        if rows[JSON_LINE]:
+            yield pa.table(rows)
 
 
 def _is_saved_hf_dataset(uri: str) -> bool:
@@ -59,4 +99,4 @@ def read_input(uri: str, split: str = "train") -> ray.data.Dataset:
     paths = [storage.filesystem(f)[1] for f in files]
     if kinds == {"parquet"}:
         return ray.data.read_parquet(paths, filesystem=fs)
-    return ray.data.read_text(paths, filesystem=fs, drop_empty_lines=True).rename_columns({"text": JSON_LINE})
+    return ray.data.read_datasource(JsonLinesDatasource(paths, filesystem=fs))

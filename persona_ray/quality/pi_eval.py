@@ -135,8 +135,13 @@ def _preference(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
 
 
 def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
+    from persona_ray.core import preflight
     from persona_ray.core.ray_runtime import ensure_ray
 
+    for label, path in cfg.data.items():
+        preflight.check_input(f"data.{label}", path)
+    preflight.check_output("output", cfg.output)
+    preflight.check_engine("judge", cfg.judge)
     ensure_ray()
     rows_by_model = {label: load_rows(path, cfg.split, cfg.limit) for label, path in cfg.data.items()}
 

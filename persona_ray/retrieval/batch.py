@@ -73,6 +73,11 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
     from persona_ray.dataset.splits import read_split
     from persona_ray.core.ray_runtime import ensure_ray
 
+    from persona_ray.core import preflight
+
+    preflight.check_input("index", cfg.index)
+    preflight.check_input("data", cfg.data)
+    preflight.check_output("output", cfg.output)
     rows = read_split(cfg.data, cfg.split)
     if not rows:
         raise ValueError(f"{cfg.data} ({cfg.split}): no rows")

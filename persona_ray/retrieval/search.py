@@ -22,6 +22,7 @@ import tempfile
 from typing import Any
 
 
+from persona_ray.core.errors import UserError
 from persona_ray.core import storage
 from persona_ray.retrieval import colbert_compat
 from persona_ray.core.models import default_cache_dir
@@ -31,7 +32,7 @@ RETRIEVED_COLUMNS = ("retr_row_id", "retr_score", "retr_prompt", "retr_chosen_pe
                      "retr_error")
 
 
-class QueryError(ValueError):
+class QueryError(UserError):
     """A query that cannot be searched; the message says why."""
 
 
