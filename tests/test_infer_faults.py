@@ -154,7 +154,9 @@ def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_loca
     pairs = 150
     source = tmp_path / "pairs.jsonl"
     many_pairs(source, pairs)
-    settings = {**SETTINGS, "shard_size": 1000, "commit_every_s": 1.0}  # commits by time, not by count
+    # Commits by time, not by count; at most 2 batches of 8 rows in flight, so the kill point is sharp.
+    settings = {**SETTINGS, "shard_size": 1000, "commit_every_s": 1.0,
+                "engine": {**ENGINE, "vllm": {"batch_size": 8, "max_concurrent_batches": 2}}}
     reference = InferConfig(pairs={"input": str(source)}, output=str(tmp_path / "reference"), **settings)
     run_infer(reference)  # uninterrupted, in this process
 

@@ -39,6 +39,8 @@ class VLLMSettings(Settings):
     concurrency: int | tuple[int, int] = Field(
         1, description="engine actors: a fixed number, or [min, max] to autoscale")
     batch_size: int = Field(64, gt=0, description="rows per Ray Data batch sent to one engine")
+    max_concurrent_batches: int = Field(8, gt=0, description="batches one engine works on at once; with batch_size "
+                                        "it bounds the rows in flight, which is what a crash can lose")
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs one engine spans")
     max_model_len: int = Field(4096, gt=0, description="context length (prompt + answer) in tokens")
     enable_prefix_caching: bool = Field(True, description="compute shared prompt prefixes (k-shot) once")

@@ -66,6 +66,9 @@ def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettin
         engine_kwargs=kwargs,
         concurrency=cfg.concurrency,
         batch_size=cfg.batch_size,
+        # Each block is one batch (engines/__init__.py), so tasks in flight = batches in flight.
+        max_concurrent_batches=cfg.max_concurrent_batches,
+        max_tasks_in_flight_per_actor=cfg.max_concurrent_batches,
         chat_template_stage=prompt_format == "chat",
         tokenize_stage=False,  # the engine tokenizes; one fewer stage to schedule
         detokenize_stage=False,
