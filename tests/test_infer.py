@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from persona_ray.core import storage
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.inference.parse import guided_regex
 from persona_ray.core.shards import read_shards
-from tests.conftest import REPO, SAMPLE_PAIRS
+from tests.conftest import SAMPLE_PAIRS
 
 pytestmark = pytest.mark.slow
 
@@ -100,39 +94,3 @@ def test_quarantine_holds_exactly_the_planted_rows(s3_run):
     # The 60 good pairs all got both personas: nothing valid was dropped.
     good_ids = {json.loads(line)["id"] for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()}
     assert {pid for pid, _ in personas_by_key(cfg.output)} == good_ids
-
-
-def test_killed_run_resumes_to_the_same_output(s3_run, tmp_path):
-    cfg, _ = s3_run
-    source = tmp_path / "pairs.jsonl"
-    source.write_text("\n".join(planted_lines()))
-    output = tmp_path / "out"
-    config = tmp_path / "infer.yaml"
-    config.write_text(yaml.safe_dump({"pairs": {"input": str(source)}, "output": str(output), **SETTINGS}))
-    command = [sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(config)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-
-    # The driver SIGKILLs itself right after its 3rd shard (a fault hook), mid-run; then the
-    # rest of its process group (its Ray cluster, the engine) is killed too.
-    first = subprocess.Popen(command, cwd=REPO, env={**env, "PERSONA_RAY_KILL_AFTER_SHARDS": "3"},
-                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert first.wait(timeout=600) == -signal.SIGKILL
-    try:
-        os.killpg(first.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    shards = output / "personas"
-    written_before = sum(pq.read_metadata(p).num_rows for p in shards.glob("part-*.parquet"))
-    assert written_before == 3 * SETTINGS["shard_size"]
-    assert not (output / "manifest.json").exists()
-
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["counts"]["resumed_records"] == written_before
-    assert manifest["counts"]["written_this_run"] == 120 - written_before
-
-    resumed, uninterrupted = personas_by_key(str(output)), personas_by_key(cfg.output)
-    assert resumed.keys() == uninterrupted.keys()
-    fields = ("persona", "raw_text", "valid", "reason")
-    assert all({f: resumed[k][f] for f in fields} == {f: uninterrupted[k][f] for f in fields} for k in resumed)

@@ -11,8 +11,6 @@ crash on a filesystem without atomic rename) and leftover temporary files are re
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 import uuid
 
@@ -23,8 +21,6 @@ from persona_ray.core import storage
 
 log = logging.getLogger(__name__)
 SHARD_SUFFIX = ".parquet"
-# Fault injection for crash tests: SIGKILL this process right after writing this many shards.
-KILL_AFTER_SHARDS_ENV = "PERSONA_RAY_KILL_AFTER_SHARDS"
 
 
 def shard_files(folder: str) -> list[str]:
@@ -111,5 +107,3 @@ class ShardWriter:
         self.rows_written += shard.num_rows
         self.buffer = [rest] if rest.num_rows else []
         self.buffered = rest.num_rows
-        if os.environ.get(KILL_AFTER_SHARDS_ENV) == str(self.shards_written):
-            os.kill(os.getpid(), signal.SIGKILL)

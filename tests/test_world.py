@@ -1,0 +1,132 @@
+"""The persona world: its style program, its users and its pairs, where the truth is known."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from persona_ray.core.persona import validate_persona
+from persona_ray.world.build import build_world, split_by_prompt, world_prompts
+from persona_ray.world.spec import DEFAULT_TYPES, PersonaType, check_types
+from persona_ray.world.style import style_of
+from persona_ray.world.synthetic import synthetic_response
+
+LONG_PROSE = ("Basil likes warmth and plenty of light, so a south-facing window is the best spot you have. "
+              "Water it when the top of the soil feels dry rather than on a fixed schedule. "
+              "Pinch off the top leaves every week so the plant grows bushy instead of tall. "
+              "Turn the pot every few days so all sides get the sun and the stems grow straight.")
+SHORT_STEPS = "1. Put it in your sunniest window.\n2. Water when the soil is dry.\n3. Pinch the tips weekly."
+LONG_STEPS = "\n".join(f"{i}) {s}" for i, s in enumerate(LONG_PROSE.split(". "), start=1))
+
+STYLE_CASES = [
+    (LONG_PROSE, "long-prose"),
+    ("Keep it in a sunny window and water it when the soil is dry.", "short-prose"),
+    ("Keep it in a sunny window. Water it when the soil is dry.", "short-prose"),
+    (SHORT_STEPS, "short-steps"),
+    (LONG_STEPS, "long-steps"),
+    ("One. Two. Three.", None),                                   # three sentences: neither short nor long
+    ("1. Only one numbered line, then prose. It goes on.", None),   # one numbered line is not a list
+    (" ".join(["word"] * 50) + ".", None),                          # one sentence but 50 words: not short
+    ("Short. " * 5, None),                                          # five sentences but few words: not long
+]
+
+
+@pytest.mark.parametrize("text,expected", STYLE_CASES)
+def test_style_program(text, expected):
+    found = style_of(text)
+    assert (found.name if found else None) == expected
+
+
+def test_default_types_are_valid_personas_with_skewed_shares():
+    types = check_types(DEFAULT_TYPES)
+    assert [t.share for t in types] == sorted((t.share for t in types), reverse=True)  # majority first
+    assert types[0].share >= 0.5 and types[-1].share <= 0.1
+    assert all(validate_persona(t.persona).valid for t in types)
+    assert len({t.style for t in types}) == 4
+
+
+def test_bad_types_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="shares must sum to 1"):
+        check_types(DEFAULT_TYPES[:3])
+    with pytest.raises(ValueError, match="persona is not valid"):
+        PersonaType(name="x", length="short", form="prose", share=1.0, persona="The user is a Catholic and prefers "
+                    "short answers.")
+
+
+def test_every_bundled_prompt_has_a_synthetic_response_in_every_style():
+    prompts = world_prompts()
+    assert len(prompts) >= 190 and len(set(prompts)) == len(prompts)
+    for prompt in prompts:
+        for persona_type in DEFAULT_TYPES:
+            found = style_of(synthetic_response(prompt, persona_type.style))
+            assert found and found.name == persona_type.style, (prompt, persona_type.style)
+
+
+def test_pairs_conflict_across_users_and_follow_the_shares():
+    prompts = world_prompts()
+    rows, counts = build_world(prompts, DEFAULT_TYPES, synthetic_response, users_per_prompt=4, seed=0)
+    assert counts == {"prompts": len(prompts), "prompts_kept": len(prompts), "prompts_dropped": 0,
+                      "pairs": 4 * len(prompts)}
+    assert rows == build_world(prompts, DEFAULT_TYPES, synthetic_response, users_per_prompt=4, seed=0)[0]
+    by_name = {t.name: t for t in DEFAULT_TYPES}
+    for row in rows:  # the truth, by construction
+        assert style_of(row["chosen"]).name == by_name[row["chosen_type"]].style
+        assert style_of(row["rejected"]).name == by_name[row["rejected_type"]].style
+        assert row["chosen_type"] != row["rejected_type"]
+        assert row["chosen_persona"] == by_name[row["chosen_type"]].persona
+    shares = Counter(row["chosen_type"] for row in rows)
+    for persona_type in DEFAULT_TYPES:
+        assert abs(shares[persona_type.name] / len(rows) - persona_type.share) < 0.05
+    chosen_by_prompt: dict[str, set] = {}
+    for row in rows:
+        chosen_by_prompt.setdefault(row["prompt"], set()).add(row["chosen"])
+    conflicting = sum(len(chosen) > 1 for chosen in chosen_by_prompt.values())
+    assert conflicting > 0.5 * len(prompts)  # without personas, the data disagree with itself
+
+
+def test_a_prompt_missing_a_style_is_dropped_and_counted():
+    def respond(prompt, style):
+        return "Too vague." if prompt == "drop me?" and style == "long-steps" else synthetic_response(prompt, style)
+
+    rows, counts = build_world(["keep me?", "drop me?"], DEFAULT_TYPES, respond, users_per_prompt=2)
+    assert counts["prompts_dropped"] == 1 and {row["prompt"] for row in rows} == {"keep me?"}
+
+
+def test_splits_never_share_a_prompt():
+    rows, _ = build_world(world_prompts(), DEFAULT_TYPES, synthetic_response, users_per_prompt=3)
+    splits = split_by_prompt(rows, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=1)
+    prompts = {name: {row["prompt"] for row in split_rows} for name, split_rows in splits.items()}
+    assert not (prompts["train"] & prompts["test"]) and not (prompts["train"] & prompts["val"])
+    assert not (prompts["val"] & prompts["test"])
+    assert sum(len(split_rows) for split_rows in splits.values()) == len(rows)
+    assert 0.15 < len(prompts["test"]) / len(world_prompts()) < 0.25
+
+
+# DPO settings for the CI-scale world: the tiny model, every linear layer adapted, a high
+# learning rate; from the base model (see world/run.py).
+TINY_DPO = {"max_steps": 80, "learning_rate": 5e-3, "per_device_batch_size": 8, "save_steps": 80, "max_length": 256,
+            "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"]}}
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_personas_where_plain_dpo_learns_only_the_majority(ray_local, tmp_path):
+    """The training path carries personas to the model: with them, every user's chosen response
+    is ranked first on held-out prompts; without them, DPO serves the majority and fails the
+    smallest minority. A bug in how personas reach the model would show here."""
+    from persona_ray.world.build import write_world
+    from persona_ray.world.run import train_and_measure
+
+    rows, _ = build_world(world_prompts(), DEFAULT_TYPES, synthetic_response, users_per_prompt=4, seed=0)
+    splits = split_by_prompt(rows, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
+    write_world(splits, str(tmp_path / "data"))
+    results = train_and_measure(str(tmp_path / "data"), splits["test"], "tiny", str(tmp_path / "out"), TINY_DPO)
+    summary = {label: {k: round(v["accuracy"], 3) for k, v in accuracy.items()} for label, accuracy in results.items()}
+    print("preference accuracy on held-out prompts:", summary)
+
+    majority, smallest = DEFAULT_TYPES[0].name, DEFAULT_TYPES[-1].name
+    assert all(results["PT-DPO"][t.name]["n"] >= 10 for t in DEFAULT_TYPES)
+    assert all(results["PT-DPO"][t.name]["accuracy"] >= 0.9 for t in DEFAULT_TYPES), summary
+    assert results["DPO"][majority]["accuracy"] >= 0.8, summary
+    assert results["DPO"][smallest]["accuracy"] <= 0.5, summary
