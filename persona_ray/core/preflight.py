@@ -70,21 +70,18 @@ def check_model(field: str, name: str) -> str:
     return path
 
 
-def check_endpoint(field: str, base_url: str, api_key_env: str, timeout_s: float = 5.0) -> None:
-    """GET <base_url>/models: reachable, and our key (if any) accepted."""
+def check_endpoint(field: str, openai, timeout_s: float = 5.0) -> None:
+    """GET <base_url>/models of an OpenAISettings: reachable, and our key (if any) accepted."""
     import httpx
 
-    url = base_url.rstrip("/") + "/models"
-    headers = {}
-    if os.environ.get(api_key_env):
-        headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+    url = openai.base_url.rstrip("/") + "/models"
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout_s)
+        response = httpx.get(url, headers=openai.auth_headers(), timeout=timeout_s)
     except httpx.HTTPError as exc:
         raise UserError(f"{field}: cannot reach {url} ({type(exc).__name__}: {one_line(exc, 160) or 'no answer'}). "
                         "Fix: start the server or correct the URL") from None
     if response.status_code in (401, 403):
-        raise UserError(f"{field}: {url} answered {response.status_code}. Fix: check the API key in ${api_key_env}")
+        raise UserError(f"{field}: {url} answered {response.status_code}. Fix: check the API key in ${openai.api_key_env}")
     if response.status_code >= 500:
         raise UserError(f"{field}: {url} answered {response.status_code}: the server is unwell. Fix: check its logs")
 
@@ -93,6 +90,6 @@ def check_engine(field: str, engine) -> str:
     """An EngineSettings at config key `field`: the vLLM model loads, or the endpoint answers.
     Returns the model's local path (vLLM) or served name (openai)."""
     if engine.backend == "openai":
-        check_endpoint(f"{field}.openai.base_url", engine.openai.base_url, engine.openai.api_key_env)
+        check_endpoint(f"{field}.openai.base_url", engine.openai)
         return engine.model
     return check_model(f"{field}.model", engine.model)

@@ -10,7 +10,6 @@ The API key is read from the environment variable named in the config and is nev
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from typing import Any
 
@@ -76,12 +75,8 @@ class OpenAICaller:
         import httpx
 
         self.model, self.sampling, self.cfg, self.regex, self.choice = model, sampling, cfg, regex, choice
-        headers = {}
-        api_key = os.environ.get(cfg.api_key_env)
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
         self.url = cfg.base_url.rstrip("/") + ("/chat/completions" if cfg.api == "chat" else "/completions")
-        self.client = httpx.AsyncClient(headers=headers, timeout=cfg.timeout_s)
+        self.client = httpx.AsyncClient(headers=cfg.auth_headers(), timeout=cfg.timeout_s)
         self.loop = asyncio.new_event_loop()
 
     async def _one(self, prompt: str, gate: asyncio.Semaphore) -> dict[str, Any]:

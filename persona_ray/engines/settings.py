@@ -13,6 +13,7 @@ so the same setting has the same YAML key everywhere:
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
@@ -79,6 +80,11 @@ class OpenAISettings(Settings):
     structured_outputs: bool = Field(True, description="send guided-decoding constraints as vLLM's "
                                      "`structured_outputs` (hosted APIs may not accept them)")
     context_tokens: int = Field(8192, gt=0, description="context length, for length checks without a tokenizer")
+
+    def auth_headers(self) -> dict[str, str]:
+        """The bearer header from the key in $api_key_env (none when it is unset)."""
+        api_key = os.environ.get(self.api_key_env)
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 class EngineSettings(Settings):
