@@ -32,10 +32,11 @@ from persona_ray.retrieval.batch import RetrieveConfig
 from persona_ray.retrieval.index import IndexConfig
 from persona_ray.serving.app import ServeConfig
 from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
+from persona_ray.world.experiment import STAGES as WORLD_STAGES, WorldConfig
 
 # Every job config, in pipeline order: `persona-ray config-reference` documents them.
 JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig,
-               RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig]
+               RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig, WorldConfig]
 
 
 def _setup_logging() -> None:
@@ -243,6 +244,21 @@ TRAIN_FLAGS = [Flag("data"), Flag("output"), Flag("training_type"), Flag("num_wo
 train.add_command(job_command("sft", SFTJobConfig, _train("train_sft"), [*TRAIN_FLAGS, Flag("model")]))
 train.add_command(job_command("dpo", DPOJobConfig, _train("train_dpo"), [*TRAIN_FLAGS, Flag("sft_model")]))
 
+def _world(stage: str | None) -> Callable[..., dict]:
+    def run(cfg: WorldConfig, only: str | None = None, **_: Any) -> dict:
+        from persona_ray.world.experiment import run_world
+
+        return run_world(cfg, only=stage or only)
+    return run
+
+
+world = click.Group("world", help="The persona world: users with known styles, the experiment on it, its report.")
+WORLD_FLAGS = [Flag("output"), Flag("model"), Flag("writer"), Flag("responses_file"), Flag("max_prompts"), Flag("seed")]
+world.add_command(job_command("build", WorldConfig, _world("build"), WORLD_FLAGS))
+world.add_command(job_command("run", WorldConfig, _world(None), WORLD_FLAGS, extra=(
+    click.Option(["--only"], type=click.Choice(WORLD_STAGES), help="run (again) just this stage"),)))
+world.add_command(job_command("report", WorldConfig, _world("report"), WORLD_FLAGS))
+
 JOBS = [
     job_command("pipeline", PipelineConfig, _pipeline, [Flag("pairs.input", "input"), Flag("output"), MODEL], extra=(
         click.Option(["--from", "start"], type=click.Choice(STAGES), help="rerun this stage and all after it"),
@@ -278,6 +294,7 @@ JOBS = [
     job_command("serve", ServeConfig, _serve, [Flag("index"), MODEL], extra=(
         click.Option(["--host"], default="127.0.0.1", show_default=True, help="address to listen on"),
         click.Option(["--port"], default=8000, type=int, show_default=True, help="port to listen on"))),
+    world,
 ]
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
 from persona_ray.core.persona import validate_persona
-from persona_ray.world.build import build_world, split_by_prompt, world_prompts
+from persona_ray.world.build import build_world, confirmed_responses, split_by_prompt, world_prompts
 from persona_ray.world.spec import DEFAULT_TYPES, PersonaType, check_types
 from persona_ray.world.style import style_of
 from persona_ray.world.synthetic import synthetic_response
@@ -63,48 +64,72 @@ def test_every_bundled_prompt_has_a_synthetic_response_in_every_style():
             assert found and found.name == persona_type.style, (prompt, persona_type.style)
 
 
+SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def _world(prompts=None, users_per_prompt=4, seed=0):
+    responses = confirmed_responses(prompts or world_prompts(), DEFAULT_TYPES, synthetic_response)
+    return build_world(responses, DEFAULT_TYPES, users_per_prompt, SPLITS, seed)
+
+
 def test_pairs_conflict_across_users_and_follow_the_shares():
     prompts = world_prompts()
-    rows, counts = build_world(prompts, DEFAULT_TYPES, synthetic_response, users_per_prompt=4, seed=0)
-    assert counts == {"prompts": len(prompts), "prompts_kept": len(prompts), "prompts_dropped": 0,
-                      "pairs": 4 * len(prompts)}
-    assert rows == build_world(prompts, DEFAULT_TYPES, synthetic_response, users_per_prompt=4, seed=0)[0]
+    splits, counts = _world()
+    assert counts["prompts_kept"] == len(prompts) and counts["prompts_dropped"] == 0
+    assert splits == _world()[0]  # deterministic
     by_name = {t.name: t for t in DEFAULT_TYPES}
+    rows = [row for split_rows in splits.values() for row in split_rows]
     for row in rows:  # the truth, by construction
         assert style_of(row["chosen"]).name == by_name[row["chosen_type"]].style
         assert style_of(row["rejected"]).name == by_name[row["rejected_type"]].style
         assert row["chosen_type"] != row["rejected_type"]
         assert row["chosen_persona"] == by_name[row["chosen_type"]].persona
-    shares = Counter(row["chosen_type"] for row in rows)
+    train = splits["train"]
+    assert len(train) == 4 * counts["prompts_by_split"]["train"]
+    shares = Counter(row["chosen_type"] for row in train)
     for persona_type in DEFAULT_TYPES:
-        assert abs(shares[persona_type.name] / len(rows) - persona_type.share) < 0.05
+        assert abs(shares[persona_type.name] / len(train) - persona_type.share) < 0.06
     chosen_by_prompt: dict[str, set] = {}
-    for row in rows:
+    for row in train:
         chosen_by_prompt.setdefault(row["prompt"], set()).add(row["chosen"])
     conflicting = sum(len(chosen) > 1 for chosen in chosen_by_prompt.values())
-    assert conflicting > 0.5 * len(prompts)  # without personas, the data disagree with itself
+    assert conflicting > 0.5 * len(chosen_by_prompt)  # without personas, the data disagree with itself
+
+
+def test_test_prompts_are_asked_by_every_type_once():
+    splits, counts = _world()
+    by_prompt: dict[str, list[str]] = {}
+    for row in splits["test"]:
+        by_prompt.setdefault(row["prompt"], []).append(row["chosen_type"])
+    assert len(by_prompt) == counts["prompts_by_split"]["test"] > 30
+    assert all(sorted(types) == sorted(t.name for t in DEFAULT_TYPES) for types in by_prompt.values())
 
 
 def test_a_prompt_missing_a_style_is_dropped_and_counted():
     def respond(prompt, style):
         return "Too vague." if prompt == "drop me?" and style == "long-steps" else synthetic_response(prompt, style)
 
-    rows, counts = build_world(["keep me?", "drop me?"], DEFAULT_TYPES, respond, users_per_prompt=2)
-    assert counts["prompts_dropped"] == 1 and {row["prompt"] for row in rows} == {"keep me?"}
+    responses = confirmed_responses(["keep me?", "drop me?"], DEFAULT_TYPES, respond)
+    assert "long-steps" not in responses["drop me?"] and len(responses["keep me?"]) == 4
+    splits, counts = build_world(responses, DEFAULT_TYPES, 2, {"train": 1.0, "val": 0.0, "test": 0.0})
+    assert counts["prompts_dropped"] == 1 and {row["prompt"] for row in splits["train"]} == {"keep me?"}
 
 
 def test_splits_never_share_a_prompt():
-    rows, _ = build_world(world_prompts(), DEFAULT_TYPES, synthetic_response, users_per_prompt=3)
-    splits = split_by_prompt(rows, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=1)
+    splits, _ = _world(users_per_prompt=3, seed=1)
     prompts = {name: {row["prompt"] for row in split_rows} for name, split_rows in splits.items()}
     assert not (prompts["train"] & prompts["test"]) and not (prompts["train"] & prompts["val"])
     assert not (prompts["val"] & prompts["test"])
-    assert sum(len(split_rows) for split_rows in splits.values()) == len(rows)
+    assert sum(len(p) for p in prompts.values()) == len(world_prompts())
     assert 0.15 < len(prompts["test"]) / len(world_prompts()) < 0.25
+    assert split_by_prompt(["a", "b", "c", "d"], {"x": 0.5, "y": 0.5}, seed=3) == \
+        split_by_prompt(["d", "c", "b", "a"], {"x": 0.5, "y": 0.5}, seed=3)
 
 
 # DPO settings for the CI-scale world: the tiny model, every linear layer adapted, a high
-# learning rate; from the base model (see world/run.py).
+# learning rate; from the base model (no SFT). PT-DPO trains with type `all` (each pair also
+# teaches the rejected response's persona): with type `chosen` alone the tiny model learned the
+# length axis but not form within short answers (brief-steps 0.615 over brief-prose, measured).
 TINY_DPO = {"max_steps": 80, "learning_rate": 5e-3, "per_device_batch_size": 8, "save_steps": 80, "max_length": 256,
             "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                               "up_proj", "down_proj"]}}
@@ -114,19 +139,22 @@ TINY_DPO = {"max_steps": 80, "learning_rate": 5e-3, "per_device_batch_size": 8, 
 def test_tiny_model_learns_personas_where_plain_dpo_learns_only_the_majority(ray_local, tmp_path):
     """The training path carries personas to the model: with them, every user's chosen response
     is ranked first on held-out prompts; without them, DPO serves the majority and fails the
-    smallest minority. A bug in how personas reach the model would show here."""
-    from persona_ray.world.build import write_world
-    from persona_ray.world.run import train_and_measure
+    smallest minority. A bug in how personas reach the model would show here. The whole world
+    experiment runs (build, train, measure, report; no generation at this scale)."""
+    from persona_ray.world.experiment import WorldConfig, run_world
 
-    rows, _ = build_world(world_prompts(), DEFAULT_TYPES, synthetic_response, users_per_prompt=4, seed=0)
-    splits = split_by_prompt(rows, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
-    write_world(splits, str(tmp_path / "data"))
-    results = train_and_measure(str(tmp_path / "data"), splits["test"], "tiny", str(tmp_path / "out"), TINY_DPO)
-    summary = {label: {k: round(v["accuracy"], 3) for k, v in accuracy.items()} for label, accuracy in results.items()}
-    print("preference accuracy on held-out prompts:", summary)
+    cfg = WorldConfig(output=str(tmp_path / "world"), model="tiny", sft=None, dpo=TINY_DPO, training_type="all")
+    stages = run_world(cfg)
+    accuracy = stages["measure"]["preference_accuracy"]
+    print("preference accuracy on held-out prompts:", accuracy)
 
     majority, smallest = DEFAULT_TYPES[0].name, DEFAULT_TYPES[-1].name
-    assert all(results["PT-DPO"][t.name]["n"] >= 10 for t in DEFAULT_TYPES)
-    assert all(results["PT-DPO"][t.name]["accuracy"] >= 0.9 for t in DEFAULT_TYPES), summary
-    assert results["DPO"][majority]["accuracy"] >= 0.8, summary
-    assert results["DPO"][smallest]["accuracy"] <= 0.5, summary
+    measured = json.loads((tmp_path / "world" / "measure.json").read_text())
+    assert all(measured["PT-DPO"][t.name]["n"] >= 30 for t in DEFAULT_TYPES)  # every test prompt, every type
+    assert all(accuracy["PT-DPO"][t.name] >= 0.9 for t in DEFAULT_TYPES), accuracy
+    assert accuracy["DPO"][majority] >= 0.8, accuracy
+    assert accuracy["DPO"][smallest] <= 0.5, accuracy
+    report = (tmp_path / "world" / "report" / "report.md").read_text()
+    assert "Preference accuracy on held-out pairs" in report and smallest in report
+    assert json.loads((tmp_path / "world" / "config.json").read_text())["dpo"]["max_steps"] == TINY_DPO["max_steps"]
+    assert run_world(cfg)["train"] == stages["train"]  # a rerun resumes: every stage already done

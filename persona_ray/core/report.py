@@ -41,14 +41,14 @@ def _cell(value: object) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return lines + [""]
 
 
-def _save(fig: Figure, path: str) -> None:
+def save_figure(fig: Figure, path: str) -> None:
     FigureCanvasAgg(fig)  # attaches the Agg canvas to the figure
     fig.savefig(path, dpi=120)
 
@@ -74,7 +74,7 @@ def _accuracy_plot(rows: list[dict], path: str) -> bool:
     ax.set_ylabel("accuracy")
     ax.set_title("Persona accuracy (all domains)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -92,7 +92,7 @@ def _saliency_plot(saliency: dict, path: str) -> None:
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"P({side} | word)")
         ax.set_title(f"{side} personas")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 _SOURCE_LABEL = {"gold-chosen": "given the chosen persona", "gold-rejected": "given the rejected persona",
@@ -109,7 +109,7 @@ def _quote(text: object, limit: int = 400) -> str:
     return line
 
 
-def _ci(value: float | None, lo: float | None, hi: float | None, scale: float = 1.0) -> str:
+def with_ci(value: float | None, lo: float | None, hi: float | None, scale: float = 1.0) -> str:
     if value is None:
         return "n/a"
     bounds = f" [{lo * scale:.1f}, {hi * scale:.1f}]" if lo is not None and hi is not None else ""
@@ -135,7 +135,7 @@ def _delta_pq_plot(rows: list[dict], path: str) -> bool:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlim(-100, 100)
     ax.set_xlabel("ΔPQ (personalization and quality gain over the base model; 95 % CI)")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -169,7 +169,7 @@ def write_report(
 
     if accuracy is not None:
         md += ["## Persona accuracy", ""]
-        md += _table(
+        md += markdown_table(
             ["model", "domain", "side", "n", "accuracy", "consistency", "unparseable"],
             [[r["model"], r["domain"], r["side"], r["n"], float(r["accuracy"]),
               float(r["consistency"]), r["unparseable"]] for r in accuracy],
@@ -180,13 +180,13 @@ def write_report(
     if preference is not None:
         md += ["## Preference judgements", ""]
         keys = ["n", "chosen_wins", "rejected_wins", "ties", "unparseable", "rejected_as_good_rate"]
-        md += _table(["metric", "value"], [[k, preference[k]] for k in keys if k in preference])
+        md += markdown_table(["metric", "value"], [[k, preference[k]] for k in keys if k in preference])
 
     if saliency is not None:
         md += ["## Word saliency", ""]
         for side in SIDES:
             md += [f"### {side.capitalize()} personas", ""]
-            md += _table(
+            md += markdown_table(
                 ["word", f"P({side} | word)", "count chosen", "count rejected"],
                 [[it["word"], float(it["p_label"]), it["count_chosen"], it["count_rejected"]]
                  for it in saliency.get(side, [])],
@@ -196,19 +196,19 @@ def write_report(
 
     if traits is not None:
         md += ["## Top traits", ""]
-        md += _table(["trait", "count"], [[t["trait"], t["count"]] for t in traits])
+        md += markdown_table(["trait", "count"], [[t["trait"], t["count"]] for t in traits])
 
     if pairwise is not None:
         md += ["## Pairwise judgements (test model vs base model)", "",
                "Win rate = test wins / (test + base wins), ties and unparseable verdicts left out; "
                "ΔPQ = ½·(2·p_win − 1 + 2·q_win − 1)·100. Brackets: bootstrap 95 % CI over test rows.", ""]
-        md += _table(
+        md += markdown_table(
             ["comparison", "persona source", "rows", "personalization win % (W/T/L)", "quality win % (W/T/L)",
              "ΔPQ"],
             [[r["comparison"], r["persona_source"], r["n_rows"],
-              f"{_ci(r['p_win'], r['p_win_lo'], r['p_win_hi'], 100)} ({r['p_test']}/{r['p_tie']}/{r['p_base']})",
-              f"{_ci(r['q_win'], r['q_win_lo'], r['q_win_hi'], 100)} ({r['q_test']}/{r['q_tie']}/{r['q_base']})",
-              _ci(r["delta_pq"], r["delta_pq_lo"], r["delta_pq_hi"])] for r in pairwise],
+              f"{with_ci(r['p_win'], r['p_win_lo'], r['p_win_hi'], 100)} ({r['p_test']}/{r['p_tie']}/{r['p_base']})",
+              f"{with_ci(r['q_win'], r['q_win_lo'], r['q_win_hi'], 100)} ({r['q_test']}/{r['q_tie']}/{r['q_base']})",
+              with_ci(r["delta_pq"], r["delta_pq_lo"], r["delta_pq_hi"])] for r in pairwise],
         )
         if _delta_pq_plot(pairwise, os.path.join(folder, "pairwise_delta_pq.png")):
             md += ["![delta PQ](pairwise_delta_pq.png)", ""]

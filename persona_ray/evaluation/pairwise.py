@@ -198,7 +198,7 @@ def delta_pq(p_win: float, q_win: float) -> float:
     return 0.5 * ((p_win - 0.5) / 0.5 + (q_win - 0.5) / 0.5) * 100
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: list[float], q: float) -> float:
     # Linear interpolation between closest ranks (numpy's default "linear" method).
     pos = q * (len(sorted_values) - 1)
     lo = int(pos)
@@ -232,8 +232,8 @@ def bootstrap_ci(
     ci: dict[str, float | None] = {}
     for name, values in samples.items():
         values.sort()
-        ci[f"{name}_lo"] = _percentile(values, 0.025) if values else None
-        ci[f"{name}_hi"] = _percentile(values, 0.975) if values else None
+        ci[f"{name}_lo"] = percentile(values, 0.025) if values else None
+        ci[f"{name}_hi"] = percentile(values, 0.975) if values else None
     return ci
 
 

@@ -1,24 +1,53 @@
-"""Measures with known truth: does a model rank each user's chosen response first?
+"""Measures with known truth, per persona type.
 
-Preference accuracy uses the model's implicit reward, as DPO defines it:
-    r(x, y) = log pi(y | x) - log pi_ref(y | x)
-and a pair counts as ranked right when r(x, chosen) > r(x, rejected). The input x is built with
-the same template as training (tailoring.templates.format_input): with the user's persona for
-persona-tailored models, without one for plain models. Accuracy is reported per persona type.
+    preference_accuracy(policy, reference, rows, mode)   does the implicit reward rank the user's
+                                                          chosen response first?
+    compliance(rows, responses, types)                    {row_id: True/False}: is a generated answer
+                                                          in the user's style (the style program)?
+    rate_by_type(rows, ok, majority)                      {type: rate}, plus "minority" and "all"
+    bootstrap_by_prompt(rows, ok_a, ok_b, group, ...)     difference a - b with a 95 % CI, test
+                                                          prompts resampled (rows of one prompt
+                                                          move together)
+    judge_agreement(outcomes, ok_test, ok_base)           how often the LLM judge's personalization
+                                                          verdict sides with the style program
+    persona_axes(persona)                                 which length and form a persona sentence
+                                                          names (for PI accuracy against the truth)
+
+Preference accuracy uses DPO's implicit reward r(x, y) = log pi(y | x) - log pi_ref(y | x); a pair
+is ranked right when r(x, chosen) > r(x, rejected). The input x is built as for generation
+(tailoring.templates.inference_input) in one of three modes: "persona" (the Persona line of PT
+models), "plain" (the persona appended to the prompt in words, for a model trained without
+personas) and "none" (no persona).
 """
 
 from __future__ import annotations
 
+import random
+import re
 from collections import defaultdict
+from typing import Callable
 
-from persona_ray.tailoring.templates import format_input, format_response
+from persona_ray.evaluation.pairwise import percentile
+from persona_ray.tailoring.templates import format_response, inference_input
+from persona_ray.world.spec import PersonaType
+from persona_ray.world.style import style_of
+
+MODES = ("persona", "plain", "none")
+MINORITY = "minority"  # every type but the first (the majority), pooled
 
 
-def response_logprob(model, tokenizer, model_input: str, response: str) -> float:
+def model_input(row: dict, mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    persona = None if mode == "none" else row["chosen_persona"]
+    return inference_input(row["prompt"], persona, persona_template=mode == "persona")
+
+
+def response_logprob(model, tokenizer, model_input_text: str, response: str) -> float:
     """Sum of log-probabilities of the response tokens (EOS included) after the input."""
     import torch
 
-    prompt_ids = tokenizer(model_input, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer(model_input_text, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(format_response(response, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt_ids + response_ids])
     with torch.no_grad():
@@ -29,22 +58,127 @@ def response_logprob(model, tokenizer, model_input: str, response: str) -> float
     return float(picked[len(prompt_ids) - 1:].sum())
 
 
-def preference_accuracy(policy_path: str, reference_path: str, rows: list[dict], with_persona: bool) -> dict:
-    """{persona type: {"n", "correct", "accuracy"}} plus "all", over rows with chosen_type."""
+def rate_by_type(rows: list[dict], ok: dict[str, bool], majority: str) -> dict[str, dict]:
+    """{type | "minority" | "all": {"n", "correct", "rate"}} over rows whose pair_id is in `ok`;
+    "minority" pools every type but `majority`."""
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        if row["pair_id"] not in ok:
+            continue
+        keys = [row["chosen_type"], "all"] + ([MINORITY] if row["chosen_type"] != majority else [])
+        for key in keys:
+            tally[key][0] += 1
+            tally[key][1] += int(ok[row["pair_id"]])
+    return {key: {"n": n, "correct": c, "rate": c / n} for key, (n, c) in tally.items()}
+
+
+def preference_accuracy(policy_path: str, reference_path: str, rows: list[dict], mode: str) -> dict[str, bool]:
+    """{pair_id: chosen ranked first by the implicit reward}."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     policy = AutoModelForCausalLM.from_pretrained(policy_path).eval()
     reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
-    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    ranked = {}
     for row in rows:
-        model_input = format_input(row["prompt"], row["chosen_persona"] if with_persona else None)
+        text = model_input(row, mode)
         margin = 0.0
         for side, sign in (("chosen", 1), ("rejected", -1)):
-            reward = (response_logprob(policy, tokenizer, model_input, row[side])
-                      - response_logprob(reference, tokenizer, model_input, row[side]))
+            reward = (response_logprob(policy, tokenizer, text, row[side])
+                      - response_logprob(reference, tokenizer, text, row[side]))
             margin += sign * reward
-        for key in (row["chosen_type"], "all"):
-            tally[key][0] += 1
-            tally[key][1] += int(margin > 0)
-    return {key: {"n": n, "correct": c, "accuracy": c / n} for key, (n, c) in tally.items()}
+        ranked[row["pair_id"]] = margin > 0
+    return ranked
+
+
+def compliance(rows: list[dict], responses: dict[str, str], types: list[PersonaType]) -> dict[str, bool]:
+    """{pair_id: the answer to that row is in its user's style}; rows without an answer are left out."""
+    style = {t.name: t.style for t in types}
+    ok = {}
+    for row in rows:
+        text = responses.get(row["pair_id"])
+        if text is None:
+            continue
+        found = style_of(text)
+        ok[row["pair_id"]] = found is not None and found.name == style[row["chosen_type"]]
+    return ok
+
+
+def bootstrap_by_prompt(rows: list[dict], ok_a: dict[str, bool], ok_b: dict[str, bool],
+                        group: Callable[[dict], bool], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Rate of a minus rate of b over the rows in `group`, with a percentile 95 % CI from resampling
+    test prompts with replacement. {"n_rows", "n_prompts", "a", "b", "diff", "lo", "hi"}."""
+    by_prompt: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for row in rows:
+        rid = row["pair_id"]
+        if group(row) and rid in ok_a and rid in ok_b:
+            by_prompt[row["prompt"]].append((int(ok_a[rid]), int(ok_b[rid])))
+    prompts = sorted(by_prompt)
+    if not prompts:
+        return {"n_rows": 0, "n_prompts": 0, "a": None, "b": None, "diff": None, "lo": None, "hi": None}
+
+    def rates(chosen: list[str]) -> tuple[float, float]:
+        pairs = [p for prompt in chosen for p in by_prompt[prompt]]
+        return sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)
+
+    a, b = rates(prompts)
+    rng = random.Random(seed)
+    diffs = sorted(x - y for x, y in (rates([rng.choice(prompts) for _ in prompts]) for _ in range(n_boot)))
+    return {"n_rows": sum(len(v) for v in by_prompt.values()), "n_prompts": len(prompts), "a": a, "b": b,
+            "diff": a - b, "lo": percentile(diffs, 0.025), "hi": percentile(diffs, 0.975)}
+
+
+def judge_agreement(outcomes: dict[str, str], ok_test: dict[str, bool], ok_base: dict[str, bool]) -> dict:
+    """Over rows where exactly one of the two answers is in the user's style: how often the judge's
+    both-order personalization outcome ("test" / "base" / "tie" / "unparseable") names that one."""
+    counts = {"decidable": 0, "agree": 0, "disagree": 0, "tie": 0, "unparseable": 0}
+    for rid, outcome in outcomes.items():
+        if rid not in ok_test or rid not in ok_base or ok_test[rid] == ok_base[rid]:
+            continue
+        counts["decidable"] += 1
+        right = "test" if ok_test[rid] else "base"
+        key = "agree" if outcome == right else outcome if outcome in ("tie", "unparseable") else "disagree"
+        counts[key] += 1
+    counts["agreement"] = counts["agree"] / counts["decidable"] if counts["decidable"] else None
+    return counts
+
+
+# Words a persona uses for each value of the two style axes. A persona naming neither value of
+# an axis (or both) does not say it; PI accuracy counts that as a miss.
+AXIS_WORDS = {
+    "length": {"short": r"brief|short|concise|quick|succinct|one[- ]sentence|two[- ]sentence|to the point|"
+                        r"minimal|little time|busy|skim",
+               "long": r"detail|thorough|comprehensive|in[- ]depth|extensive|elaborat|context|full|complete|"
+                       r"patient|explanation|background"},
+    "form": {"steps": r"step|numbered|list|bullet|sequence|checklist|instructions",
+             "prose": r"paragraph|prose|narrative|flowing|connected|essay|story"},
+}
+
+
+NEGATED = re.compile(r"\b(?:no|not|without|never|avoids?|avoiding)\s+(?:\w+\s+)?\w+")  # "no extra detail"
+
+
+def persona_axes(persona: str) -> dict[str, str | None]:
+    """{"length": "short" | "long" | None, "form": "steps" | "prose" | None} named by the persona
+    (words after a negation do not count)."""
+    text = NEGATED.sub(" ", persona.lower())
+    named = {}
+    for axis, values in AXIS_WORDS.items():
+        hits = [value for value, pattern in values.items() if re.search(pattern, text)]
+        named[axis] = hits[0] if len(hits) == 1 else None
+    return named
+
+
+def pi_accuracy(rows: list[dict], types: list[PersonaType]) -> dict:
+    """Per axis and side: the share of inferred personas naming the true value of the side's type.
+    `rows` carry the inferred personas in chosen_persona / rejected_persona."""
+    truth = {t.name: {"length": t.length, "form": t.form} for t in types}
+    result = {}
+    for side in ("chosen", "rejected"):
+        for axis in AXIS_WORDS:
+            hits = [persona_axes(row[f"{side}_persona"])[axis] == truth[row[f"{side}_type"]][axis] for row in rows]
+            result[f"{side}_{axis}"] = sum(hits) / len(hits) if hits else None
+        both = [persona_axes(row[f"{side}_persona"]) == truth[row[f"{side}_type"]] for row in rows]
+        result[f"{side}_both"] = sum(both) / len(both) if both else None
+    result["n"] = len(rows)
+    return result
