@@ -159,3 +159,14 @@ def test_the_writer_keeps_only_confirmed_answers_and_reasks_the_rest(ray_local, 
     assert counts["short-prose"] == {"asked": 2, "kept": 2, "kept_by_round": [2, 0]}
     _, none_again = write_responses(["Stubborn?"], DEFAULT_TYPES, WritingSettings(retries=0))
     assert none_again["long-steps"] == {"asked": 1, "kept": 0, "kept_by_round": [0]}
+
+
+def test_beavertails_prompts_are_a_second_question_set(real_personas, tmp_path):
+    """The world can be built on the BeaverTails prompts of ../shared/data (config `prompts`);
+    here with the synthetic writer, so only the reading and the splits are checked."""
+    from persona_ray.world.experiment import World, WorldConfig, read_prompts
+
+    prompts = read_prompts(str(real_personas))
+    assert 400 < len(prompts) <= 499 and all(p == " ".join(p.split()) for p in prompts)
+    stages = World(WorldConfig(output=str(tmp_path / "bt"), prompts=str(real_personas), max_prompts=60)).run("build")
+    assert stages["build"]["prompts_kept"] == 60 and stages["build"]["pairs"]["train"] == 4 * 42

@@ -101,7 +101,7 @@ class World:
 
     def __init__(self, cfg: WorldConfig):
         self.cfg = cfg
-        self.out = Path(cfg.output)
+        self.out = Path(cfg.output).resolve()  # Ray workers run in other folders
 
     # -- paths ---------------------------------------------------------------------------------
     def data(self, source: str) -> str:
