@@ -115,9 +115,7 @@ class World:
         return json.loads(path.read_text()) if path.exists() else None
 
     def test_rows(self, source: str = "gold") -> list[dict]:
-        from persona_ray.dataset.splits import read_split
-
-        return sorted(read_split(self.data(source), "test"), key=lambda r: r["pair_id"])
+        return sorted(self.read_rows("test", source), key=lambda r: r["pair_id"])
 
     def models(self) -> dict[str, dict]:
         """label -> {"path", "reference", "mode", "source"} for every model the run trains."""
@@ -268,7 +266,7 @@ class World:
             summary = run_generate(GenerateConfig(
                 data=self.data(model["source"]), output=str(self.out / "generated"), model_id=label, engine=engine,
                 mode="persona" if model["mode"] == "persona" else "plain", persona_sources=[source]))
-            counts[label] = summary.get("written", summary)
+            counts[label] = summary
         return {"generated": counts}
 
     def answers(self, label: str) -> dict[str, str]:
