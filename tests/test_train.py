@@ -65,6 +65,7 @@ def test_sft_two_workers_use_every_row_once_and_checkpoint(sft_run, data_dir):
     assert summary["rows_per_worker"] == [8, 8]
     assert not set(ids[0]) & set(ids[1]), "the two workers saw overlapping rows"
     assert sorted(ids[0] + ids[1]) == sorted(expected), "every row is used exactly once"
+    assert ids[0] + ids[1] != expected, "training examples are shuffled, not read in file order"
     assert all(side == "chosen" for rank in seen for _, side in rank)
     assert summary["steps"] == summary["planned_steps"] == 2  # 8 rows per worker / batch 4, one epoch
     assert summary["final_loss"] is not None and "eval_loss" in summary["eval"]

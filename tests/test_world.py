@@ -151,11 +151,11 @@ def test_tiny_model_learns_personas_where_plain_dpo_learns_only_the_majority(ray
     majority, smallest = DEFAULT_TYPES[0].name, DEFAULT_TYPES[-1].name
     measured = json.loads((tmp_path / "world" / "measure.json").read_text())
     assert all(measured["PT-DPO"][t.name]["n"] >= 30 for t in DEFAULT_TYPES)  # every test prompt, every type
-    # Last run (Ray Train, type all, 80 steps): PT-DPO 0.974 / 1.0 / 0.949 / 0.641, minority 0.863;
-    # DPO 1.0 / 0.718 / 0.359 / 0.0. The bar of >= 0.9 on every type is not met on the
-    # smallest minority through Ray Train (0.974 in one process with the same data): see README.
-    assert accuracy["PT-DPO"][majority] >= 0.9 and accuracy["PT-DPO"]["minority"] >= 0.8, accuracy
-    assert all(accuracy["PT-DPO"][t.name] >= 0.5 for t in DEFAULT_TYPES), accuracy
+    # Last run (Ray Train, type all, 80 steps, examples shuffled once with the seed): PT-DPO
+    # 1.0 / 1.0 / 0.974 / 1.0; DPO 1.0 / 0.692 / 0.359 / 0.0. Before training examples were
+    # shuffled, Ray Train read them in file order (a prompt's users together) and the smallest
+    # minority reached only 0.641.
+    assert all(accuracy["PT-DPO"][t.name] >= 0.9 for t in DEFAULT_TYPES), accuracy
     assert accuracy["DPO"][majority] >= 0.8, accuracy
     assert accuracy["DPO"][smallest] <= 0.5, accuracy
     assert accuracy["PT-DPO"][smallest] - accuracy["DPO"][smallest] >= 0.4, accuracy

@@ -5,7 +5,7 @@ The methods (sft.SFT, dpo.DPO) only know TRL: each owns its examples, tokenising
 and trainer builder (base.TrainingMethod). run_training(method, cfg) runs any of them:
 
     driver   tokenized_split()      Ray Data: read <data>/<split>.parquet, tokenise into TRL's format,
-                                    materialize()
+                                    shuffle the training examples once (seeded), materialize()
              run_training()         check, plan, TorchTrainer(...).fit(), then a summary from the files below
     worker   run_worker(plan)       the per-worker loop (a typed WorkerPlan): the method's TRL trainer
                                     with a placeholder dataset, then
@@ -91,13 +91,21 @@ class _Tokenize:
         return pa.Table.from_pydict(out, schema=schema)
 
 
-def tokenized_split(uri: str, method: TrainingMethod, training_type: str, tokenizer_path: str, max_length: int):
-    """A materialized Ray dataset of TRL-format examples read from one split file."""
+def tokenized_split(uri: str, method: TrainingMethod, training_type: str, tokenizer_path: str, max_length: int,
+                    shuffle_seed: int | None = None):
+    """A materialized Ray dataset of TRL-format examples read from one split file.
+
+    With `shuffle_seed` the examples are shuffled once, before materializing: split files keep the
+    rows of one prompt together (and `all` puts a pair's two sides side by side), and a run that
+    stops before the end of an epoch would otherwise train on the first prompts only. The order is
+    fixed by the seed and the same every epoch, so a restarted worker skips the batches it consumed."""
     import ray.data
 
     fs, path = storage.filesystem(uri)
     ds = ray.data.read_parquet(path, filesystem=fs)
     ds = ds.map_batches(_Tokenize(method, training_type, tokenizer_path, max_length), batch_format="pyarrow")
+    if shuffle_seed is not None:
+        ds = ds.random_shuffle(seed=shuffle_seed)
     return ds.materialize()
 
 
@@ -304,7 +312,7 @@ def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
     ensure_ray()
     name = cfg.name or f"{method.name}-{cfg.training_type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     train_ds = tokenized_split(split_uri(cfg.data, cfg.train_split), method, cfg.training_type, model_path,
-                               cfg.max_length)
+                               cfg.max_length, shuffle_seed=cfg.seed)
     plan = plan_steps(cfg, train_ds.count())
     datasets = {"train": train_ds}
     evaluate = False
