@@ -323,7 +323,10 @@ def search(index: str, query: str, k: int) -> None:
 @click.option("--judged", help="a `persona-ray judge` output folder")
 @click.option("--min-count", default=5, show_default=True, help=describe(PIEvalConfig, "saliency_min_count"))
 @click.option("--top-k", default=15, show_default=True, help=describe(PIEvalConfig, "saliency_top_k"))
-def report(output: str, personas: str | None, judged: str | None, min_count: int, top_k: int) -> None:
+@click.option("--saliency-method", type=click.Choice(["log_odds", "p_label"]), default="log_odds", show_default=True,
+              help=describe(PIEvalConfig, "saliency_method"))
+def report(output: str, personas: str | None, judged: str | None, min_count: int, top_k: int,
+           saliency_method: str) -> None:
     """A report from persona diagnostics (--personas) and/or pairwise judgements (--judged)."""
     from persona_ray.core import storage
     from persona_ray.core.report import write_report
@@ -335,7 +338,8 @@ def report(output: str, personas: str | None, judged: str | None, min_count: int
     sections: dict = {"notes": []}
     if personas:
         chosen, rejected = load_personas_for_report(personas)
-        sections.update(saliency=word_saliency(chosen, rejected, min_count=min_count, top_k=top_k),
+        sections.update(saliency=word_saliency(chosen, rejected, min_count=min_count, top_k=top_k,
+                                               method=saliency_method),
                         traits=top_traits(chosen + rejected))
         sections["notes"].append(f"{len(chosen)} chosen and {len(rejected)} rejected personas from {personas}.")
     if judged:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 from pathlib import Path
 
 import pytest
@@ -70,25 +73,53 @@ def test_word_saliency_is_class_balanced_and_filtered():
     # min_count=3 keeps thorough, example, short, calm. With 4 chosen and 2 rejected personas:
     #   short:   (1/4) / (1/4 + 2/2) = 0.2 chosen, 0.8 rejected  (unbalanced would give 1/3)
     #   example: (4/4) / (4/4 + 2/2) = 0.5;  calm: (2/4) / (2/4 + 1/2) = 0.5;  thorough: 1.0
-    result = word_saliency(chosen, rejected, min_count=3, top_k=10)
+    result = word_saliency(chosen, rejected, min_count=3, top_k=10, method="p_label")
     as_pairs = {side: [(r["word"], round(r["p_label"], 6)) for r in rows] for side, rows in result.items()}
     # Ties on p_label are broken by total count (example 6 > calm 3).
     assert as_pairs["chosen"] == [("thorough", 1.0), ("example", 0.5), ("calm", 0.5), ("short", 0.2)]
     assert as_pairs["rejected"] == [("short", 0.8), ("example", 0.5), ("calm", 0.5), ("thorough", 0.0)]
-    assert result["rejected"][0] == {"word": "short", "p_label": pytest.approx(0.8),
-                                     "count_chosen": 1, "count_rejected": 2}
+    assert {k: result["rejected"][0][k] for k in ("word", "score", "p_label", "count_chosen", "count_rejected")} \
+        == {"word": "short", "score": pytest.approx(0.8), "p_label": pytest.approx(0.8),
+            "count_chosen": 1, "count_rejected": 2}
 
-    top2 = word_saliency(chosen, rejected, min_count=3, top_k=2)
+    top2 = word_saliency(chosen, rejected, min_count=3, top_k=2, method="p_label")
     assert [r["word"] for r in top2["chosen"]] == ["thorough", "example"]
     # min_count=2 lets "curious" (2/0) in; "busy" (0/1) stays out.
-    words = {r["word"] for r in word_saliency(chosen, rejected, min_count=2, top_k=10)["chosen"]}
+    words = {r["word"] for r in word_saliency(chosen, rejected, min_count=2, top_k=10, method="p_label")["chosen"]}
     assert "curious" in words and "busy" not in words
 
 
 def test_word_saliency_on_empty_label():
-    result = word_saliency(["The user is calm and prefers tea."], [], min_count=1)
+    result = word_saliency(["The user is calm and prefers tea."], [], min_count=1, method="p_label")
     assert [(r["word"], r["p_label"]) for r in result["chosen"]] == [("calm", 1.0), ("tea", 1.0)]
     assert all(r["p_label"] == 0.0 for r in result["rejected"])
+    by_log_odds = word_saliency(["The user is calm and prefers tea."], [], min_count=1)
+    assert {r["word"] for r in by_log_odds["chosen"]} == {"calm", "tea"}
+    # With the pooled counts as prior, a label with no personas gives no evidence: every z is 0.
+    assert all(r["z"] == pytest.approx(0.0) for r in by_log_odds["chosen"])
+    single = word_saliency(["The user is calm."], [], min_count=1)  # one word: no odds against others
+    assert [(r["word"], r["z"]) for r in single["chosen"]] == [("calm", 0.0)]
+
+
+def test_log_odds_ranks_frequent_one_sided_words_above_rare_ones():
+    """Hand-computed: 'concise' in 40 of 50 rejected personas (and 10 chosen) outranks 'terse',
+    in 3 rejected personas and none chosen, though P(rejected | terse) = 1.0 > 0.8."""
+    rejected = ["The user is busy and prefers concise tips."] * 37 + \
+               ["The user is busy and prefers concise, terse tips."] * 3 + ["The user is busy and prefers tips."] * 10
+    chosen = ["The user is curious and prefers concise tips."] * 10 + ["The user is curious and prefers tips."] * 40
+    by_p = word_saliency(chosen, rejected, min_count=3, top_k=2, method="p_label")["rejected"]
+    by_z = word_saliency(chosen, rejected, min_count=3, top_k=2)["rejected"]
+    assert [r["word"] for r in by_p] == ["busy", "terse"]
+    assert [r["word"] for r in by_z] == ["busy", "concise"]
+    concise = next(r for r in by_z if r["word"] == "concise")
+    # counts: chosen curious 50, concise 10, tip 50 (n 110); rejected busy 50, concise 40, terse 3,
+    # tip 50 (n 143); prior = pooled counts (concise 50, a0 = 50 + 50 + 50 + 3 + 100 = 253).
+    a, a0, y_c, y_r, n_c, n_r = 50, 253, 10, 40, 110, 143
+    delta = math.log((y_c + a) / (n_c + a0 - y_c - a)) - math.log((y_r + a) / (n_r + a0 - y_r - a))
+    assert concise["z"] == pytest.approx(delta / math.sqrt(1 / (y_c + a) + 1 / (y_r + a)))
+    assert concise["score"] == pytest.approx(-concise["z"]) and concise["method"] == "log_odds"
+    with pytest.raises(ValueError, match="saliency method 'chi2'"):
+        word_saliency(chosen, rejected, method="chi2")
 
 
 def test_top_traits_reads_the_attribute_part():
@@ -188,7 +219,7 @@ def test_real_personas_show_verbosity_bias_and_report(tmp_path, real_personas):
     rejected = [r["rejected_persona"] for r in rows]
     assert len(chosen) == len(rejected) == 499
 
-    saliency = word_saliency(chosen, rejected, top_k=15)
+    saliency = word_saliency(chosen, rejected, top_k=15, method="p_label")
     top_chosen = {r["word"] for r in saliency["chosen"]}
     top_rejected = {r["word"] for r in saliency["rejected"]}
     chosen_expected = top_chosen & {"comprehensive", "detailed", "thorough", "nuanced", "multi-faceted"}
@@ -198,6 +229,36 @@ def test_real_personas_show_verbosity_bias_and_report(tmp_path, real_personas):
     for rows_ in saliency.values():
         assert all(r["count_chosen"] + r["count_rejected"] >= 5 for r in rows_)
         assert [r["p_label"] for r in rows_] == sorted((r["p_label"] for r in rows_), reverse=True)
+    # The frequency-aware default (weighted log-odds z) at the paper's cut-offs (10 personas, top 10).
+    by_log_odds = word_saliency(chosen, rejected, min_count=10, top_k=10)
+    assert {"comprehensive", "detailed"} <= {r["word"] for r in by_log_odds["chosen"]}, by_log_odds["chosen"]
+    assert {"concise", "straightforward"} <= {r["word"] for r in by_log_odds["rejected"]}, by_log_odds["rejected"]
+    assert by_log_odds["chosen"][0]["word"] == "comprehensive"  # 150 chosen vs 36 rejected personas
+    assert by_log_odds["rejected"][0]["word"] == "straightforward"  # 23 vs 146
 
     traits = top_traits(chosen + rejected, top_k=10)
     _write_full_report_and_check(tmp_path / "report", saliency, traits, chosen_expected, rejected_expected)
+
+
+def test_report_cli_ranks_by_the_chosen_saliency_method(tmp_path):
+    from click.testing import CliRunner
+
+    from persona_ray.cli import app
+
+    rows = [{"chosen_persona": "The user is calm and prefers thorough, detailed examples.",
+             "rejected_persona": "The user is busy and prefers short, simple examples."}] * 3
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    headers = {}
+    for method in ("log_odds", "p_label"):
+        out = tmp_path / method
+        run = CliRunner().invoke(app, ["report", "--personas", str(personas), "--output", str(out),
+                                       "--min-count", "2", "--saliency-method", method])
+        assert run.exit_code == 0, run.output
+        table = _sections((out / "report.md").read_text(), "### ")["Chosen personas"]
+        headers[method] = next(line for line in table.splitlines() if line.startswith("| word"))
+    assert headers["log_odds"] == r"| word | log-odds z (chosen) | P(chosen \| word) | count chosen | count rejected |"
+    assert headers["p_label"] == r"| word | P(chosen \| word) | count chosen | count rejected |"
+    bad = CliRunner().invoke(app, ["report", "--personas", str(personas), "--output", str(tmp_path / "x"),
+                                   "--saliency-method", "chi2"])
+    assert bad.exit_code == 2 and "chi2" in bad.output

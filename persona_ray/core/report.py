@@ -78,19 +78,26 @@ def _accuracy_plot(rows: list[dict], path: str) -> bool:
     return True
 
 
+def _score_label(items: list[dict], side: str) -> str:
+    if items and items[0]["method"] == "p_label":
+        return f"P({side} | word)"
+    return f"log-odds z ({side})"
+
+
 def _saliency_plot(saliency: dict, path: str) -> None:
-    """Two horizontal bar panels, P(label | word) for each label's top words (best on top)."""
+    """Two horizontal bar panels, each label's top words by their saliency score (best on top)."""
     fig = Figure(figsize=(9, 0.3 * max(len(saliency.get(s, [])) for s in SIDES) + 1.5),
                  layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, side in zip(axes, SIDES):
         items = saliency.get(side, [])
-        ax.barh([it["word"] for it in items], [it["p_label"] for it in items],
+        ax.barh([it["word"] for it in items], [it["score"] for it in items],
                 color=_SIDE_COLOURS[side])
         ax.invert_yaxis()
-        ax.axvline(0.5, color="grey", linestyle="--", linewidth=0.8)  # no preference either way
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(f"P({side} | word)")
+        if items and items[0]["method"] == "p_label":
+            ax.axvline(0.5, color="grey", linestyle="--", linewidth=0.8)  # no preference either way
+            ax.set_xlim(0, 1)
+        ax.set_xlabel(_score_label(items, side))
         ax.set_title(f"{side} personas")
     save_figure(fig, path)
 
@@ -186,10 +193,13 @@ def write_report(
         md += ["## Word saliency", ""]
         for side in SIDES:
             md += [f"### {side.capitalize()} personas", ""]
+            items = saliency.get(side, [])
+            by_log_odds = bool(items) and items[0]["method"] == "log_odds"  # then P(label | word) beside z
             md += markdown_table(
-                ["word", f"P({side} | word)", "count chosen", "count rejected"],
-                [[it["word"], float(it["p_label"]), it["count_chosen"], it["count_rejected"]]
-                 for it in saliency.get(side, [])],
+                ["word", _score_label(items, side)] + ([f"P({side} | word)"] if by_log_odds else [])
+                + ["count chosen", "count rejected"],
+                [[it["word"], float(it["score"])] + ([float(it["p_label"])] if by_log_odds else [])
+                 + [it["count_chosen"], it["count_rejected"]] for it in items],
             )
         _saliency_plot(saliency, os.path.join(folder, "saliency.png"))
         md += ["![saliency](saliency.png)", ""]

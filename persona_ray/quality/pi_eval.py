@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -59,6 +59,9 @@ class PIEvalConfig(Settings):
     limit: int | None = Field(None, gt=0, description="judge only the first N pairs of each dataset (by pair id)")
     saliency_min_count: int = Field(5, gt=0, description="word saliency: least personas a word must occur in")
     saliency_top_k: int = Field(15, gt=0, description="word saliency: words listed per side")
+    saliency_method: Literal["log_odds", "p_label"] = Field(
+        "log_odds", description="word saliency ranking: log_odds (weighted log-odds z, frequency-aware) or p_label "
+                                "(the paper's class-balanced P(label | word))")
 
 
 def load_rows(path: str, split: str, limit: int | None) -> list[dict]:
@@ -152,7 +155,7 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
 
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     saliency = word_saliency([r["chosen_persona"] for r in all_rows], [r["rejected_persona"] for r in all_rows],
-                             min_count=cfg.saliency_min_count, top_k=cfg.saliency_top_k)
+                             min_count=cfg.saliency_min_count, top_k=cfg.saliency_top_k, method=cfg.saliency_method)
     traits = top_traits([r[f"{s}_persona"] for r in all_rows for s in SIDES])
 
     answers = acc_answers + pref_answers

@@ -6,8 +6,12 @@ one list per label. Nothing here needs Ray or a model.
 - `preference_part` strips the opener and whatever the user is said to prefer *against*
   ("... rather than X", "... over X"), so X does not count as a preferred trait.
 - `persona_words` turns that part into a set of lowercase lemmatised content words.
-- `word_saliency` ranks words by P(label | word), class-balanced (each label's counts are
-  divided by its number of personas), over words seen in at least `min_count` personas.
+- `word_saliency` ranks words seen in at least `min_count` personas, by one of two statistics:
+  `log_odds` (default): the weighted log-odds ratio with an informative Dirichlet prior, as a
+  z-score (Monroe, Colaresi & Quinn 2008, "Fightin' Words") — frequent, clearly one-sided
+  words rank above rare ones whose few occurrences happen to fall on one side;
+  `p_label` (the paper's statistic): class-balanced P(label | word), each label's counts
+  divided by its number of personas (the paper: at least 10 personas, top 10).
 - `top_traits` counts the content words of the attribute part (who the user is).
 
 Lemmatisation: `simplemma` (English). Hyphenated words ("step-by-step") are kept whole,
@@ -18,6 +22,7 @@ and words ending in "-ed" are kept as written: in personas they are adjectives
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 
@@ -100,18 +105,46 @@ def attribute_part(persona: str) -> str:
     return (text[: verb.start()] if verb else text).strip(" ,.")
 
 
-def word_saliency(
-    chosen: list[str], rejected: list[str], min_count: int = 5, top_k: int = 15
-) -> dict[str, list[dict]]:
-    """Top words per label by class-balanced P(label | word).
+SALIENCY_METHODS = ("log_odds", "p_label")
 
-    For a word w in >= `min_count` personas (both labels together):
-        rate_L = (#personas of label L containing w) / (#personas of label L)
-        P(L | w) = rate_L / (rate_chosen + rate_rejected)
-    Returns {"chosen": [...], "rejected": [...]}; each item is
-    {"word", "p_label", "count_chosen", "count_rejected"}, sorted by p_label desc,
-    then total count desc, then word.
+
+def _log_odds_z(counts: dict[str, Counter]) -> dict[str, float]:
+    """z-score of the chosen-vs-rejected log-odds of every word, with the pooled counts as an
+    informative Dirichlet prior (alpha_w = pooled count of w, alpha_0 = their sum):
+
+        delta_w = log((y_cw + a_w) / (n_c + a_0 - y_cw - a_w)) - log((y_rw + a_w) / (n_r + a_0 - y_rw - a_w))
+        z_w = delta_w / sqrt(1 / (y_cw + a_w) + 1 / (y_rw + a_w))
+
+    y = personas of a label containing the word, n = the sum of y over the label's words.
+    Positive: marks chosen personas; negative: rejected ones."""
+    pooled = counts["chosen"] + counts["rejected"]
+    if len(pooled) < 2:  # one word has no odds against the others
+        return {word: 0.0 for word in pooled}
+    a0 = sum(pooled.values())
+    n_c, n_r = sum(counts["chosen"].values()), sum(counts["rejected"].values())
+    z = {}
+    for word, a in pooled.items():
+        y_c, y_r = counts["chosen"][word], counts["rejected"][word]
+        delta = math.log((y_c + a) / (n_c + a0 - y_c - a)) - math.log((y_r + a) / (n_r + a0 - y_r - a))
+        z[word] = delta / math.sqrt(1 / (y_c + a) + 1 / (y_r + a))
+    return z
+
+
+def word_saliency(
+    chosen: list[str], rejected: list[str], min_count: int = 5, top_k: int = 15, method: str = "log_odds",
+) -> dict[str, list[dict]]:
+    """Top words per label, over words in >= `min_count` personas (both labels together).
+
+    Both statistics are computed for every word; `method` picks the ranking:
+        p_label   class-balanced P(L | w) = rate_L / (rate_chosen + rate_rejected),
+                  rate_L = (#personas of label L containing w) / (#personas of label L)
+        log_odds  the weighted log-odds z-score (`_log_odds_z`), + for chosen, - for rejected
+    Returns {"chosen": [...], "rejected": [...]}; each item is {"word", "score", "method",
+    "p_label", "z", "count_chosen", "count_rejected"} (score = the ranked statistic for that
+    label), sorted by score desc, then total count desc, then word.
     """
+    if method not in SALIENCY_METHODS:
+        raise ValueError(f"saliency method {method!r}: use one of {', '.join(SALIENCY_METHODS)}")
     counts = {
         "chosen": Counter(w for p in chosen for w in persona_words(p)),
         "rejected": Counter(w for p in rejected for w in persona_words(p)),
@@ -119,22 +152,27 @@ def word_saliency(
     sizes = {"chosen": len(chosen), "rejected": len(rejected)}
     words = [w for w in counts["chosen"] | counts["rejected"]
              if counts["chosen"][w] + counts["rejected"][w] >= min_count]
+    z = _log_odds_z(counts)
 
     def rate(label: str, word: str) -> float:
         return counts[label][word] / sizes[label] if sizes[label] else 0.0
 
     result: dict[str, list[dict]] = {}
     for label in SIDES:
+        sign = 1.0 if label == "chosen" else -1.0
         rows = []
         for w in words:
-            total_rate = rate("chosen", w) + rate("rejected", w)
+            p_label = rate(label, w) / (rate("chosen", w) + rate("rejected", w))  # > 0: w was counted
             rows.append({
                 "word": w,
-                "p_label": rate(label, w) / total_rate,  # total_rate > 0: w was counted
+                "score": p_label if method == "p_label" else sign * z[w],
+                "method": method,
+                "p_label": p_label,
+                "z": z[w],
                 "count_chosen": counts["chosen"][w],
                 "count_rejected": counts["rejected"][w],
             })
-        rows.sort(key=lambda r: (-r["p_label"], -(r["count_chosen"] + r["count_rejected"]), r["word"]))
+        rows.sort(key=lambda r: (-r["score"], -(r["count_chosen"] + r["count_rejected"]), r["word"]))
         result[label] = rows[:top_k]
     return result
 
