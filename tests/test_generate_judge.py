@@ -68,13 +68,18 @@ def test_requests_per_mode_and_source_with_quarantine():
     assert [r["persona_source"] for r in again] == ["none"]
 
 
-def test_fewshot_mode_shows_exemplars_and_refuses_source_none():
-    rows = _test_rows(4)
-    fewshot = [{**r, "chosen": f"Answer {i}."} for i, r in enumerate(rows[2:])]
-    requests, _ = build_requests(rows[:1], _cfg(mode="fewshot", fewshot_k=2), fewshot, set())
-    assert requests[0]["prompt"].count("Prompt: ") == 3 and "Answer 0." in requests[0]["prompt"]
-    with pytest.raises(ValueError, match="mode fewshot"):
-        _cfg(mode="fewshot", persona_sources=["none"])
+def test_fewshot_mode_shows_exemplars_and_its_no_persona_twin_drops_only_the_personas():
+    rows = _test_rows(7)
+    fewshot = [{**r, "chosen": f"Answer {i}."} for i, r in enumerate(rows[2:])]  # 5 rows, as the paper's
+    requests, _ = build_requests(rows[:1], _cfg(mode="fewshot", fewshot_k=5, persona_sources=["gold-chosen", "none"]),
+                                 fewshot, set())
+    with_persona, without = (next(r["prompt"] for r in requests if r["persona_source"] == s) for s in ("gold-chosen", "none"))
+    assert with_persona.count("Prompt: ") == without.count("Prompt: ") == 6  # all 5 exemplars, then the query
+    assert all(f"Answer {i}." in with_persona and f"Answer {i}." in without for i in range(5))
+    assert with_persona.count("\nPersona: ") == 6 and "Persona:" not in without
+    # The twin is exactly the persona prompt with every Persona line taken out.
+    assert without == "\n".join(line for line in with_persona.split("\n") if not line.startswith("Persona: "))
+    assert without.endswith(f"Prompt: {rows[0]['prompt'].strip()}\nResponse:")
 
 
 def _write_responses(folder, model_id, rows, sources, response="ok", error=""):

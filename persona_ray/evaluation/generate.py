@@ -78,9 +78,6 @@ class GenerateConfig(Settings):
         if "model" not in self.engine.model_fields_set:
             raise ValueError("engine.model: name the model to generate with (a merged model folder, 'tiny', or the "
                              "served name for backend openai)")
-        if self.mode == "fewshot" and "none" in self.persona_sources:
-            raise ValueError("persona_sources: mode fewshot shows persona-tailored exemplars and needs a persona; "
-                             "use mode plain for source none")
         if not self.persona_sources:
             raise ValueError("persona_sources: name at least one source")
         return self

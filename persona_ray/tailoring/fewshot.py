@@ -9,7 +9,9 @@ and chosen response). Choice of exemplars:
              overlap), and the ColBERT retriever fits the same protocol
 
 The query and every exemplar use the PT template of pt_templates, so a few-shot base model sees
-exactly the format a tailored model is trained on.
+exactly the format a tailored model is trained on. Without a persona (the no-persona twin of
+PT-fs, the baseline the paper compares it with) the same exemplars are shown without their
+Persona lines, so the two prompts differ only by the personas.
 """
 
 from __future__ import annotations
@@ -62,14 +64,16 @@ def fixed_exemplars(fewshot: list[dict], k: int, domain: str | None = None) -> l
     return (same + other)[:k]
 
 
-def build_fewshot_prompt(exemplars: list[dict], prompt: str, persona: str) -> str:
+def build_fewshot_prompt(exemplars: list[dict], prompt: str, persona: str | None) -> str:
     """Exemplar blocks ("Prompt/Persona/Response: <chosen response>"), a blank line between
-    them, then the query's template ending in "Response:"."""
-    blocks = [f"{format_input(ex['prompt'], ex['chosen_persona'])} {ex['chosen'].strip()}" for ex in exemplars]
+    them, then the query's template ending in "Response:". With `persona=None` neither the
+    exemplars nor the query carry a Persona line."""
+    blocks = [f"{format_input(ex['prompt'], ex['chosen_persona'] if persona is not None else None)} "
+              f"{ex['chosen'].strip()}" for ex in exemplars]
     return "\n\n".join([*blocks, format_input(prompt, persona)])
 
 
-def fewshot_prompt(fewshot: list[dict], k: int, prompt: str, persona: str, *, strategy: str = "fixed",
+def fewshot_prompt(fewshot: list[dict], k: int, prompt: str, persona: str | None, *, strategy: str = "fixed",
                    domain: str | None = None, retriever: Retriever | None = None) -> str:
     if strategy == "fixed":
         exemplars = fixed_exemplars(fewshot, k, domain)
