@@ -85,7 +85,8 @@ def test_fewshot_mode_shows_exemplars_and_its_no_persona_twin_drops_only_the_per
 def _write_responses(folder, model_id, rows, sources, response="ok", error=""):
     writer = ShardWriter(storage.join(str(folder), model_id, "responses"), RESPONSE_SCHEMA, 100)
     writer.add(pa.Table.from_pylist([
-        {"row_id": r["pair_id"], "persona_source": s, "persona": None, "model_id": model_id, "prompt": r["prompt"],
+        {"row_id": r["pair_id"], "persona_source": s, "persona": f"The user is given {s} for {r['pair_id']}."
+         if s != "none" else None, "model_id": model_id, "prompt": r["prompt"],
          "input": "", "response": f"{response} {model_id}", "finish_reason": "stop", "error": error}
         for r in rows for s in sources], schema=RESPONSE_SCHEMA))
     writer.close()
@@ -100,8 +101,12 @@ def test_judge_requests_use_the_users_persona_and_report_missing_rows(tmp_path):
     requests, skipped = build_all_requests(cfg, rows)
     assert len(requests) == 2 * 2 * 2 * 2  # 2 judged rows × 2 sources × 2 rubrics × 2 orders
     personalised = [r for r in requests if r["rubric"] == "personalization"]
-    # retr-rejected is judged against the user's own (gold) rejected persona, not the retrieved one.
+    # The paper's choice (default): the persona the test model was given — the retrieved one for retr-*.
     for req in personalised:
+        assert f"<persona>The user is given {req['persona_source']} for {req['row_id']}.</persona>" in req["prompt"]
+    # judge_persona gold: the user's own (gold) rejected persona, for retr-rejected too.
+    gold_cfg = cfg.model_copy(update={"judge_persona": "gold"})
+    for req in [r for r in build_all_requests(gold_cfg, rows)[0] if r["rubric"] == "personalization"]:
         gold = next(r for r in rows if r["pair_id"] == req["row_id"])["rejected_persona"]
         assert f"<persona>{' '.join(gold.split())}</persona>" in req["prompt"]
     first = [r for r in requests if r["order"] == "base_first"][0]["prompt"]

@@ -5,9 +5,12 @@ every test row is judged with two rubrics (response quality; personalization = a
 prompt and fits the user's persona), each in both response orders (pairwise.py). Verdicts are
 keyed by test-row id, never by prompt text.
 
-The persona the personalization rubric shows is the user's: the gold persona of the same side
-for gold-* and retr-* sources (a retrieved persona is only the system's guess at the user), the
-gold chosen persona for `none`, and the fixed persona itself for `system`.
+The persona the personalization rubric shows (`judge_persona`):
+    given  (the paper's choice, default) the persona the test model was given: the retrieved one
+           for retr-* rows, the gold one for gold-*, the fixed one for `system`
+    gold   the user's own: the gold persona of the same side for gold-* and retr-* (a retrieved
+           persona is only the system's guess at the user), the fixed one for `system`
+For `none` (the test model got no persona) both show the user's gold chosen persona.
 
 Data contract
     responses   the output folder of `persona-ray generate` (<model_id>/responses/ shards)
@@ -71,6 +74,9 @@ class JudgeConfig(Settings):
     n_boot: int = Field(1000, ge=1, description="bootstrap replicates for the 95 % confidence intervals")
     seed: int = Field(0, description="bootstrap seed")
     limit: int | None = Field(None, gt=0, description="judge only the first N test rows by id")
+    judge_persona: Literal["given", "gold"] = Field(
+        "given", description="persona the personalization rubric shows: given (the one the test model got, "
+                             "retrieved for retr-* rows; the paper's choice) or gold (the user's own)")
 
     @field_validator("output")
     @classmethod
@@ -87,8 +93,8 @@ def _responses(folder: str, model_id: str) -> dict[tuple[str, str], dict]:
     return {(r["row_id"], r["persona_source"]): r for r in table.to_pylist()}
 
 
-def _judge_persona(row: dict, source: str, test_response: dict) -> str:
-    if source == "system":
+def _judge_persona(row: dict, source: str, test_response: dict, which: str) -> str:
+    if source == "system" or (which == "given" and source != "none"):
         return test_response["persona"]
     return row[JUDGE_PERSONA_FIELD[source]]
 
@@ -114,7 +120,7 @@ def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], 
                     skipped.append({"comparison": comp.label, "persona_source": source, "row_id": rid,
                                     "reason": problem})
                     continue
-                persona = _judge_persona(row, source, t)
+                persona = _judge_persona(row, source, t, cfg.judge_persona)
                 for rubric in RUBRICS:
                     for req in comparison_requests(rid, row["prompt"], b["response"], t["response"], persona, rubric):
                         key = key_of(comp.label, source, rid, rubric, req["order"])
