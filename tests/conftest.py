@@ -62,17 +62,17 @@ def bundled_persona_rows() -> list[dict]:
     model responses), built only from data bundled in the package, for tests of mechanics.
 
     Prompts and responses are the sample pairs (their chosen/rejected answers stand in for the
-    PT-DPO and DPO outputs); personas are the 12 persona-inference exemplars. For every row the
+    PT-DPO and DPO outputs); personas are the 20 persona-inference exemplars. For every row the
     four personas differ, and no two rows share the same (chosen, rejected) pair, so a row's
     personas identify it."""
     import yaml
 
     exemplars = yaml.safe_load(PI_EXEMPLARS.read_text())
     personas = [" ".join(e["persona"].split()) for domain in exemplars.values() for e in domain]
-    n = len(personas)  # 12
+    n = len(personas)  # 20 (5 per domain)
     rows = []
     for i, pair in enumerate(read_jsonl(SAMPLE_PAIRS)):
-        shift = i // n  # 0..4 over 60 rows: offsets {0}, {1..5}, {6}, {7..11} never collide
+        shift = i // n  # 0..2 over 60 rows: offsets {0}, {1..3}, {6}, {7..9} never collide
         rows.append({
             "id": pair["id"], "prompt": pair["prompt"], "domain": pair["domain"],
             "chosen_persona": personas[i % n], "rejected_persona": personas[(i + 1 + shift) % n],

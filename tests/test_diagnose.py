@@ -156,7 +156,7 @@ def test_report_omits_missing_sections_and_escapes_pipes(tmp_path):
     accuracy = [{"model": "m|x", "domain": "all", "side": "chosen", "n": 3, "accuracy": 0.5,
                  "consistency": 1.0, "unparseable": 0}]
     text = Path(write_report(str(tmp_path / "a"), title="t", accuracy=accuracy)).read_text()
-    assert "| m\\|x | all | chosen | 3 | 0.500 | 1.000 | 0 |" in text
+    assert "| m\\|x | all | chosen | 3 | 0.500 | n/a | 1.000 | 0 |" in text  # no single-order figure given
     assert "![accuracy](accuracy.png)" in text
 
 
@@ -167,7 +167,7 @@ def _write_full_report_and_check(folder: Path, saliency: dict, traits: list[dict
         {"model": "llama-8b", "domain": "all", "side": "chosen", "n": 499, "accuracy": 0.81,
          "consistency": 0.9, "unparseable": 2},
         {"model": "llama-8b", "domain": "all", "side": "rejected", "n": 499, "accuracy": 0.64,
-         "consistency": 0.85, "unparseable": 5},
+         "single_order_accuracy": 0.75, "consistency": 0.85, "unparseable": 5},
         {"model": "llama-8b", "domain": "BeaverTails", "side": "chosen", "n": 499, "accuracy": 0.81,
          "consistency": 0.9, "unparseable": 2},
     ]
@@ -180,7 +180,7 @@ def _write_full_report_and_check(folder: Path, saliency: dict, traits: list[dict
     text = Path(path).read_text()
     top = _sections(text, "## ")
     assert list(top) == ["Persona accuracy", "Preference judgements", "Word saliency", "Top traits", "Notes"]
-    assert "| llama-8b | all | rejected | 499 | 0.640 | 0.850 | 5 |" in top["Persona accuracy"]
+    assert "| llama-8b | all | rejected | 499 | 0.640 | 0.750 | 0.850 | 5 |" in top["Persona accuracy"]
     assert "| rejected_as_good_rate | 0.300 |" in top["Preference judgements"]
     assert "![saliency](saliency.png)" in top["Word saliency"]
 

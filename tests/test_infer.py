@@ -9,6 +9,7 @@ import pytest
 
 from persona_ray.core import storage
 from persona_ray.inference.infer import InferConfig, run_infer
+from persona_ray.inference.prompt import TEMPLATE_VERSION
 from persona_ray.inference.parse import guided_regex
 from persona_ray.core.shards import read_shards
 from tests.conftest import SAMPLE_PAIRS
@@ -77,7 +78,7 @@ def test_guided_run_from_and_to_s3(s3_run):
     # Content rules only: a random model's text may be degenerate or name a protected attribute.
     content_reasons = ("protected attribute", "degenerate")
     assert all(r["valid"] or any(c in r["reason"] for c in content_reasons) for r in personas.values())
-    assert all(r["model"] == "tiny" and r["template_version"] == "pi-v1" for r in personas.values())
+    assert all(r["model"] == "tiny" and r["template_version"] == TEMPLATE_VERSION for r in personas.values())
     assert storage.read_json("s3://pi-data/out/manifest.json")["counts"] == counts
 
 

@@ -132,7 +132,7 @@ def test_bad_input_output_k_shot_and_endpoints_fail_in_one_line_before_any_engin
         ({**good, "pairs": {"input": str(tmp_path / "missing.jsonl")}}, "pairs.input", "does not exist", env),
         ({**good, "output": str(a_file)}, "output", "is a file, not a folder", env),
         ({**good, "output": str(a_file / "below")}, "output", "cannot be made", env),
-        ({**good, "k_shot": 99}, "k_shot", "has only 3 exemplars", env),
+        ({**good, "k_shot": 99}, "k_shot", "has only 5 exemplars", env),
         ({**good, "engine": {"backend": "openai", "model": "org/hosted-model",
                              "openai": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}}},
          "engine.openai.base_url", "cannot reach", env),

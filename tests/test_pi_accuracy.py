@@ -119,17 +119,19 @@ def test_parse_choice(text, expected):
 
 # --- scoring -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("own_first, own_second, expected", [
-    (1, 2, {"accurate": True, "consistent": True, "unparseable": False}),     # own response both times
-    (2, 1, {"accurate": False, "consistent": True, "unparseable": False}),    # other response both times
-    (1, 1, {"accurate": False, "consistent": False, "unparseable": False}),   # position 1 twice: two responses
-    (2, 2, {"accurate": False, "consistent": False, "unparseable": False}),   # position 2 twice
-    (None, 2, {"accurate": False, "consistent": False, "unparseable": True}),
-    (1, None, {"accurate": False, "consistent": False, "unparseable": True}),
-    (None, None, {"accurate": False, "consistent": False, "unparseable": True}),
+@pytest.mark.parametrize("own_first, own_second, expected, single", [
+    (1, 2, {"accurate": True, "consistent": True, "unparseable": False}, (2, 2)),     # own response both times
+    (2, 1, {"accurate": False, "consistent": True, "unparseable": False}, (0, 2)),    # other response both times
+    (1, 1, {"accurate": False, "consistent": False, "unparseable": False}, (1, 2)),   # position 1 twice
+    (2, 2, {"accurate": False, "consistent": False, "unparseable": False}, (1, 2)),   # position 2 twice
+    (None, 2, {"accurate": False, "consistent": False, "unparseable": True}, (1, 1)),
+    (1, None, {"accurate": False, "consistent": False, "unparseable": True}, (1, 1)),
+    (2, None, {"accurate": False, "consistent": False, "unparseable": True}, (0, 1)),
+    (None, None, {"accurate": False, "consistent": False, "unparseable": True}, (0, 0)),
 ])
-def test_score_persona_needs_the_own_response_in_both_orders(own_first, own_second, expected):
-    assert score_persona(own_first, own_second) == expected
+def test_score_persona_needs_the_own_response_in_both_orders(own_first, own_second, expected, single):
+    assert score_persona(own_first, own_second) == {**expected, "orders_correct": single[0],
+                                                    "orders_parsed": single[1]}
 
 
 @pytest.mark.parametrize("chosen_first, rejected_first, expected", [
@@ -171,29 +173,39 @@ def test_aggregate_accuracy_by_hand():
         _row("B", "safety_qa", "chosen", 2, 2),
         _row("B", "dialogue", "chosen", 1, 2),
     ]
-    def out(model, domain, side, n, accuracy, consistency, unparseable):
-        return {"model": model, "domain": domain, "side": side, "n": n,
-                "accuracy": accuracy, "consistency": consistency, "unparseable": unparseable}
+    def out(model, domain, side, n, accuracy, single, consistency, unparseable):
+        return {"model": model, "domain": domain, "side": side, "n": n, "accuracy": accuracy,
+                "single_order_accuracy": single, "consistency": consistency, "unparseable": unparseable}
+    # Single order (the paper's): own picked / parseable judgements, e.g. A dialogue chosen:
+    # (1, 2) 2 of 2, (1, 1) 1 of 2, (None, 2) 1 of 1 -> 4 / 5.
     assert aggregate_accuracy(scored) == [
-        out("A", "all", "chosen", 5, 2 / 5, 3 / 5, 1),
-        out("A", "dialogue", "chosen", 3, 1 / 3, 1 / 3, 1),
-        out("A", "safety_qa", "chosen", 2, 1 / 2, 2 / 2, 0),
-        out("A", "all", "rejected", 2, 0.0, 1 / 2, 0),
-        out("A", "dialogue", "rejected", 2, 0.0, 1 / 2, 0),
-        out("B", "all", "chosen", 5, 3 / 5, 3 / 5, 1),
-        out("B", "dialogue", "chosen", 1, 1.0, 1.0, 0),
-        out("B", "safety_qa", "chosen", 4, 2 / 4, 2 / 4, 1),
-        out("B", "all", "rejected", 1, 0.0, 0.0, 1),
-        out("B", "safety_qa", "rejected", 1, 0.0, 0.0, 1),
+        out("A", "all", "chosen", 5, 2 / 5, 6 / 9, 3 / 5, 1),
+        out("A", "dialogue", "chosen", 3, 1 / 3, 4 / 5, 1 / 3, 1),
+        out("A", "safety_qa", "chosen", 2, 1 / 2, 2 / 4, 2 / 2, 0),
+        out("A", "all", "rejected", 2, 0.0, 1 / 4, 1 / 2, 0),
+        out("A", "dialogue", "rejected", 2, 0.0, 1 / 4, 1 / 2, 0),
+        out("B", "all", "chosen", 5, 3 / 5, 8 / 9, 3 / 5, 1),
+        out("B", "dialogue", "chosen", 1, 1.0, 2 / 2, 1.0, 0),
+        out("B", "safety_qa", "chosen", 4, 2 / 4, 6 / 7, 2 / 4, 1),
+        out("B", "all", "rejected", 1, 0.0, 0 / 1, 0.0, 1),
+        out("B", "safety_qa", "rejected", 1, 0.0, 0 / 1, 0.0, 1),
     ]
+
+
+def test_a_judge_that_always_answers_1_scores_half_on_the_single_order_figure_and_0_strict():
+    scored = [_row("m", "d", "chosen", 1, 1) for _ in range(10)]
+    overall = aggregate_accuracy(scored)[0]
+    assert overall["accuracy"] == 0.0 and overall["single_order_accuracy"] == 0.5
+    assert aggregate_accuracy([_row("m", "d", "chosen", None, None)])[0]["single_order_accuracy"] is None
 
 
 def test_aggregate_accuracy_never_credits_unparseable_rows():
     base = {"model": "m", "domain": "d", "side": "chosen", "accurate": True, "consistent": True}
-    rows = [{**base, "unparseable": True}, {**base, "unparseable": False}]
+    rows = [{**base, "unparseable": True, "orders_correct": 1, "orders_parsed": 1},
+            {**base, "unparseable": False, "orders_correct": 2, "orders_parsed": 2}]
     overall = aggregate_accuracy(rows)[0]
-    assert overall == {"model": "m", "domain": "all", "side": "chosen", "n": 2,
-                       "accuracy": 0.5, "consistency": 0.5, "unparseable": 1}
+    assert overall == {"model": "m", "domain": "all", "side": "chosen", "n": 2, "accuracy": 0.5,
+                       "single_order_accuracy": 1.0, "consistency": 0.5, "unparseable": 1}
 
 
 def test_aggregate_accuracy_edge_cases():

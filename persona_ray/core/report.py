@@ -177,8 +177,10 @@ def write_report(
     if accuracy is not None:
         md += ["## Persona accuracy", ""]
         md += markdown_table(
-            ["model", "domain", "side", "n", "accuracy", "consistency", "unparseable"],
+            ["model", "domain", "side", "n", "accuracy (both orders)", "accuracy (single order, the paper's)",
+             "consistency", "unparseable"],
             [[r["model"], r["domain"], r["side"], r["n"], float(r["accuracy"]),
+              "n/a" if r.get("single_order_accuracy") is None else float(r["single_order_accuracy"]),
               float(r["consistency"]), r["unparseable"]] for r in accuracy],
         )
         if _accuracy_plot(accuracy, os.path.join(folder, "accuracy.png")):

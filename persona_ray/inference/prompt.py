@@ -14,16 +14,21 @@ from importlib import resources
 
 import yaml
 
-TEMPLATE_VERSION = "pi-v1"
+# Written on every PI record and in the manifest: bump it whenever the instruction or the bundled
+# exemplars change what a prompt looks like (a resumed run keys by pair and side only, so start a
+# new output folder after a bump). pi-v2: a very short, general persona; 5 exemplars per domain.
+TEMPLATE_VERSION = "pi-v2"
 DEFAULT_DOMAIN = "safety_qa"
 
 INSTRUCTION = (
     "Two assistant responses to the same prompt are shown, and one of them is marked as the one "
-    "a particular user preferred. Describe that user in one sentence of the form "
-    '"The user is [attribute] and prefers [explanation]." The attribute names high-level traits '
-    "such as needs, goals, interests, expertise or personality; the explanation says what about "
-    "the preferred response suits them. Never mention race, ethnicity, religion, gender, sexual "
-    "orientation, nationality, age, disability or health. Write only the sentence."
+    "a particular user preferred. Describe that user in one very short sentence of the form "
+    '"The user is [attribute] and prefers [explanation]." The attribute names only high-level traits '
+    "such as needs, goals, interests, expertise, personality or communication style; the explanation "
+    "says in general terms which qualities of the preferred response suit them. Stay general: do "
+    "not repeat topics, names, numbers or other specific details of the prompt or the responses. "
+    "Never mention race, ethnicity, religion, gender, sexual orientation, nationality, age, "
+    "disability or health. Write only the sentence."
 )
 
 

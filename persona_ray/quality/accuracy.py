@@ -2,8 +2,12 @@
 
 Accuracy: given a persona inferred for one response of a pair (its "own" response), does a
 judge that reads the persona pick that response over the other one? Each persona is judged in
-both orders (own response shown first, then second) and counts as accurate only when the judge
-picks the own response both times, which cancels the judge's position bias.
+both orders (own response shown first, then second). Two figures:
+    accuracy               (strict) the judge picked the own response in both orders, which
+                           cancels the judge's position bias
+    single_order_accuracy  (the paper's) the share of single-order judgements that picked the
+                           own response, over the parseable ones: a judge that always answers
+                           "1" scores 0.5 here and 0 on the strict figure
 
 Preference: is the rejected persona judged as good a description of the user as the chosen one?
 The two personas are compared in both orders; disagreeing orders are a tie.
@@ -12,8 +16,8 @@ Data contracts
     judge prompt        str ending with ANSWER_CUE, so the next characters are the answer digit
     judge answer        text parsed by `parse_choice` into 1, 2 or None (unparseable)
     accuracy request    {"pair_id", "side", "order", "own_position", "prompt"}
-    scored persona      {"accurate", "consistent", "unparseable"} (+ "model", "domain", "side"
-                        added by the caller before `aggregate_accuracy`)
+    scored persona      {"accurate", "consistent", "unparseable", "orders_correct", "orders_parsed"}
+                        (+ "model", "domain", "side" added by the caller before `aggregate_accuracy`)
     preference request  {"pair_id", "order", "prompt"}
     preference outcome  "chosen" | "rejected" | "tie" | "unparseable"
 
@@ -142,21 +146,26 @@ def _check_verdict(name: str, verdict: int | None) -> None:
 def score_persona(own_first: int | None, own_second: int | None) -> dict[str, bool]:
     """Score one persona from its two verdicts (the position the judge picked in each order).
 
-    accurate     the own response was picked in both orders (1 then 2)
-    consistent   the same response was picked in both orders, whichever it was
-    unparseable  a verdict is missing; then accurate and consistent are False
+    accurate        the own response was picked in both orders (1 then 2)
+    consistent      the same response was picked in both orders, whichever it was
+    unparseable     a verdict is missing; then accurate and consistent are False
+    orders_correct  single-order judgements that picked the own response (0-2)
+    orders_parsed   single-order judgements that could be read (0-2)
     """
     _check_verdict("own_first", own_first)
     _check_verdict("own_second", own_second)
-    if own_first is None or own_second is None:
-        return {"accurate": False, "consistent": False, "unparseable": True}
     picked_own_first = own_first == 1
     picked_own_second = own_second == 2
+    single = {"orders_correct": int(picked_own_first) + int(picked_own_second),
+              "orders_parsed": int(own_first is not None) + int(own_second is not None)}
+    if own_first is None or own_second is None:
+        return {"accurate": False, "consistent": False, "unparseable": True, **single}
     return {
         "accurate": picked_own_first and picked_own_second,
         # Same response in both orders means different positions; "1" twice is position bias.
         "consistent": picked_own_first == picked_own_second,
         "unparseable": False,
+        **single,
     }
 
 
@@ -168,11 +177,13 @@ def _group_order(key: tuple[str, str, str]) -> tuple[str, str, bool, str]:
 def aggregate_accuracy(scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Accuracy per (model, side, domain), plus one domain "all" row per (model, side).
 
-    Input rows: {"model", "domain", "side", "accurate", "consistent", "unparseable"}, one per
-    persona. Output rows: {"model", "domain", "side", "n", "accuracy", "consistency",
-    "unparseable"}, where n counts every persona (unparseable ones too, as neither accurate
-    nor consistent), accuracy = accurate / n, consistency = consistent / n and unparseable is
-    a count. Sorted by model, side, then domain with "all" first.
+    Input rows: {"model", "domain", "side", "accurate", "consistent", "unparseable",
+    "orders_correct", "orders_parsed"}, one per persona. Output rows: {"model", "domain", "side",
+    "n", "accuracy", "single_order_accuracy", "consistency", "unparseable"}, where n counts every
+    persona (unparseable ones too, as neither accurate nor consistent), accuracy = accurate / n,
+    single_order_accuracy = orders_correct / orders_parsed summed over the group (the paper's
+    mean over single-order judgements; None when none parsed), consistency = consistent / n
+    and unparseable is a count. Sorted by model, side, then domain with "all" first.
     """
     totals: dict[tuple[str, str, str], Counter[str]] = {}
     for row in scored:
@@ -189,13 +200,16 @@ def aggregate_accuracy(scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # An unparseable verdict never counts as a success, whatever the row claims.
             counts["accurate"] += bool(row["accurate"]) and not unparseable
             counts["consistent"] += bool(row["consistent"]) and not unparseable
+            counts["orders_correct"] += row["orders_correct"]
+            counts["orders_parsed"] += row["orders_parsed"]
     rows = []
     for (model, side, domain), counts in sorted(totals.items(), key=lambda item: _group_order(item[0])):
         n = counts["n"]
         rows.append({
             "model": model, "domain": domain, "side": side, "n": n,
-            "accuracy": counts["accurate"] / n, "consistency": counts["consistent"] / n,
-            "unparseable": counts["unparseable"],
+            "accuracy": counts["accurate"] / n,
+            "single_order_accuracy": counts["orders_correct"] / counts["orders_parsed"] if counts["orders_parsed"] else None,
+            "consistency": counts["consistent"] / n, "unparseable": counts["unparseable"],
         })
     return rows
 
