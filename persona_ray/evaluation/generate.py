@@ -4,7 +4,8 @@ Persona sources (the paper's evaluation settings)
     gold-chosen / gold-rejected   the row's own inferred personas (P_C / P_R)
     retr-chosen / retr-rejected   the personas of the most similar training prompt (P_retr), from
                                   `persona-ray retrieve` columns or retrieved here with `index`
-    system                        one fixed persona for the whole dataset (`system_persona`)
+    system                        one fixed persona for the whole dataset (`system_persona`, or
+                                  the domain's own from evaluation/domains.py)
     none                          no persona
 
 How the model sees the persona depends on how it was trained (`mode`)
@@ -20,7 +21,8 @@ Data contract
             retr-* sources unless `index` is given); domain optional
     output  <output>/<model_id>/responses/ Parquet shards, one row per (row_id, persona_source):
             row_id, persona_source, persona, model_id, prompt, input, response, finish_reason,
-            error; <output>/<model_id>/quarantine.jsonl lists rows that could not be asked
+            error (a mnemonic answer primed with "<Term> sounds like" keeps the prime);
+            <output>/<model_id>/quarantine.jsonl lists rows that could not be asked
             (row id, source, field, reason). A rerun resumes: rows already written are skipped.
 """
 
@@ -38,6 +40,7 @@ from persona_ray.core.schema import row_id
 from persona_ray.core.settings import Settings
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
+from persona_ray.evaluation.domains import response_prime, system_persona
 from persona_ray.tailoring.fewshot import fewshot_prompt
 from persona_ray.tailoring.templates import inference_input
 from persona_ray.core.shards import ShardWriter, done_keys, key_of
@@ -64,8 +67,10 @@ class GenerateConfig(Settings):
         "goes into the prompt in plain words), fewshot (a base model shown k exemplars)")
     persona_sources: list[Literal[PERSONA_SOURCES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["gold-chosen"], description=f"which personas to answer for: {', '.join(PERSONA_SOURCES)}")
-    system_persona: str = Field("The user is an everyday user and prefers answers that are helpful, accurate and safe.",
-                                description="the one persona of source `system`")
+    system_persona: str | None = Field(None, description="the persona of source `system`; none: the dataset "
+                                       "domain's own (evaluation/domains.py)")
+    prime_mnemonics: bool = Field(True, description="start answers to mnemonic prompts with '<Term> sounds like' "
+                                  "(the paper's protocol); the prime is kept in the saved response")
     index: str | None = Field(None, description="retrieve retr-* personas from this index instead of reading "
                               "them from `data`")
     fewshot_data: str | None = Field(None, description="folder/file with the fewshot split (default: `data`)")
@@ -106,7 +111,7 @@ def persona_for(row: dict, source: str, cfg: GenerateConfig) -> str | None:
     if source == "none":
         return None
     if source == "system":
-        return cfg.system_persona
+        return cfg.system_persona or system_persona(row.get("domain"))
     value = row.get(SOURCE_FIELD[source])
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{SOURCE_FIELD[source]}: missing or empty")
@@ -142,8 +147,11 @@ def build_requests(rows: list[dict], cfg: GenerateConfig, fewshot: list[dict], d
             except ValueError as exc:
                 quarantine.append({"row": number, "row_id": row_id, "persona_source": source, "reason": str(exc)})
                 continue
+            prime = response_prime(row["prompt"], row.get("domain")) if cfg.prime_mnemonics else None
+            if prime:
+                text = f"{text} {prime}"
             requests.append({"row_id": row_id, "persona_source": source, "persona": persona, "model_id": cfg.model_id,
-                             "question": row["prompt"], "model_input": text, "prompt": text})
+                             "question": row["prompt"], "model_input": text, "prompt": text, "prime": prime or ""})
     return requests, quarantine
 
 
@@ -151,9 +159,11 @@ def _records(batch: dict[str, Any]) -> dict[str, Any]:
     """Engine rows → RESPONSE_SCHEMA columns. Engines consume "prompt" (the model input), so requests
     carry it twice ("model_input") and the user's own prompt as "question"."""
     personas = [p if isinstance(p, str) else None for p in batch["persona"]]  # source none: no persona, not NaN
+    # A primed answer ("Negligible sounds like ...") is saved whole: the prime, then what the model wrote.
+    responses = [f"{prime} {str(text).strip()}".strip() for prime, text in zip(batch["prime"], batch["generated_text"])]
     return {"row_id": batch["row_id"], "persona_source": batch["persona_source"], "persona": personas,
             "model_id": batch["model_id"], "prompt": batch["question"], "input": batch["model_input"],
-            "response": [str(t).strip() for t in batch["generated_text"]],
+            "response": responses,
             "finish_reason": batch["finish_reason"], "error": batch["error"]}
 
 

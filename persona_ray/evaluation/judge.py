@@ -35,6 +35,7 @@ from persona_ray.core.settings import Settings
 from persona_ray.dataset.splits import TEST_SPLIT
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import JudgeSettings, SamplingSettings
+from persona_ray.evaluation.domains import JUDGE_TASKS, repetitive
 from persona_ray.evaluation.generate import PERSONA_SOURCES, load_test_rows
 from persona_ray.evaluation.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
 from persona_ray.core.shards import key_of, read_shards
@@ -74,6 +75,8 @@ class JudgeConfig(Settings):
     n_boot: int = Field(1000, ge=1, description="bootstrap replicates for the 95 % confidence intervals")
     seed: int = Field(0, description="bootstrap seed")
     limit: int | None = Field(None, gt=0, description="judge only the first N test rows by id")
+    skip_repetitive: bool = Field(True, description="leave out rows where either response has degenerated into "
+                                  "repetition (evaluation/domains.repetitive; the paper filtered such HHH outputs)")
     judge_persona: Literal["given", "gold"] = Field(
         "given", description="persona the personalization rubric shows: given (the one the test model got, "
                              "retrieved for retr-* rows; the paper's choice) or gold (the user's own)")
@@ -99,6 +102,13 @@ def _judge_persona(row: dict, source: str, test_response: dict, which: str) -> s
     return row[JUDGE_PERSONA_FIELD[source]]
 
 
+def judge_instruction(prompt: str, domain: str | None) -> str:
+    """What the judge is told the task was: the prompt, after the domain's task where it has one
+    (a mnemonic prompt is judged as a request for a keyword mnemonic)."""
+    task = JUDGE_TASKS.get(domain or "")
+    return f"{task}\n\n{prompt.strip()}" if task else prompt
+
+
 def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """(judge requests, rows that cannot be judged with the reason)."""
     requests, skipped = [], []
@@ -116,13 +126,17 @@ def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], 
                 problem = ("test response missing" if t is None else "base response missing" if b is None
                            else "test generation failed" if t["error"] else "base generation failed" if b["error"]
                            else None)
+                if not problem and cfg.skip_repetitive:
+                    problem = ("test response repetitive" if repetitive(t["response"]) else
+                               "base response repetitive" if repetitive(b["response"]) else None)
                 if problem:
                     skipped.append({"comparison": comp.label, "persona_source": source, "row_id": rid,
                                     "reason": problem})
                     continue
                 persona = _judge_persona(row, source, t, cfg.judge_persona)
+                instruction = judge_instruction(row["prompt"], row.get("domain"))
                 for rubric in RUBRICS:
-                    for req in comparison_requests(rid, row["prompt"], b["response"], t["response"], persona, rubric):
+                    for req in comparison_requests(rid, instruction, b["response"], t["response"], persona, rubric):
                         key = key_of(comp.label, source, rid, rubric, req["order"])
                         requests.append({**req, "comparison": comp.label, "persona_source": source, "judge_key": key})
     return requests, skipped
