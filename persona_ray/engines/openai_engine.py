@@ -43,6 +43,8 @@ def request_body(model: str, prompt: str, sampling: SamplingSettings, cfg: OpenA
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop) or None,
     }
+    if sampling.repetition_penalty != 1.0:
+        body["repetition_penalty"] = sampling.repetition_penalty  # vLLM's server takes it; OpenAI's does not
     if sampling.seed is not None:
         body["seed"] = sampling.seed
     if cfg.api == "chat":

@@ -29,6 +29,8 @@ class SamplingSettings(Settings):
 
     temperature: float = Field(0.0, ge=0.0, description="0 is greedy decoding")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="above 1 discourages repeating tokens (vLLM's; sent "
+                                      "to an OpenAI-compatible server only when not 1)")
     max_tokens: int = Field(128, gt=0, description="most tokens generated per answer")
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="strings that end an answer")
     seed: int | None = Field(0, description="sampling seed (per request), for reproducible runs")

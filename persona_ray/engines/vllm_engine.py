@@ -22,6 +22,8 @@ def sampling_params(sampling: SamplingSettings, regex: str | None, choice: list[
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop),
     }
+    if sampling.repetition_penalty != 1.0:
+        params["repetition_penalty"] = sampling.repetition_penalty
     if per_request_seed:
         params["seed"] = sampling.seed
     if regex is not None:

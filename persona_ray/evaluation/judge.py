@@ -28,16 +28,24 @@ from collections import defaultdict
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
 from persona_ray.dataset.splits import TEST_SPLIT
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import JudgeSettings, SamplingSettings
-from persona_ray.evaluation.domains import JUDGE_TASKS, repetitive
+from persona_ray.evaluation.domains import JUDGE_TASKS, judge_task, repetitive
 from persona_ray.evaluation.generate import PERSONA_SOURCES, load_test_rows
-from persona_ray.evaluation.pairwise import RUBRICS, aggregate, comparison_requests, parse_verdict, result_regex, score_comparison
+from persona_ray.evaluation.pairwise import (
+    RUBRICS,
+    aggregate,
+    comparison_requests,
+    parse_prometheus_verdict,
+    parse_verdict,
+    result_regex,
+    score_comparison,
+)
 from persona_ray.core.shards import key_of, read_shards
 
 log = logging.getLogger(__name__)
@@ -75,11 +83,22 @@ class JudgeConfig(Settings):
     n_boot: int = Field(1000, ge=1, description="bootstrap replicates for the 95 % confidence intervals")
     seed: int = Field(0, description="bootstrap seed")
     limit: int | None = Field(None, gt=0, description="judge only the first N test rows by id")
+    template: Literal["generic", "prometheus"] = Field(
+        "generic", description="judge prompt: generic (this project's relative-grading prompt) or prometheus (the "
+                               "prometheus-eval package's official prompt, system prompt, Mistral format and parser: "
+                               "the paper's judge, for prometheus-7b-v2.0; needs judge.prompt_format completion)")
     skip_repetitive: bool = Field(True, description="leave out rows where either response has degenerated into "
                                   "repetition (evaluation/domains.repetitive; the paper filtered such HHH outputs)")
     judge_persona: Literal["given", "gold"] = Field(
         "given", description="persona the personalization rubric shows: given (the one the test model got, "
                              "retrieved for retr-* rows; the paper's choice) or gold (the user's own)")
+
+    @model_validator(mode="after")
+    def _prometheus_is_rendered_here(self):
+        if self.template == "prometheus" and self.judge.prompt_format != "completion":
+            raise ValueError("judge.prompt_format: the prometheus template is already in the model's conversation "
+                             "format; use prompt_format completion")
+        return self
 
     @field_validator("output")
     @classmethod
@@ -102,9 +121,12 @@ def _judge_persona(row: dict, source: str, test_response: dict, which: str) -> s
     return row[JUDGE_PERSONA_FIELD[source]]
 
 
-def judge_instruction(prompt: str, domain: str | None) -> str:
-    """What the judge is told the task was: the prompt, after the domain's task where it has one
-    (a mnemonic prompt is judged as a request for a keyword mnemonic)."""
+def judge_instruction(prompt: str, domain: str | None, template: str = "generic") -> str:
+    """What the judge is told the task was. Generic: the prompt, after the domain's task where it
+    has one (a mnemonic prompt is judged as a request for a keyword mnemonic). Prometheus: the
+    domain's task, then "Prompt: <prompt>", as the paper builds it."""
+    if template == "prometheus":
+        return f"{judge_task(domain)} Prompt: {prompt.strip()}"
     task = JUDGE_TASKS.get(domain or "")
     return f"{task}\n\n{prompt.strip()}" if task else prompt
 
@@ -134,9 +156,10 @@ def build_all_requests(cfg: JudgeConfig, rows: list[dict]) -> tuple[list[dict], 
                                     "reason": problem})
                     continue
                 persona = _judge_persona(row, source, t, cfg.judge_persona)
-                instruction = judge_instruction(row["prompt"], row.get("domain"))
+                instruction = judge_instruction(row["prompt"], row.get("domain"), cfg.template)
                 for rubric in RUBRICS:
-                    for req in comparison_requests(rid, instruction, b["response"], t["response"], persona, rubric):
+                    for req in comparison_requests(rid, instruction, b["response"], t["response"], persona, rubric,
+                                                   cfg.template):
                         key = key_of(comp.label, source, rid, rubric, req["order"])
                         requests.append({**req, "comparison": comp.label, "persona_source": source, "judge_key": key})
     return requests, skipped
@@ -166,7 +189,8 @@ def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
     ensure_ray()
     judge = cfg.judge
     guided = judge.guided_decoding and judge.backend == "vllm"
-    answered, retried = ask_judge(requests, parse=parse_verdict, judge=judge,
+    parse = parse_prometheus_verdict if cfg.template == "prometheus" else parse_verdict
+    answered, retried = ask_judge(requests, parse=parse, judge=judge,
                                   regex=result_regex(cfg.min_feedback_chars, cfg.max_feedback_chars) if guided else None)
     columns = ("comparison", "persona_source", "row_id", "rubric", "order", "answer", "verdict", "error")
     storage.write_parquet(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in answered],

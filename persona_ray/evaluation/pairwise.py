@@ -129,6 +129,49 @@ def build_pairwise_prompt(
     )
 
 
+# The paper's judge: Prometheus 2 with the official relative-grading prompt of the prometheus-eval
+# package (installed without its dependencies, see the Makefile), its system prompt, its Mistral
+# conversation format and its parser. Only the two rubric questions are ours (in the package's
+# "[question]" form for relative grading).
+PROMETHEUS_RUBRICS = {
+    "quality": "[Is the response a helpful, correct and clear answer to the prompt?]",
+    "personalization": "[Does the response answer the prompt and suit the user described by the persona?]",
+}
+TEMPLATES = ("generic", "prometheus")
+
+
+def build_prometheus_prompt(
+    instruction: str, response_a: str, response_b: str, rubric: str, persona: str | None
+) -> str:
+    """The prometheus-eval relative-grading input (RELATIVE_PROMPT_WO_REF under REL_SYSTEM_PROMPT,
+    rendered by the package's own Mistral conversation step). For "personalization" the persona is
+    added to the instruction (" Persona: ..."), sanitized to one line; "[RESULT]" markers in the
+    inputs are defanged as in the generic template."""
+    from prometheus_eval.judge import PrometheusEval
+    from prometheus_eval.prompts import REL_SYSTEM_PROMPT, RELATIVE_PROMPT_WO_REF
+
+    _check_rubric(rubric)
+    text = instruction.strip()
+    if rubric == "personalization":
+        clean = sanitize_for_prompt(persona or "")
+        if not clean:
+            raise ValueError("the personalization rubric needs a non-empty persona")
+        text = f"{text} Persona: {clean}"
+    content = RELATIVE_PROMPT_WO_REF.format(
+        instruction=_defang(text), response_A=_defang(response_a.strip()), response_B=_defang(response_b.strip()),
+        rubric=PROMETHEUS_RUBRICS[rubric])
+    messages = [{"role": "system", "content": REL_SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    # The package's own rendering; it reads nothing from the instance.
+    return PrometheusEval._get_conversation_prompt(None, messages)
+
+
+def parse_prometheus_verdict(text: str | None) -> str | None:
+    """"A" or "B" by the prometheus-eval parser (strict: "[RESULT] (A)" or "[RESULT] A." give None)."""
+    from prometheus_eval.parser import parse_output
+
+    return parse_output(text, "relative")[1] if text else None
+
+
 def parse_verdict(text: str | None) -> str | None:
     """"A" or "B" from the judge's answer, read after its LAST result marker; None otherwise.
 
@@ -153,15 +196,18 @@ def parse_verdict(text: str | None) -> str | None:
 
 def comparison_requests(
     row_id: str, instruction: str, base_response: str, test_response: str,
-    persona: str | None, rubric: str,
+    persona: str | None, rubric: str, template: str = "generic",
 ) -> list[dict[str, Any]]:
     """Two judge requests for one row and rubric: base response as A ("base_first"), then the
-    test response as A ("test_first")."""
+    test response as A ("test_first"), in the generic or the prometheus template."""
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    build = build_prometheus_prompt if template == "prometheus" else build_pairwise_prompt
     return [
         {"row_id": row_id, "rubric": rubric, "order": "base_first",
-         "prompt": build_pairwise_prompt(instruction, base_response, test_response, rubric, persona)},
+         "prompt": build(instruction, base_response, test_response, rubric, persona)},
         {"row_id": row_id, "rubric": rubric, "order": "test_first",
-         "prompt": build_pairwise_prompt(instruction, test_response, base_response, rubric, persona)},
+         "prompt": build(instruction, test_response, base_response, rubric, persona)},
     ]
 
 
