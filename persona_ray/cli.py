@@ -23,6 +23,7 @@ import click
 from persona_ray.core.errors import UserError
 from persona_ray.core.settings import ConfigError, describe, field_info, load_config
 from persona_ray.dataset.augment import AugmentConfig
+from persona_ray.dataset.released import ImportReleasedConfig
 from persona_ray.evaluation.generate import GenerateConfig
 from persona_ray.evaluation.judge import JudgeConfig
 from persona_ray.inference.infer import InferConfig
@@ -35,7 +36,7 @@ from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
 from persona_ray.world.experiment import STAGES as WORLD_STAGES, WorldConfig
 
 # Every job config, in pipeline order: `persona-ray config-reference` documents them.
-JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig,
+JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, ImportReleasedConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig, IndexConfig,
                RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig, WorldConfig]
 
 
@@ -226,6 +227,15 @@ def _serve(cfg: ServeConfig, host: str, port: int) -> None:
         serve.shutdown()
 
 
+def _import_released(cfg) -> dict:
+    from persona_ray.dataset.released import run_import_released
+
+    try:
+        return run_import_released(cfg)
+    except FileNotFoundError as exc:
+        _fail(f"source: {exc}")
+
+
 def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose: bool) -> None:
     from persona_ray.pipeline.run import PipelineFailed, run_pipeline
 
@@ -273,6 +283,8 @@ JOBS = [
     job_command("augment", AugmentConfig, _augment, [
         Flag("pairs.input", "pairs"), Flag("pairs.input_format"), Flag("personas"), Flag("output"),
         Flag("push_to_hub")]),
+    job_command("import-released", ImportReleasedConfig, _import_released, [
+        Flag("source"), Flag("subset"), Flag("output")]),
     job_command("pi-eval", PIEvalConfig, _pi_eval, [
         Flag("data", multiple=True, parse=lambda items: dict(_pairs(items, "=", "LABEL=PATH")),
              help="LABEL=PATH: the augmented data of one PI model (repeat)"),

@@ -72,7 +72,7 @@ def test_splits_group_by_prompt_and_never_leak_test_prompts():
     test_prompts = {r["prompt"] for r in splits["test"]}
     for name in ("fewshot", "sft_train", "sft_val", "dpo_train", "dpo_val"):
         assert not test_prompts & {r["prompt"] for r in splits[name]}, name
-    assert splits["sft_train"] == splits["dpo_train"]  # shared train pool, as in the paper
+    assert splits["sft_train"] == splits["dpo_train"]  # shared train pool (the default)
     assert sum(len(splits[n]) for n in ("test", "fewshot", "sft_train", "sft_val")) == 300
     assert 0.15 < len(splits["test"]) / 300 < 0.45
     # whitespace and case do not move a prompt to another split
@@ -84,6 +84,30 @@ def test_unshared_pools_split_train_between_sft_and_dpo():
     splits = split_rows([{"pair_id": f"p{i}", "prompt": f"Q{i}"} for i in range(400)], cfg)
     assert splits["sft_train"] and splits["dpo_train"]
     assert not {r["pair_id"] for r in splits["sft_train"]} & {r["pair_id"] for r in splits["dpo_train"]}
+
+
+def test_the_papers_shape_exact_test_and_fewshot_sizes_and_disjoint_sft_dpo_pools():
+    cfg = SplitSettings(test_size=500, fewshot_size=5, val=0.2, share_train_pool=False)
+    rows = [{"pair_id": f"p{i:05d}", "prompt": f"Question {i}?"} for i in range(1600)]
+    splits = split_rows(rows, cfg)
+    assert len(splits["test"]) == 500 and len(splits["fewshot"]) == 5
+    ids = {name: {r["pair_id"] for r in split} for name, split in splits.items()}
+    for a in ids:  # every pair in exactly one split, SFT and DPO pools disjoint
+        for b in ids:
+            assert a == b or not ids[a] & ids[b], (a, b)
+    assert sum(len(v) for v in ids.values()) == 1600
+    train = len(splits["sft_train"]) + len(splits["dpo_train"])
+    assert 0.15 < (len(splits["sft_val"]) + len(splits["dpo_val"])) / 1095 < 0.25
+    assert 0.4 < len(splits["sft_train"]) / train < 0.6
+    # Deterministic, and a prompt's pairs stay together: 3 pairs a prompt, 40 test prompts = 120 rows.
+    assert split_rows(rows, cfg) == splits
+    grouped = split_rows([{"pair_id": f"p{i}", "prompt": f"Q{i // 3}"} for i in range(300)],
+                         SplitSettings(test_size=40, fewshot_size=5))
+    assert len(grouped["test"]) == 120 and len(grouped["fewshot"]) == 15
+    with pytest.raises(ValueError, match="splits.test_size: 100 test"):
+        split_rows([{"pair_id": f"p{i}", "prompt": f"Q{i}"} for i in range(100)], SplitSettings(test_size=100))
+    # An exact size replaces its share, so only the remaining shares must leave a train pool.
+    assert SplitSettings(test=0.9, test_size=10, val=0.1).exact
 
 
 def test_split_config_must_leave_a_train_pool():

@@ -11,9 +11,14 @@
 
     fewshot   exemplars for few-shot persona tailoring (PT-fs)
     sft_train / sft_val, dpo_train / dpo_val
-              SFT and DPO share one train pool and one val pool (as in the paper) unless
-              `share_train_pool: false`, which halves each pool between them
+              SFT and DPO share one train pool and one val pool unless `share_train_pool: false`,
+              which halves each pool between them (the paper's shape: disjoint SFT and DPO pools)
     test      held out
+
+Sizes: by default each split takes a share of the prompts, decided per prompt by its hash (adding
+prompts never moves the others). `test_size` / `fewshot_size` ask for exact numbers of prompts
+instead (the paper: 500 test, 5 few-shot): prompts are ranked by the same hash and the lowest go to
+test, then few-shot; the rest are split by `val` as before.
 """
 
 from __future__ import annotations
@@ -37,15 +42,23 @@ class SplitSettings(Settings):
     test: float = Field(0.2, ge=0, lt=1, description="share of prompts held out for testing")
     fewshot: float = Field(0.05, ge=0, lt=1, description="share of prompts kept as few-shot exemplars")
     val: float = Field(0.1, ge=0, lt=1, description="share of prompts for validation")
-    share_train_pool: bool = Field(True, description="SFT and DPO train on the same pool (the paper); false "
-                                   "halves each pool between them")
+    test_size: int | None = Field(None, ge=1, description="exactly this many prompts for testing (overrides `test`)")
+    fewshot_size: int | None = Field(None, ge=1, description="exactly this many prompts as few-shot exemplars "
+                                     "(overrides `fewshot`)")
+    share_train_pool: bool = Field(True, description="SFT and DPO train on the same pool; false halves each pool "
+                                   "between them (the paper trains them on disjoint pools)")
     seed: str = Field("persona-ray-v1", description="change to draw other (still deterministic) splits")
 
     @model_validator(mode="after")
     def _leaves_training_data(self):
-        if self.test + self.fewshot + self.val >= 1:
+        shares = (0 if self.test_size else self.test) + (0 if self.fewshot_size else self.fewshot) + self.val
+        if shares >= 1:
             raise ValueError("test + fewshot + val must leave a train pool (sum < 1)")
         return self
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.test_size or self.fewshot_size)
 
 
 def _unit(text: str, seed: str) -> float:
@@ -53,9 +66,20 @@ def _unit(text: str, seed: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _key(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+def _training_split(key: str, cfg: SplitSettings, val_share: float) -> str:
+    pool = "val" if _unit(key, cfg.seed + "/val") < val_share else "train"
+    if cfg.share_train_pool:
+        return f"sft_{pool}"  # dpo_<pool> is the same set; written from it
+    return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
+
+
 def assign_split(prompt: str, cfg: SplitSettings) -> str:
-    """Deterministic split for a prompt (all pairs of one prompt land together)."""
-    key = " ".join(prompt.lower().split())
+    """Deterministic split for a prompt by shares (all pairs of one prompt land together)."""
+    key = _key(prompt)
     u = _unit(key, cfg.seed)
     if u < cfg.test:
         return "test"
@@ -63,14 +87,31 @@ def assign_split(prompt: str, cfg: SplitSettings) -> str:
         return "fewshot"
     pool = "val" if u < cfg.test + cfg.fewshot + cfg.val else "train"
     if cfg.share_train_pool:
-        return f"sft_{pool}"  # dpo_<pool> is the same set; written from it
+        return f"sft_{pool}"
     return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
+
+
+def assign_exact(prompts: list[str], cfg: SplitSettings) -> dict[str, str]:
+    """Split per normalised prompt with exact test / few-shot sizes (see the module docstring).
+    Raises ValueError naming the field when there are not enough prompts."""
+    keys = sorted({_key(p) for p in prompts}, key=lambda k: (_unit(k, cfg.seed), k))
+    test_n = cfg.test_size if cfg.test_size else round(cfg.test * len(keys))
+    fewshot_n = cfg.fewshot_size if cfg.fewshot_size else round(cfg.fewshot * len(keys))
+    if test_n + fewshot_n >= len(keys):
+        field = "test_size" if cfg.test_size else "fewshot_size"
+        raise ValueError(f"splits.{field}: {test_n} test + {fewshot_n} few-shot prompts leave no training prompts "
+                         f"of {len(keys)} distinct ones")
+    out = {k: "test" for k in keys[:test_n]}
+    out.update({k: "fewshot" for k in keys[test_n:test_n + fewshot_n]})
+    out.update({k: _training_split(k, cfg, cfg.val) for k in keys[test_n + fewshot_n:]})
+    return out
 
 
 def split_rows(rows: list[dict], cfg: SplitSettings) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    exact = assign_exact([r["prompt"] for r in rows], cfg) if cfg.exact else None
     for row in sorted(rows, key=lambda r: r["pair_id"]):
-        out[assign_split(row["prompt"], cfg)].append(row)
+        out[exact[_key(row["prompt"])] if exact else assign_split(row["prompt"], cfg)].append(row)
     if cfg.share_train_pool:
         out["dpo_train"], out["dpo_val"] = list(out["sft_train"]), list(out["sft_val"])
     return out
