@@ -236,9 +236,17 @@ def _import_released(cfg) -> dict:
         _fail(f"source: {exc}")
 
 
-def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose: bool) -> None:
+def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose: bool, show_plan: bool) -> None:
     from persona_ray.pipeline.run import PipelineFailed, run_pipeline
 
+    if show_plan:
+        from persona_ray.pipeline.plan import build_plan, format_plan
+
+        try:
+            click.echo(format_plan(build_plan(cfg)))
+        except ValueError as exc:
+            _fail(str(exc))
+        return
     if start and only:
         _fail("give --from or --only, not both")
     try:
@@ -274,7 +282,9 @@ JOBS = [
         click.Option(["--from", "start"], type=click.Choice(STAGES), help="rerun this stage and all after it"),
         click.Option(["--only"], type=click.Choice(STAGES), help="rerun just this stage"),
         click.Option(["--verbose"], is_flag=True, help="show Ray, vLLM and job logs instead of writing them to "
-                     "<output>/pipeline.log"))),
+                     "<output>/pipeline.log"),
+        click.Option(["--plan", "show_plan"], is_flag=True, help="print the stages, their models, accelerators, "
+                     "tokens and estimated accelerator-hours, and run nothing"))),
     job_command("infer", InferConfig, _infer, [
         Flag("pairs.input", "input"), Flag("output"), MODEL, Flag("engine.backend", "engine"),
         Flag("pairs.input_format"), Flag("engine.guided_decoding", "guided"), Flag("k_shot"),

@@ -282,6 +282,10 @@ def test_dpo_too_long_keeps_both_responses(tokenizer):
     assert cut["prompt_input_ids"] == full["prompt_input_ids"][-4:]
     with pytest.raises(ValueError, match="p1"):
         tokenize_dpo(example, tokenizer, longest)
+    # max_prompt_length (the paper: 128) keeps the end of the prompt, whatever max_length allows.
+    short = tokenize_dpo(example, tokenizer, 4096, max_prompt_length=5)
+    assert short["prompt_input_ids"] == full["prompt_input_ids"][-5:]
+    assert short["chosen_input_ids"] == full["chosen_input_ids"]
 
 
 def test_tokenize_refuses_empty_parts(tokenizer):

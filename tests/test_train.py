@@ -169,6 +169,54 @@ def test_fault_hook_restarts_from_last_checkpoint(ray_local, tiny_model, data_di
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
 
 
+def test_keep_best_returns_the_lowest_validation_loss_also_after_a_restart(ray_local, tiny_model, data_dir,
+                                                                          tmp_path, monkeypatch):
+    """Four evaluations and four checkpoints, rank 0 killed at step 3 and the run resumed from
+    step 2: the checkpoint returned is the one with the lowest eval_loss of all four, ranked by
+    Ray across the restart. The first update has learning rate 0 (warm-up) and the later ones a
+    huge one, so the loss is lowest early and the best checkpoint is not the last."""
+    from persona_ray.tailoring import FAIL_AT_STEP_ENV, SFTJobConfig, train_sft
+
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
+    cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path / "runs"), name="best", training_type="chosen",
+                       model=tiny_model, num_workers=1, max_length=256, per_device_batch_size=4, max_steps=4,
+                       learning_rate=5.0, warmup_steps=2, eval_steps=1, keep_best=True, num_to_keep=2,
+                       max_failures=1)
+    summary = train_sft(cfg)
+
+    assert summary["fault_injected"] and summary["resumed_from_step"] == 2
+    metrics = [json.loads(line) for line in storage.read_bytes(summary["metrics"]).decode().splitlines()]
+    evaluations = {m["step"]: m["eval_loss"] for m in metrics if "eval_loss" in m}
+    print("eval_loss by step:", evaluations, "best:", summary["best"])
+    assert sorted(evaluations) == [1, 2, 3, 4]
+    best_step = min(evaluations, key=evaluations.get)
+    assert summary["best"]["step"] == best_step and summary["best"]["eval_loss"] == pytest.approx(evaluations[best_step])
+    assert best_step < 4, "the huge learning rate should have made a later checkpoint worse"
+    # Ray kept the best checkpoints and the latest; the one returned is on disk and is the best.
+    kept = {k["step"]: k for k in summary["best"]["kept"]}
+    assert best_step in kept and summary["checkpoint"] == kept[best_step]["checkpoint"]
+    assert storage.exists(storage.join(summary["checkpoint"], "checkpoint", "adapter_model.safetensors"))
+
+
+def test_plan_steps_evaluate_and_save_together_when_keeping_the_best():
+    from persona_ray.tailoring import SFTJobConfig
+    from persona_ray.tailoring.ray_loop import best_by_eval_loss, plan_steps
+
+    every_epoch = SFTJobConfig(data="d", output="o", epochs=3, per_device_batch_size=4, eval_steps="epoch",
+                               keep_best=True, save_steps=50)
+    assert plan_steps(every_epoch, 40) == {"rows_per_worker": 40, "batches_per_worker": 10, "max_steps": 30,
+                                           "eval_steps": 10, "save_steps": 10}
+    plain = SFTJobConfig(data="d", output="o", epochs=1, save_steps=7)
+    assert plan_steps(plain, 40)["eval_steps"] is None and plan_steps(plain, 40)["save_steps"] == 7
+    with pytest.raises(ValueError, match="keep_best"):
+        SFTJobConfig(data="d", output="o", keep_best=True)  # no evaluations during training to choose by
+    ranked = [("c1", {"step": 1, "eval_loss": 2.0}), ("c2", {"step": 2, "eval_loss": 1.5}),
+              ("c3", {"step": 3, "eval_loss": 1.5}), ("c4", {"step": 4})]
+    assert best_by_eval_loss(ranked) == ("c3", {"step": 3, "eval_loss": 1.5})  # a tie goes to the later one
+    with pytest.raises(RuntimeError, match="eval_loss"):
+        best_by_eval_loss([("c4", {"step": 4})])
+
+
 # ---------------------------------------------------------------------------------------------
 # Config validation: fast, before any Ray worker.
 
@@ -205,8 +253,15 @@ def test_bf16_on_cpu_means_autocast_and_a_model_folder_that_does_not_load_is_rej
     from persona_ray.tailoring.base import trl_arguments
 
     # bf16 on CPU is allowed (faster where the CPU has bf16 instructions: jobs/benchmarks/dtype.py)
-    arguments = trl_arguments(SFTJobConfig(data="d", output="o", bf16=True), 4, str(tmp_path))
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(max_steps=4, save_steps=2, eval_steps=None)
+    arguments = trl_arguments(SFTJobConfig(data="d", output="o", bf16=True), plan, str(tmp_path))
     assert arguments["bf16"] is True and arguments["use_cpu"] is True
+    assert "eval_strategy" not in arguments and arguments["save_steps"] == 2
+    periodic = trl_arguments(SFTJobConfig(data="d", output="o"), SimpleNamespace(max_steps=4, save_steps=2, eval_steps=2),
+                             str(tmp_path))
+    assert periodic["eval_strategy"] == "steps" and periodic["eval_steps"] == 2
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

@@ -31,15 +31,18 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
 from persona_ray.dataset.splits import SplitSettings
-from persona_ray.engines.settings import EngineSettings, JudgeSettings, SamplingSettings
+from persona_ray.engines.settings import EngineSettings, JudgeSettings, SamplingSettings, VLLMSettings
+from persona_ray.evaluation.generate import PERSONA_SOURCES
+from persona_ray.evaluation.judge import Comparison
 from persona_ray.inference.input_pairs import PairSource
+from persona_ray.pipeline.plan import PlanSettings
 from persona_ray.tailoring.templates import TRAINING_TYPES
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,23 @@ TAILORED, BASELINE = "PT-DPO", "DPO"
 TAILORED_SOURCES = ["gold-chosen", "gold-rejected", "retr-chosen", "retr-rejected"]
 
 
+class GenerationRun(Settings):
+    """One model answering the test split in the generate stage (persona-ray generate)."""
+
+    model_id: str = Field(description="label in outputs and judge comparisons, e.g. PT-DPO")
+    model: Literal["pt-sft", "pt-dpo", "base-sft", "dpo", "base"] = Field(
+        description="a trained model of this pipeline (models/<name>), or base (the untrained base model: few-shot)")
+    mode: Literal["persona", "plain", "fewshot"] = Field(description="how the model sees a persona (GenerateConfig.mode)")
+    sources: list[Literal[PERSONA_SOURCES]] = Field(  # type: ignore[valid-type]
+        description="persona sources to answer for (GenerateConfig.persona_sources)")
+
+
+DEFAULT_GENERATIONS = [
+    GenerationRun(model_id=TAILORED, model="pt-dpo", mode="persona", sources=TAILORED_SOURCES),
+    GenerationRun(model_id=BASELINE, model="dpo", mode="plain", sources=["none"]),
+]
+
+
 class PipelineConfig(Settings):
     """The whole pipeline, PI to the judged report, as one resumable run."""
 
@@ -61,6 +81,8 @@ class PipelineConfig(Settings):
     output: str = Field(description="a local folder; every stage writes its own folder in it")
     engine: EngineSettings = EngineSettings(model="tiny", sampling=SamplingSettings(max_tokens=128))
     judge: JudgeSettings = JudgeSettings(model="tiny", sampling=SamplingSettings(max_tokens=8, stop=["\n"]))
+    base_model: str | None = Field(None, description="the model PT and the baseline train from (and few-shot "
+                                   "runs use); none: engine.model, the PI model")
     infer: dict[str, Any] = Field(default_factory=dict, description="more InferConfig keys for PI, e.g. k_shot, "
                                   "max_attribute_chars")
     splits: SplitSettings = SplitSettings()
@@ -72,10 +94,21 @@ class PipelineConfig(Settings):
     generation: SamplingSettings = Field(
         SamplingSettings(max_tokens=128, stop=["\nPrompt:", "\nPersona:"]),
         description="how the trained models sample their answers")
+    generation_vllm: VLLMSettings | None = Field(None, description="vLLM settings of the generate stage's engines "
+                                                 "(the trained models); none: engine.vllm")
+    generations: list[GenerationRun] = Field(default_factory=lambda: list(DEFAULT_GENERATIONS),
+                                             description="the models that answer the test split, and how")
+    fewshot_k: int = Field(3, ge=1, description="exemplars in a few-shot (PT-fs) prompt")
+    comparisons: list[Comparison] = Field(
+        default_factory=lambda: [Comparison(test=TAILORED, base=BASELINE, base_source="none")],
+        description="judge comparisons (test vs base model_id of `generations`); the first one is the report's")
     judge_sampling: SamplingSettings = Field(
         SamplingSettings(max_tokens=160, stop=[]), description="the pairwise judge's sampling (feedback + verdict)")
+    judge_template: Literal["generic", "prometheus"] = Field("generic", description="JudgeConfig.template")
+    judge_persona: Literal["given", "gold"] = Field("given", description="JudgeConfig.judge_persona")
     max_feedback_chars: int = Field(200, ge=20, description="pairwise judge: longest feedback before its verdict")
     examples: int = Field(3, ge=0, description="test prompts shown in the report with their personas and answers")
+    plan: PlanSettings = PlanSettings()
 
     @model_validator(mode="after")
     def _parts_are_valid(self):
@@ -86,6 +119,13 @@ class PipelineConfig(Settings):
             raise ValueError("training_type: PT trains with personas: chosen, rejected or all")
         if storage.is_s3(self.output):
             raise ValueError("output: a local folder (the merged models and the report are written there)")
+        ids = [run.model_id for run in self.generations]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"generations: model_id must be unique, got {ids}")
+        for comp in self.comparisons:
+            missing = {comp.test, comp.base} - set(ids)
+            if missing:
+                raise ValueError(f"comparisons: {sorted(missing)} not among the generations' model ids {ids}")
         try:  # checked now, not an hour into the run
             InferConfig(pairs=self.pairs, output="-", **self.infer)
             SFTJobConfig(data="-", output="-", **self.sft)
@@ -167,14 +207,18 @@ class Pipeline:
         merge_adapter(summary["checkpoint"], start_model, merged)
         return merged
 
+    @property
+    def base_model(self) -> str:
+        return self.cfg.base_model or self.cfg.engine.model
+
     def stage_sft(self) -> dict:
-        return {"model": self._train("pt-sft", self.cfg.training_type, self.cfg.engine.model, sft=True)}
+        return {"model": self._train("pt-sft", self.cfg.training_type, self.base_model, sft=True)}
 
     def stage_dpo(self) -> dict:
         return {"model": self._train("pt-dpo", self.cfg.training_type, self.path("models", "pt-sft"), sft=False)}
 
     def stage_baseline(self) -> dict:
-        sft = self._train("base-sft", "none", self.cfg.engine.model, sft=True)
+        sft = self._train("base-sft", "none", self.base_model, sft=True)
         return {"model": self._train("dpo", "none", sft, sft=False)}
 
     def stage_index(self) -> dict:
@@ -192,25 +236,28 @@ class Pipeline:
     def stage_generate(self) -> dict:
         from persona_ray.evaluation.generate import GenerateConfig, run_generate
 
-        runs = {TAILORED: ("pt-dpo", "persona", TAILORED_SOURCES), BASELINE: ("dpo", "plain", ["none"])}
         summary = {}
-        for model_id, (folder, mode, sources) in runs.items():
-            engine = self.cfg.engine.model_copy(update={"model": self.path("models", folder), "backend": "vllm",
-                                                        "prompt_format": "completion", "sampling": self.cfg.generation})
-            summary[model_id] = run_generate(GenerateConfig(
-                data=self.path("retrieved"), output=self.path("generated"), engine=engine, model_id=model_id,
-                mode=mode, persona_sources=sources))["generated"]
+        for run in self.cfg.generations:
+            model = self.base_model if run.model == "base" else self.path("models", run.model)
+            engine = self.cfg.engine.model_copy(update={"model": model, "backend": "vllm",
+                                                        "prompt_format": "completion", "sampling": self.cfg.generation,
+                                                        "vllm": self.cfg.generation_vllm or self.cfg.engine.vllm})
+            summary[run.model_id] = run_generate(GenerateConfig(
+                data=self.path("retrieved"), output=self.path("generated"), engine=engine, model_id=run.model_id,
+                mode=run.mode, persona_sources=run.sources, fewshot_data=self.path("augmented"),
+                fewshot_k=self.cfg.fewshot_k))["generated"]
         return {"generated": summary}
 
     def stage_judge(self) -> dict:
-        from persona_ray.evaluation.judge import Comparison, JudgeConfig, run_judge
+        from persona_ray.evaluation.judge import JudgeConfig, run_judge
 
         judge = self.cfg.judge.model_copy(update={"sampling": self.cfg.judge_sampling})
         result = run_judge(JudgeConfig(responses=self.path("generated"), data=self.path("retrieved"),
                                        output=self.path("judged"), judge=judge,
                                        max_feedback_chars=self.cfg.max_feedback_chars,
-                                       comparisons=[Comparison(test=TAILORED, base=BASELINE, base_source="none")]))
-        return {"delta_pq": {r["persona_source"]: r["delta_pq"] for r in result["results"]},
+                                       template=self.cfg.judge_template, judge_persona=self.cfg.judge_persona,
+                                       comparisons=self.cfg.comparisons))
+        return {"delta_pq": {f"{r['comparison']} / {r['persona_source']}": r["delta_pq"] for r in result["results"]},
                 "unparseable": result["summary"]["unparseable_after_retries"]}
 
     def stage_report(self) -> dict:

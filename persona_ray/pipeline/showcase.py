@@ -24,10 +24,10 @@ SHOWN_SOURCES = ("gold-chosen", "gold-rejected", "none")
 
 def _examples(pipeline: "Pipeline", count: int) -> list[dict]:
     from persona_ray.dataset.splits import read_split
-    from persona_ray.pipeline.run import BASELINE, TAILORED
 
+    headline = pipeline.cfg.comparisons[0]
     answers: dict[str, list[dict]] = {}
-    for model_id in (TAILORED, BASELINE):
+    for model_id in (headline.test, headline.base):
         table = read_shards(pipeline.path("generated", model_id, "responses"))
         for row in table.to_pylist() if table is not None else []:
             if row["persona_source"] in SHOWN_SOURCES:

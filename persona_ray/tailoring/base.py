@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from persona_ray.core.errors import UserError
 from persona_ray.core import storage
@@ -95,7 +95,19 @@ class TrainConfig(Settings):
     save_steps: int = Field(50, ge=1, description="a checkpoint every N steps, and always at the end")
     num_to_keep: int | None = Field(2, ge=1, description="checkpoints Ray Train keeps; none keeps all")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")
-    evaluate: bool = Field(True, description="evaluate on val_split once at the end")
+    evaluate: bool = Field(True, description="evaluate on val_split at the end (and every eval_steps when set)")
+    eval_steps: int | Literal["epoch"] | None = Field(
+        None, description="also evaluate every N steps, or once per epoch ('epoch'); none: only at the end")
+    keep_best: bool = Field(False, description="return the checkpoint with the lowest validation loss instead of "
+                            "the last: a checkpoint is saved at every evaluation and Ray ranks them by eval_loss "
+                            "(the ranking survives restarts); needs eval_steps")
+
+    @model_validator(mode="after")
+    def _best_needs_evaluations(self):
+        if self.keep_best and not (self.evaluate and self.val_split and self.eval_steps):
+            raise ValueError("keep_best: choosing the best checkpoint needs evaluations during training; "
+                             "set evaluate: true, a val_split and eval_steps (a number or 'epoch')")
+        return self
 
 
 class TrainingMethod:
@@ -197,16 +209,20 @@ def check_splits(cfg: TrainConfig, method: TrainingMethod, tokenizer) -> int:
     return rows
 
 
-def trl_arguments(cfg: TrainConfig, max_steps: int, output_dir: str) -> dict[str, Any]:
+def trl_arguments(cfg: TrainConfig, plan: WorkerPlan, output_dir: str) -> dict[str, Any]:
     """TrainingArguments shared by SFTConfig and DPOConfig (set explicitly: TRL 1.16 defaults to
-    bf16=True, even on CPU, and to gradient_checkpointing=True)."""
+    bf16=True, even on CPU, and to gradient_checkpointing=True). Steps come from the driver's
+    plan: max_steps, save_steps and eval_steps (evaluations during training; transformers also
+    evaluates at the last step)."""
+    max_steps = plan.max_steps
+    evaluation = {"eval_strategy": "steps", "eval_steps": plan.eval_steps} if plan.eval_steps else {}
     return dict(
         output_dir=output_dir, per_device_train_batch_size=cfg.per_device_batch_size,
         per_device_eval_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
         max_steps=max_steps, max_length=cfg.max_length, seed=cfg.seed, bf16=cfg.bf16, use_cpu=not cfg.use_gpu,
         gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to=[], disable_tqdm=True,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        save_strategy="steps", save_steps=plan.save_steps, save_total_limit=1, report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False, **evaluation,
     )
 

@@ -27,6 +27,8 @@ class DPOJobConfig(TrainConfig):
     learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
     sft_model: str | None = Field(None, description="merged SFT model folder: the start and the reference model")
     beta: float = Field(0.1, description="DPO's beta: how far the policy may move from the reference")
+    max_prompt_length: int | None = Field(None, ge=1, description="keep at most this many prompt tokens (cut from "
+                                          "the left, the end of the prompt kept); none: only max_length limits it")
     loss_type: str = Field("sigmoid", description="any TRL DPOConfig loss_type")
 
 
@@ -40,8 +42,11 @@ class DPO(TrainingMethod):
     def examples(self, row: dict, training_type: str) -> list[dict]:
         return dpo_examples(row, training_type)
 
+    def __init__(self, max_prompt_length: int | None = None):
+        self.max_prompt_length = max_prompt_length
+
     def tokenize(self, example: dict, tokenizer, max_length: int) -> dict:
-        return tokenize_dpo(example, tokenizer, max_length)
+        return tokenize_dpo(example, tokenizer, max_length, self.max_prompt_length)
 
     def check(self, cfg: DPOJobConfig) -> tuple[str, int]:
         if not cfg.sft_model:
@@ -58,14 +63,14 @@ class DPO(TrainingMethod):
         cfg: DPOJobConfig = plan.cfg
         tokenizer = AutoTokenizer.from_pretrained(plan.model_path)
         placeholder = datasets.Dataset.from_list([{"prompt": "Prompt: -\nResponse:", "chosen": " a", "rejected": " b"}])
-        args = DPOConfig(**trl_arguments(cfg, plan.max_steps, output_dir), beta=cfg.beta, loss_type=[cfg.loss_type])
+        args = DPOConfig(**trl_arguments(cfg, plan, output_dir), beta=cfg.beta, loss_type=[cfg.loss_type])
         return DPOTrainer(model=plan.model_path, args=args, train_dataset=placeholder, processing_class=tokenizer,
                           peft_config=cfg.lora.peft_config())
 
 
 def check_dpo_job(cfg: DPOJobConfig) -> tuple[str, int]:
     """Pre-flight checks (no Ray): (resolved sft_model path, train rows); TrainConfigError otherwise."""
-    return DPO().check(cfg)
+    return DPO(cfg.max_prompt_length).check(cfg)
 
 
 def train_dpo(cfg: DPOJobConfig) -> dict[str, Any]:
@@ -73,4 +78,4 @@ def train_dpo(cfg: DPOJobConfig) -> dict[str, Any]:
     per-step metrics file holds rewards/accuracies and rewards/margins."""
     from persona_ray.tailoring.ray_loop import run_training
 
-    return run_training(DPO(), cfg)
+    return run_training(DPO(cfg.max_prompt_length), cfg)

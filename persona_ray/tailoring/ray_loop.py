@@ -26,6 +26,10 @@ do not divide evenly). max_steps = epochs * (batches per worker // gradient_accu
 Restarts: with FailureConfig(max_failures) Ray restarts the worker group after a worker dies; the
 loop resumes the TRL trainer from the latest reported checkpoint (optimizer, scheduler, step) and
 skips the batches that step had consumed.
+Best checkpoint (keep_best): evaluations every eval_steps (or once per epoch), a checkpoint saved
+at each, Ray's CheckpointConfig ranks them by eval_loss (its checkpoint manager keeps the best
+num_to_keep plus the latest, and writes its state to the run folder, so the ranking survives
+restarts); the summary's checkpoint is the lowest eval_loss among those kept.
 """
 
 from __future__ import annotations
@@ -215,6 +219,8 @@ class WorkerPlan:
     model_path: str  # the resolved model training starts from
     files: RunFiles
     max_steps: int
+    save_steps: int
+    eval_steps: int | None  # evaluations during training (None: once at the end)
     evaluate: bool  # a val shard exists for every worker
     fail_at_step: int | None  # test hook (FAIL_AT_STEP_ENV)
 
@@ -257,7 +263,10 @@ def run_worker(plan: WorkerPlan) -> None:
                 resumed_from = json.load(handle)["global_step"]
         started = time.time()
         trainer.train(resume_from_checkpoint=resume_dir)
-        eval_metrics = trainer.evaluate() if plan.evaluate else {}
+        if plan.evaluate and plan.eval_steps:  # transformers evaluated at the last step already
+            eval_metrics = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
+        else:
+            eval_metrics = trainer.evaluate() if plan.evaluate else {}
 
         # --- run files -------------------------------------------------------------------------
         if rank == 0:
@@ -297,8 +306,13 @@ def plan_steps(cfg: TrainConfig, rows: int) -> dict[str, int]:
     if steps_per_epoch == 0:
         raise TrainConfigError("gradient_accumulation", f"each worker has only {batches} batches per epoch",
                                "lower gradient_accumulation or per_device_batch_size")
-    return {"rows_per_worker": rows_per_worker, "batches_per_worker": batches,
-            "max_steps": cfg.max_steps or cfg.epochs * steps_per_epoch}
+    max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    eval_steps = steps_per_epoch if cfg.eval_steps == "epoch" else cfg.eval_steps
+    # Ray ranks a checkpoint by the metrics reported with it: with keep_best every evaluation
+    # saves, so each checkpoint carries its own eval_loss (never the one of an earlier step).
+    save_steps = eval_steps if cfg.keep_best else cfg.save_steps
+    return {"rows_per_worker": rows_per_worker, "batches_per_worker": batches, "max_steps": max_steps,
+            "eval_steps": eval_steps if cfg.evaluate and cfg.val_split else None, "save_steps": save_steps}
 
 
 def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
@@ -323,13 +337,19 @@ def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
         evaluate = val_ds.count() >= cfg.num_workers
         if evaluate:
             datasets["val"] = val_ds
+        elif cfg.keep_best:
+            raise TrainConfigError("keep_best", f"{cfg.val_split} has fewer examples than workers, so there is no "
+                                   "validation loss to choose by", "add validation rows or use fewer workers")
         else:
             log.warning("%s: fewer val examples than workers; skipping evaluation", cfg.val_split)
 
     files = RunFiles(cfg.output, name)
     fail_at = os.environ.get(FAIL_AT_STEP_ENV)
     worker_plan = WorkerPlan(cfg=cfg, method=method, model_path=model_path, files=files,
-                             max_steps=plan["max_steps"], evaluate=evaluate, fail_at_step=int(fail_at) if fail_at else None)
+                             max_steps=plan["max_steps"], save_steps=plan["save_steps"],
+                             eval_steps=plan["eval_steps"] if evaluate else None, evaluate=evaluate,
+                             fail_at_step=int(fail_at) if fail_at else None)
+    ranking = {"checkpoint_score_attribute": "eval_loss", "checkpoint_score_order": "min"} if cfg.keep_best else {}
     storage_path, filesystem = _storage_args(cfg.output)
     trainer = TorchTrainer(
         partial(run_worker, worker_plan),
@@ -337,26 +357,43 @@ def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep, **ranking),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets=datasets,
     )
     log.info("%s: %s rows per worker x %d workers, %d steps -> %s", method.name, plan["rows_per_worker"],
              cfg.num_workers, plan["max_steps"], files.uri)
     result = trainer.fit()
-    return summarize(files, result, cfg.num_workers, plan)
+    return summarize(files, result, cfg.num_workers, plan, keep_best=cfg.keep_best)
 
 
-def summarize(files: RunFiles, result, num_workers: int, plan: dict) -> dict[str, Any]:
+def best_by_eval_loss(best_checkpoints: list[tuple[Any, dict]]) -> tuple[Any, dict]:
+    """The (checkpoint, metrics) with the lowest eval_loss; the later one on a tie."""
+    ranked = [(c, m) for c, m in best_checkpoints if isinstance(m.get("eval_loss"), (int, float))]
+    if not ranked:
+        raise RuntimeError("keep_best: no saved checkpoint carries an eval_loss")
+    return min(reversed(ranked), key=lambda item: item[1]["eval_loss"])
+
+
+def summarize(files: RunFiles, result, num_workers: int, plan: dict, keep_best: bool = False) -> dict[str, Any]:
     workers = [json.loads(files.read(f"workers/rank-{r}.json")) for r in range(num_workers)]
     history = [json.loads(line) for line in files.read("metrics.jsonl").decode().splitlines() if line]
     losses = [h["loss"] for h in history if "loss" in h]
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    if checkpoint and storage.is_s3(files.uri):
-        checkpoint = storage.S3_PREFIX + checkpoint.lstrip("/")
+
+    def uri(checkpoint) -> str:
+        return storage.S3_PREFIX + checkpoint.path.lstrip("/") if storage.is_s3(files.uri) else checkpoint.path
+
+    chosen, best = result.checkpoint, None
+    if keep_best:
+        chosen, metrics = best_by_eval_loss(result.best_checkpoints or [])
+        best = {"step": metrics.get("step"), "eval_loss": metrics["eval_loss"],
+                "kept": [{"checkpoint": uri(c), "step": m.get("step"), "eval_loss": m.get("eval_loss")}
+                         for c, m in result.best_checkpoints]}
+    checkpoint = uri(chosen) if chosen else None
     return {
         "run": files.uri,
         "checkpoint": checkpoint,
+        "best": best,
         "steps": workers[0]["final_step"],
         "planned_steps": plan["max_steps"],
         "final_loss": losses[-1] if losses else None,

@@ -46,7 +46,7 @@ class SFT(TrainingMethod):
         tokenizer = AutoTokenizer.from_pretrained(plan.model_path)
         eos = tokenizer.eos_token_id
         placeholder = datasets.Dataset.from_list([{"input_ids": [eos, eos], "labels": [-100, eos]}])
-        args = SFTConfig(**trl_arguments(cfg, plan.max_steps, output_dir), packing=False)
+        args = SFTConfig(**trl_arguments(cfg, plan, output_dir), packing=False)
         return SFTTrainer(model=plan.model_path, args=args, train_dataset=placeholder, processing_class=tokenizer,
                           peft_config=cfg.lora.peft_config())
 

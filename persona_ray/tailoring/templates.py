@@ -279,17 +279,20 @@ def tokenize_sft(example: dict, tokenizer, max_length: int) -> dict:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
 
-def tokenize_dpo(example: dict, tokenizer, max_length: int) -> dict:
+def tokenize_dpo(example: dict, tokenizer, max_length: int, max_prompt_length: int | None = None) -> dict:
     """Token ids for one DPO example: {"prompt_input_ids", "chosen_input_ids", "rejected_input_ids"}.
 
     Same rules as tokenize_sft: no special tokens but the EOS ending each response; the prompt
-    is cut from the left so prompt + the longer response fit in max_length; a response is
-    never cut (ValueError naming pair_id when one cannot fit with at least one prompt token).
+    is cut from the left to `max_prompt_length` tokens (when given), then so prompt + the longer
+    response fit in max_length; a response is never cut (ValueError naming pair_id when one
+    cannot fit with at least one prompt token).
     """
     pair_id = example.get("pair_id")
     prompt_ids = _ids(tokenizer, example["prompt"])
     if not prompt_ids:
         raise ValueError(f"pair {pair_id!r}: the prompt has no tokens")
+    if max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
     chosen_ids = _response_ids(tokenizer, example["chosen"], pair_id)
     rejected_ids = _response_ids(tokenizer, example["rejected"], pair_id)
     prompt_ids = _fit_prompt(prompt_ids, max(len(chosen_ids), len(rejected_ids)), max_length, pair_id)

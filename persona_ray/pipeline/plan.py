@@ -1,0 +1,180 @@
+"""`persona-ray pipeline --plan`: what a pipeline config will run, on what, and roughly how long,
+before anything starts.
+
+For each stage: the model, the accelerators it holds (engines: concurrency × tensor parallel;
+training: workers), the requests and tokens it moves, and an estimate of accelerator-hours.
+Token counts come from the pairs file when it can be read here (characters / 4 per token),
+otherwise from the config's `plan` block (the dataset's size as published). Rates are rough
+assumptions for one H100-class GPU, written out in PlanSettings so they can be changed:
+
+    generation (vLLM, batched)  prefill / decode tokens per second of one engine, scaled from an
+                                8B model by 8 / parameters (billions), times its GPUs
+    training (LoRA)             6 · parameters · tokens FLOPs at `mfu` of `gpu_flops`
+
+Models whose size is not in their name (tiny, smollm2) run on CPU and are not estimated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from persona_ray.core import storage
+from persona_ray.core.settings import Settings
+
+if TYPE_CHECKING:
+    from persona_ray.pipeline.run import PipelineConfig
+
+CHARS_PER_TOKEN = 4
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*[bB](?![a-z])")
+
+
+class PlanSettings(Settings):
+    """Sizes and rates `--plan` assumes (it never runs a model)."""
+
+    pairs: int | None = Field(None, ge=1, description="preference pairs, when the pairs file cannot be read here")
+    prompt_chars: float = Field(400, gt=0, description="mean characters of a prompt (when not measured)")
+    response_chars: float = Field(1200, gt=0, description="mean characters of a response (when not measured)")
+    prefill_tokens_per_s: float = Field(20000, gt=0, description="one 8B engine on one GPU, batched prefill")
+    decode_tokens_per_s: float = Field(2500, gt=0, description="one 8B engine on one GPU, batched decode")
+    gpu_flops: float = Field(989e12, gt=0, description="dense bf16 FLOP/s of one GPU (H100 SXM)")
+    mfu: float = Field(0.3, gt=0, le=1, description="share of gpu_flops training reaches")
+
+
+def parameters_b(model: str) -> float | None:
+    """Billions of parameters named in a model id ("Llama-3.1-8B" -> 8, "prometheus-7b" -> 7)."""
+    found = _SIZE.findall(model.rsplit("/", 1)[-1])
+    return float(found[-1]) if found else None
+
+
+def _measure_pairs(path: str) -> tuple[int, float, float] | None:
+    """(pairs, mean prompt chars, mean response chars) of a local/S3 pairs file, or None."""
+    from persona_ray.dataset.splits import read_table
+
+    try:
+        rows = read_table(path) if storage.exists(path) else None
+    except (OSError, ValueError):
+        return None
+    if not rows:
+        return None
+    prompt = sum(len(str(r.get("prompt", ""))) for r in rows) / len(rows)
+    response = sum(len(str(r.get("chosen", ""))) + len(str(r.get("rejected", ""))) for r in rows) / (2 * len(rows))
+    return len(rows), prompt, response
+
+
+def _gen_hours(model: str, gpus: int, tokens_in: float, tokens_out: float, rates: PlanSettings) -> float | None:
+    size = parameters_b(model)
+    if size is None:
+        return None
+    scale = 8 / size  # a bigger model moves fewer tokens a second per GPU-engine
+    seconds = tokens_in / (rates.prefill_tokens_per_s * scale * gpus) + tokens_out / (rates.decode_tokens_per_s * scale * gpus)
+    return seconds / 3600 * gpus
+
+
+def _train_hours(model: str, tokens: float, rates: PlanSettings) -> float | None:
+    size = parameters_b(model)
+    return None if size is None else 6 * size * 1e9 * tokens / (rates.gpu_flops * rates.mfu) / 3600
+
+
+def build_plan(cfg: PipelineConfig) -> dict[str, Any]:
+    """Every stage with its model, accelerators, tokens and estimated accelerator-hours."""
+    rates = cfg.plan
+    measured = _measure_pairs(cfg.pairs.input)
+    if measured:
+        pairs, prompt_chars, response_chars = measured
+        sizes_from = f"measured from {cfg.pairs.input}"
+    elif rates.pairs:
+        pairs, prompt_chars, response_chars = rates.pairs, rates.prompt_chars, rates.response_chars
+        sizes_from = "the config's plan block (the pairs file is not readable here)"
+    else:
+        raise ValueError(f"pairs.input: {cfg.pairs.input} cannot be read here; give plan.pairs (and the mean "
+                         "prompt_chars / response_chars) to plan without it")
+    prompt_t, response_t = prompt_chars / CHARS_PER_TOKEN, response_chars / CHARS_PER_TOKEN
+    k_shot = int(cfg.infer.get("k_shot", 3))
+    engine, judge = cfg.engine, cfg.judge
+    engine_gpus = _engine_gpus(engine)
+    judge_gpus = _engine_gpus(judge)
+    base = cfg.base_model or engine.model
+    splits = cfg.splits  # shares count prompts; here one pair a prompt
+    test = min(splits.test_size or round(splits.test * pairs), pairs)
+    fewshot_rows = splits.fewshot_size or round(splits.fewshot * pairs)
+    train = max(pairs - test - fewshot_rows, 0) * (1 - splits.val)
+    pool = train if splits.share_train_pool else train / 2
+    sides = 2 if cfg.training_type == "all" else 1
+    persona_t = 30  # a one-sentence persona
+
+    def examples(job: dict) -> float:
+        """Training examples one run reads: max_steps worth of batches, or epochs over its pool."""
+        if job.get("max_steps"):
+            return (job["max_steps"] * job.get("per_device_batch_size", 4) * job.get("num_workers", 1)
+                    * job.get("gradient_accumulation", 1))
+        return pool * sides * job.get("epochs", 1)
+    stages = []
+
+    def add(stage: str, model: str, gpus: int, requests: int, tokens_in: float, tokens_out: float, hours):
+        size = parameters_b(model)
+        bytes_per_weight = 1 if "fp8" in model.lower() else 2  # FP8 or bf16 weights, per replica
+        stages.append({"stage": stage, "model": model, "accelerators": gpus if hours is not None else "CPU",
+                       "weights_gb": None if size is None else round(bytes_per_weight * size, 1),
+                       "requests": requests, "input_tokens": int(tokens_in), "output_tokens": int(tokens_out),
+                       "accelerator_hours": None if hours is None else round(hours, 2)})
+
+    # PI: both sides of every pair, k exemplars (each a pair) before the query.
+    pi_in = 2 * pairs * (k_shot + 1) * (prompt_t + 2 * response_t)
+    pi_out = 2 * pairs * persona_t
+    add("infer", engine.model, engine_gpus, 2 * pairs, pi_in, pi_out, _gen_hours(engine.model, engine_gpus, pi_in, pi_out, rates))
+    add("augment", "-", 0, 0, 0, 0, None)
+    pe_in = 2 * 2 * pairs * (prompt_t + 2 * response_t + persona_t)
+    add("pi-eval", judge.model, judge_gpus, 4 * pairs, pe_in, 4 * pairs, _gen_hours(judge.model, judge_gpus, pe_in, 4 * pairs, rates))
+    per_example = prompt_t + persona_t + response_t
+    workers = int(cfg.sft.get("num_workers", 1))
+    sft_n, dpo_n = examples(cfg.sft), examples(cfg.dpo)
+    sft_tokens = sft_n * per_example
+    dpo_tokens = dpo_n * (2 * per_example) * 1.5  # two responses; the reference forward pass
+    add("sft", base, workers, int(sft_n), sft_tokens, 0, _train_hours(base, sft_tokens, rates))
+    add("dpo", base, workers, int(dpo_n), dpo_tokens, 0, _train_hours(base, dpo_tokens, rates))
+    base_hours = [_train_hours(base, t, rates) for t in (sft_tokens, dpo_tokens)]
+    add("baseline", base, workers, int(sft_n + dpo_n), sft_tokens + dpo_tokens, 0,
+        None if None in base_hours else sum(base_hours))
+    add("index", "colbert", 1, int(train), train * prompt_t, 0, None)
+    add("retrieve", "colbert", 1, test, test * prompt_t, 0, None)
+    answers = sum(len(run.sources) for run in cfg.generations) * test
+    fewshot = sum(len(run.sources) for run in cfg.generations if run.mode == "fewshot") * test
+    gen_in = answers * (prompt_t + persona_t) + fewshot * cfg.fewshot_k * per_example
+    gen_out = answers * min(cfg.generation.max_tokens, response_t * 1.5)
+    gen_gpus = _engine_gpus(cfg.generation_vllm or engine.vllm)
+    add("generate", base, gen_gpus, answers, gen_in, gen_out, _gen_hours(base, gen_gpus, gen_in, gen_out, rates))
+    sources_of = {run.model_id: run.sources for run in cfg.generations}
+    verdicts = sum(len(c.persona_sources or sources_of[c.test]) for c in cfg.comparisons) * test * 2 * 2
+    judge_in = verdicts * (prompt_t + 2 * response_t + persona_t + 250)  # + the template
+    judge_out = verdicts * min(cfg.judge_sampling.max_tokens, 250)
+    add("judge", judge.model, judge_gpus, verdicts, judge_in, judge_out,
+        _gen_hours(judge.model, judge_gpus, judge_in, judge_out, rates))
+    add("report", "-", 0, 0, 0, 0, None)
+    total = sum(s["accelerator_hours"] or 0 for s in stages)
+    return {"pairs": pairs, "test_rows": test, "sizes_from": sizes_from, "stages": stages,
+            "accelerator_hours": round(total, 1)}
+
+
+def _engine_gpus(settings) -> int:
+    vllm = getattr(settings, "vllm", settings)  # engine settings or VLLMSettings
+    concurrency = vllm.concurrency if isinstance(vllm.concurrency, int) else max(vllm.concurrency)
+    return concurrency * vllm.tensor_parallel_size if vllm.gpu else concurrency
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    lines = [f"{plan['pairs']} pairs, {plan['test_rows']} test rows ({plan['sizes_from']}); tokens ≈ characters / "
+             f"{CHARS_PER_TOKEN}", "",
+             f"{'stage':<9} {'model':<48} {'accel.':>6} {'wts GB':>6} {'requests':>9} {'input tok':>12} "
+             f"{'output tok':>11} {'acc-h':>7}"]
+    for s in plan["stages"]:
+        hours = "-" if s["accelerator_hours"] is None else f"{s['accelerator_hours']:.2f}"
+        weights = "-" if s["weights_gb"] is None else f"{s['weights_gb']:.0f}"
+        lines.append(f"{s['stage']:<9} {s['model'][-48:]:<48} {str(s['accelerators']):>6} {weights:>6} {s['requests']:>9} "
+                     f"{s['input_tokens']:>12,} {s['output_tokens']:>11,} {hours:>7}")
+    lines += ["", f"estimated accelerator-hours: {plan['accelerator_hours']} (rough: the rates in the config's plan "
+              "block; ColBERT and CPU stages not counted)"]
+    return "\n".join(lines)
+

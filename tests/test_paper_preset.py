@@ -1,0 +1,83 @@
+"""The paper's protocol as pipeline presets (cluster/paper/*.yaml): its values pinned against the
+README's table, and `persona-ray pipeline --plan` (no Ray, no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from persona_ray.cli import app
+from persona_ray.core.settings import load_config
+from persona_ray.pipeline.plan import build_plan, parameters_b
+from persona_ray.pipeline.run import STAGES, PipelineConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = {name: REPO / "cluster" / "paper" / f"{name}.yaml" for name in ("hhh", "beavertails", "mnemonic")}
+TWINS = {("PT-DPO", "DPO"), ("PT-SFT", "SFT"), ("PT-fs", "FS")}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_paper_preset_pins_the_papers_settings(name):
+    cfg = load_config(PipelineConfig, str(PRESETS[name]))
+    assert cfg.training_type == "chosen"
+    assert cfg.base_model == "meta-llama/Llama-3.1-8B" and "405B" in cfg.engine.model
+    assert cfg.infer["k_shot"] == 5 and cfg.fewshot_k == 5
+    sft, dpo = cfg.sft, cfg.dpo
+    assert (sft["learning_rate"], sft["epochs"], sft["per_device_batch_size"], sft["max_length"]) == (2e-5, 10, 1, 512)
+    assert (dpo["learning_rate"], dpo["beta"], dpo["epochs"], dpo["per_device_batch_size"]) == (5e-6, 0.1, 10, 1)
+    assert dpo["max_length"] == 512 and dpo["max_prompt_length"] == 128
+    for job in (sft, dpo):
+        assert job["eval_steps"] == "epoch" and job["keep_best"] is True
+        assert job["lora"] == {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    splits = cfg.splits
+    assert splits.test_size == (499 if name == "beavertails" else 500) and splits.fewshot_size == 5
+    assert splits.share_train_pool is False
+    assert cfg.judge.model == "prometheus-eval/prometheus-7b-v2.0" and cfg.judge.prompt_format == "completion"
+    assert cfg.judge_template == "prometheus" and cfg.judge_persona == "given"
+    js = cfg.judge_sampling
+    assert (js.temperature, js.top_p, js.repetition_penalty, js.max_tokens) == (1.0, 0.9, 1.03, 1024)
+    assert cfg.generation.temperature == 0.0 and cfg.generation.max_tokens == 512
+    pairs = {(c.test, c.base) for c in cfg.comparisons if c.base_source == "none"}
+    assert pairs == TWINS  # each PT method against itself without a persona
+    in_words = [c for c in cfg.comparisons if c.base_source is None]
+    assert [(c.test, c.base) for c in in_words] == [("PT-DPO", "DPO")]  # §5: DPO given the persona in words
+    by_id = {g.model_id: g for g in cfg.generations}
+    assert by_id["FS"].mode == "fewshot" and by_id["FS"].sources == ["none"] and by_id["PT-fs"].model == "base"
+
+
+def test_plan_counts_every_stage_and_estimates_gpu_hours():
+    cfg = load_config(PipelineConfig, str(PRESETS["hhh"]))
+    plan = build_plan(cfg)
+    assert [s["stage"] for s in plan["stages"]] == list(STAGES)
+    assert plan["pairs"] == 1564 and plan["test_rows"] == 500 and "plan block" in plan["sizes_from"]
+    stage = {s["stage"]: s for s in plan["stages"]}
+    assert stage["infer"]["accelerators"] == 8 and stage["infer"]["weights_gb"] == 405  # FP8
+    assert stage["infer"]["requests"] == 2 * 1564  # a persona for each side of every pair
+    assert stage["judge"]["model"].endswith("prometheus-7b-v2.0") and stage["judge"]["accelerators"] == 8
+    # Judge requests: 4 comparisons × 4 persona sources × 500 rows × 2 rubrics × 2 orders.
+    assert stage["judge"]["requests"] == 4 * 4 * 500 * 2 * 2
+    assert all(stage[s]["accelerator_hours"] > 0 for s in ("infer", "sft", "dpo", "baseline", "generate", "judge"))
+    assert stage["dpo"]["accelerator_hours"] > stage["sft"]["accelerator_hours"]  # two responses + the reference
+    assert plan["accelerator_hours"] == pytest.approx(sum(s["accelerator_hours"] or 0 for s in plan["stages"]), abs=0.1)
+    assert parameters_b("meta-llama/Llama-3.1-405B-Instruct-FP8") == 405 and parameters_b("smollm2") is None
+
+
+def test_plan_command_prints_the_plan_and_runs_nothing(tmp_path):
+    run = CliRunner().invoke(app, ["pipeline", "--config", str(PRESETS["mnemonic"]), "--output", str(tmp_path / "x"),
+                                   "--plan"])
+    assert run.exit_code == 0, run.output
+    assert "estimated accelerator-hours" in run.output and "prometheus-7b-v2.0" in run.output
+    assert not (tmp_path / "x").exists()  # nothing ran, nothing was written
+    # Without a readable pairs file and without plan.pairs there is nothing to count.
+    config = tmp_path / "noplan.yaml"
+    config.write_text(PRESETS["hhh"].read_text().split("\nplan:")[0] + "\n")
+    bad = CliRunner().invoke(app, ["pipeline", "--config", str(config), "--plan"])
+    assert bad.exit_code == 2 and "pairs.input" in bad.output and "plan.pairs" in bad.output
+
+
+def test_comparisons_must_name_generated_models():
+    base = load_config(PipelineConfig, str(REPO / "cluster" / "jobs" / "demo.yaml"))
+    with pytest.raises(ValueError, match="not among the generations"):
+        PipelineConfig(**{**base.model_dump(), "comparisons": [{"test": "PT-SFT", "base": "DPO"}]})
