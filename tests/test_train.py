@@ -172,9 +172,9 @@ def test_fault_hook_restarts_from_last_checkpoint(ray_local, tiny_model, data_di
 def test_keep_best_returns_the_lowest_validation_loss_also_after_a_restart(ray_local, tiny_model, data_dir,
                                                                           tmp_path, monkeypatch):
     """Four evaluations and four checkpoints, rank 0 killed at step 3 and the run resumed from
-    step 2: the checkpoint returned is the one with the lowest eval_loss of all four, ranked by
-    Ray across the restart. The first update has learning rate 0 (warm-up) and the later ones a
-    huge one, so the loss is lowest early and the best checkpoint is not the last."""
+    step 2: Ray keeps the two checkpoints with the lowest eval_loss of all four (ranked across the
+    restart) and the one returned is the lowest. (Last run: losses 8.315 / 8.336 / 8.303 / 8.347,
+    kept steps 1 and 3, returned step 3: neither the last nor all from one attempt.)"""
     from persona_ray.tailoring import FAIL_AT_STEP_ENV, SFTJobConfig, train_sft
 
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
@@ -191,10 +191,10 @@ def test_keep_best_returns_the_lowest_validation_loss_also_after_a_restart(ray_l
     assert sorted(evaluations) == [1, 2, 3, 4]
     best_step = min(evaluations, key=evaluations.get)
     assert summary["best"]["step"] == best_step and summary["best"]["eval_loss"] == pytest.approx(evaluations[best_step])
-    assert best_step < 4, "the huge learning rate should have made a later checkpoint worse"
-    # Ray kept the best checkpoints and the latest; the one returned is on disk and is the best.
+    # Ray kept the num_to_keep best by eval_loss; the one returned is on disk and is the best.
     kept = {k["step"]: k for k in summary["best"]["kept"]}
-    assert best_step in kept and summary["checkpoint"] == kept[best_step]["checkpoint"]
+    assert set(kept) == set(sorted(evaluations, key=evaluations.get)[:2]), (kept, evaluations)
+    assert summary["checkpoint"] == kept[best_step]["checkpoint"]
     assert storage.exists(storage.join(summary["checkpoint"], "checkpoint", "adapter_model.safetensors"))
 
 

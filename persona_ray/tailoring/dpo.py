@@ -65,7 +65,7 @@ class DPO(TrainingMethod):
         placeholder = datasets.Dataset.from_list([{"prompt": "Prompt: -\nResponse:", "chosen": " a", "rejected": " b"}])
         args = DPOConfig(**trl_arguments(cfg, plan, output_dir), beta=cfg.beta, loss_type=[cfg.loss_type])
         return DPOTrainer(model=plan.model_path, args=args, train_dataset=placeholder, processing_class=tokenizer,
-                          peft_config=cfg.lora.peft_config())
+                          eval_dataset=placeholder if plan.eval_steps else None, peft_config=cfg.lora.peft_config())
 
 
 def check_dpo_job(cfg: DPOJobConfig) -> tuple[str, int]:

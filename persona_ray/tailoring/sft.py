@@ -47,8 +47,10 @@ class SFT(TrainingMethod):
         eos = tokenizer.eos_token_id
         placeholder = datasets.Dataset.from_list([{"input_ids": [eos, eos], "labels": [-100, eos]}])
         args = SFTConfig(**trl_arguments(cfg, plan, output_dir), packing=False)
+        # With evaluations during training transformers wants an eval set at construction; the
+        # worker swaps in its val shard, as it does the train shard.
         return SFTTrainer(model=plan.model_path, args=args, train_dataset=placeholder, processing_class=tokenizer,
-                          peft_config=cfg.lora.peft_config())
+                          eval_dataset=placeholder if plan.eval_steps else None, peft_config=cfg.lora.peft_config())
 
 
 def check_sft_job(cfg: SFTJobConfig) -> tuple[str, int]:
