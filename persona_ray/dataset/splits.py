@@ -70,8 +70,8 @@ def _key(prompt: str) -> str:
     return " ".join(prompt.lower().split())
 
 
-def _training_split(key: str, cfg: SplitSettings, val_share: float) -> str:
-    pool = "val" if _unit(key, cfg.seed + "/val") < val_share else "train"
+def _pool_split(key: str, pool: str, cfg: SplitSettings) -> str:
+    """sft_<pool>, or with unshared pools sft_/dpo_<pool> by a second hash of the prompt."""
     if cfg.share_train_pool:
         return f"sft_{pool}"  # dpo_<pool> is the same set; written from it
     return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
@@ -85,10 +85,7 @@ def assign_split(prompt: str, cfg: SplitSettings) -> str:
         return "test"
     if u < cfg.test + cfg.fewshot:
         return "fewshot"
-    pool = "val" if u < cfg.test + cfg.fewshot + cfg.val else "train"
-    if cfg.share_train_pool:
-        return f"sft_{pool}"
-    return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
+    return _pool_split(key, "val" if u < cfg.test + cfg.fewshot + cfg.val else "train", cfg)
 
 
 def assign_exact(prompts: list[str], cfg: SplitSettings) -> dict[str, str]:
@@ -103,7 +100,8 @@ def assign_exact(prompts: list[str], cfg: SplitSettings) -> dict[str, str]:
                          f"of {len(keys)} distinct ones")
     out = {k: "test" for k in keys[:test_n]}
     out.update({k: "fewshot" for k in keys[test_n:test_n + fewshot_n]})
-    out.update({k: _training_split(k, cfg, cfg.val) for k in keys[test_n + fewshot_n:]})
+    out.update({k: _pool_split(k, "val" if _unit(k, cfg.seed + "/val") < cfg.val else "train", cfg)
+                for k in keys[test_n + fewshot_n:]})
     return out
 
 

@@ -95,6 +95,14 @@ def _defang(text: str) -> str:
     return _MARKER_IN_INPUT.sub("(RESULT)", text)
 
 
+def _persona_line(persona: str | None) -> str:
+    """The persona as one sanitized line; the personalization rubric cannot do without one."""
+    clean = sanitize_for_prompt(persona or "")
+    if not clean:
+        raise ValueError("the personalization rubric needs a non-empty persona")
+    return clean
+
+
 def _check_rubric(rubric: str) -> None:
     if rubric not in RUBRICS:
         raise ValueError(f"rubric must be one of {RUBRICS}, got {rubric!r}")
@@ -113,9 +121,7 @@ def build_pairwise_prompt(
     persona_block = ""
     task = _TASK
     if rubric == "personalization":
-        clean = _defang(sanitize_for_prompt(persona or ""))
-        if not clean:
-            raise ValueError("the personalization rubric needs a non-empty persona")
+        clean = _defang(_persona_line(persona))
         persona_block = f"###User persona:\n<persona>{clean}</persona>\n\n"
         task += _PERSONA_NOTE
     return (
@@ -153,9 +159,7 @@ def build_prometheus_prompt(
     _check_rubric(rubric)
     text = instruction.strip()
     if rubric == "personalization":
-        clean = sanitize_for_prompt(persona or "")
-        if not clean:
-            raise ValueError("the personalization rubric needs a non-empty persona")
+        clean = _persona_line(persona)
         text = f"{text} Persona: {clean}"
     content = RELATIVE_PROMPT_WO_REF.format(
         instruction=_defang(text), response_A=_defang(response_a.strip()), response_B=_defang(response_b.strip()),
