@@ -135,6 +135,25 @@ TINY_DPO = {"max_steps": 80, "learning_rate": 5e-3, "per_device_batch_size": 8, 
                                                               "up_proj", "down_proj"]}}
 
 
+def test_response_logprobs_batched_equal_one_at_a_time(tiny_model):
+    """Both sides of a pair are scored in one padded batch; padding must not change a score."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from persona_ray.world.measure import ranked_first, response_logprobs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    text = "Prompt: How do I grow basil?"
+    responses = [SHORT_STEPS, LONG_PROSE, "Water it."]
+    batched = response_logprobs(model, tokenizer, text, responses)
+    alone = [response_logprobs(model, tokenizer, text, [r])[0] for r in responses]
+    assert batched == pytest.approx(alone, abs=1e-3)
+    assert all(score < 0 for score in batched) and batched[1] < batched[2]  # more tokens, lower sum
+    # DPO's implicit reward: the chosen side gains more over the reference than the rejected one.
+    assert ranked_first({"a": (-5.0, -9.0), "b": (-5.0, -4.0)}, {"a": (-6.0, -8.0), "b": (-6.0, -8.0)}) == \
+        {"a": True, "b": False}
+
+
 @pytest.mark.slow
 def test_tiny_model_learns_personas_where_plain_dpo_learns_only_the_majority(ray_local, tmp_path):
     """The training path carries personas to the model: with them, every user's chosen response

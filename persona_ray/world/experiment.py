@@ -241,15 +241,22 @@ class World:
 
     def measure(self) -> dict:
         from persona_ray.core.models import resolve_model
-        from persona_ray.world.measure import preference_accuracy, rate_by_type
+        from persona_ray.world.measure import pair_logprobs, ranked_first, rate_by_type
 
         majority = self.cfg.types[0].name
+        scored: dict[tuple[str, str, str], dict] = {}  # (model, mode, source): a PT-SFT is PT-DPO's reference
+
+        def logprobs(path: str, mode: str, source: str) -> dict:
+            path = resolve_model(path) if path == self.cfg.model else path
+            if (path, mode, source) not in scored:
+                scored[(path, mode, source)] = pair_logprobs(path, self.test_rows(source), mode)
+            return scored[(path, mode, source)]
+
         results = {}
         for label, model in self.models().items():
-            rows = self.test_rows(model["source"])
-            reference = model["reference"] if model["reference"] != self.cfg.model else resolve_model(self.cfg.model)
-            ranked = preference_accuracy(model["path"], reference, rows, model["mode"])
-            results[label] = rate_by_type(rows, ranked, majority)
+            mode, source = model["mode"], model["source"]
+            ranked = ranked_first(logprobs(model["path"], mode, source), logprobs(model["reference"], mode, source))
+            results[label] = rate_by_type(self.test_rows(source), ranked, majority)
         storage.write_json(results, str(self.out / "measure.json"))
         return {"preference_accuracy": {label: {k: round(v["rate"], 3) for k, v in r.items()}
                                         for label, r in results.items()}}

@@ -2,6 +2,9 @@
 
     preference_accuracy(policy, reference, rows, mode)   does the implicit reward rank the user's
                                                           chosen response first?
+    pair_logprobs(model, rows, mode) + ranked_first(...)  the same in two steps, so that a model
+                                                          serving as policy and as reference is
+                                                          scored once
     compliance(rows, responses, types)                    {row_id: True/False}: is a generated answer
                                                           in the user's style (the style program)?
     rate_by_type(rows, ok, majority)                      {type: rate}, plus "minority" and "all"
@@ -43,19 +46,40 @@ def model_input(row: dict, mode: str) -> str:
     return inference_input(row["prompt"], persona, persona_template=mode == "persona")
 
 
-def response_logprob(model, tokenizer, model_input_text: str, response: str) -> float:
-    """Sum of log-probabilities of the response tokens (EOS included) after the input."""
+def response_logprobs(model, tokenizer, model_input_text: str, responses: list[str]) -> list[float]:
+    """Sum of log-probabilities of each response's tokens (EOS included) after the input, the
+    responses scored in one right-padded batch."""
     import torch
 
     prompt_ids = tokenizer(model_input_text, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(format_response(response, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + response_ids])
+    sequences = [prompt_ids + tokenizer(format_response(r, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
+                 for r in responses]
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
     with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, :-1].float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    targets = ids[0, 1:]
-    picked = logprobs[torch.arange(len(targets)), targets]
-    return float(picked[len(prompt_ids) - 1:].sum())
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    # Position t predicts token t+1: response tokens start at index len(prompt_ids).
+    return [float(picked[i, len(prompt_ids) - 1:len(s) - 1].sum()) for i, s in enumerate(sequences)]
+
+
+def pair_logprobs(model_path: str, rows: list[dict], mode: str) -> dict[str, tuple[float, float]]:
+    """{pair_id: (log p(chosen | x), log p(rejected | x))} under one model, x built by `mode`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    found = {}
+    for row in rows:
+        chosen, rejected = response_logprobs(model, tokenizer, model_input(row, mode), [row["chosen"], row["rejected"]])
+        found[row["pair_id"]] = (chosen, rejected)
+    return found
+
+
+def ranked_first(policy: dict[str, tuple[float, float]], reference: dict[str, tuple[float, float]]) -> dict[str, bool]:
+    """{pair_id: r(x, chosen) > r(x, rejected)}, r = log pi - log pi_ref (DPO's implicit reward)."""
+    return {rid: (policy[rid][0] - reference[rid][0]) > (policy[rid][1] - reference[rid][1]) for rid in policy}
 
 
 def rate_by_type(rows: list[dict], ok: dict[str, bool], majority: str) -> dict[str, dict]:
@@ -74,21 +98,7 @@ def rate_by_type(rows: list[dict], ok: dict[str, bool], majority: str) -> dict[s
 
 def preference_accuracy(policy_path: str, reference_path: str, rows: list[dict], mode: str) -> dict[str, bool]:
     """{pair_id: chosen ranked first by the implicit reward}."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    policy = AutoModelForCausalLM.from_pretrained(policy_path).eval()
-    reference = AutoModelForCausalLM.from_pretrained(reference_path).eval()
-    ranked = {}
-    for row in rows:
-        text = model_input(row, mode)
-        margin = 0.0
-        for side, sign in (("chosen", 1), ("rejected", -1)):
-            reward = (response_logprob(policy, tokenizer, text, row[side])
-                      - response_logprob(reference, tokenizer, text, row[side]))
-            margin += sign * reward
-        ranked[row["pair_id"]] = margin > 0
-    return ranked
+    return ranked_first(pair_logprobs(policy_path, rows, mode), pair_logprobs(reference_path, rows, mode))
 
 
 def compliance(rows: list[dict], responses: dict[str, str], types: list[PersonaType]) -> dict[str, bool]:
