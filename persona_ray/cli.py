@@ -31,7 +31,7 @@ from persona_ray.pipeline.run import STAGES, PipelineConfig
 from persona_ray.quality.pi_eval import PIEvalConfig
 from persona_ray.retrieval.batch import RetrieveConfig
 from persona_ray.retrieval.index import IndexConfig
-from persona_ray.serving.app import ServeConfig
+from persona_ray.serving.config import ServeConfig
 from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
 from persona_ray.world.experiment import STAGES as WORLD_STAGES, WorldConfig
 
@@ -208,23 +208,37 @@ def _judge(cfg: JudgeConfig) -> dict:
     return {"summary": result["summary"], "report": result["report"]}
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _serve(cfg: ServeConfig, host: str, port: int) -> None:
-    import time
+    import signal
+    import threading
 
     from ray import serve
 
     from persona_ray.core.ray_runtime import ensure_ray
     from persona_ray.serving.app import build_app
 
+    if cfg.auth == "none" and host not in LOOPBACK:
+        raise UserError(f"auth none opens the server to anyone who reaches {host}; use it on a loopback address "
+                        "only, or give API keys (api_keys_file / $PERSONA_RAY_API_KEYS)")
+    import os
+
+    cfg = cfg.with_absolute_paths(os.getcwd())  # Serve replicas run in other folders
     ensure_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/")
-    click.echo(f"serving on http://{host}:{port} (POST /v1/tailor, GET /healthz); Ctrl-C stops")
+    click.echo(f"serving on http://{host}:{port} (OpenAI API under /v1, GET /healthz); Ctrl-C or SIGTERM stops")
+    stop = threading.Event()
+    # SIGTERM (kill, Kubernetes) stops as cleanly as Ctrl-C: Serve's replicas and proxy shut down.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(3600)
+        stop.wait()
     except KeyboardInterrupt:
-        serve.shutdown()
+        pass
+    serve.shutdown()
+    click.echo("serving stopped")
 
 
 def _import_released(cfg) -> dict:
@@ -313,7 +327,7 @@ JOBS = [
         Flag("comparisons", "compare", multiple=True, help="TEST:BASE model ids (repeat)",
              parse=lambda items: [{"test": t, "base": b} for t, b in _pairs(items, ":", "TEST:BASE")]),
         Flag("limit")]),
-    job_command("serve", ServeConfig, _serve, [Flag("index"), MODEL], extra=(
+    job_command("serve", ServeConfig, _serve, [Flag("index"), MODEL, Flag("auth"), Flag("api_keys_file")], extra=(
         click.Option(["--host"], default="127.0.0.1", show_default=True, help="address to listen on"),
         click.Option(["--port"], default=8000, type=int, show_default=True, help="port to listen on"))),
     world,

@@ -33,7 +33,8 @@ CRD_DIR = K8S_DIR / "crds"  # vendored from ray-project/kuberay; not globbed as 
 RAY_VERSION = "2.60.0"
 S3_SECRET = "persona-ray-s3"
 # Secrets the manifests may reference; persona-ray-hf (HF_TOKEN) is optional.
-ALLOWED_SECRETS = {S3_SECRET, "persona-ray-hf"}
+API_KEYS_SECRET = "persona-ray-api-keys"  # the serving app's bearer keys, mounted as a file
+ALLOWED_SECRETS = {S3_SECRET, "persona-ray-hf", API_KEYS_SECRET}
 CONFIG_MOUNT = "/home/ray/configs"
 ENTRYPOINT_PREFIX = "python jobs/infer.py"
 
@@ -552,4 +553,14 @@ def test_rayservice_serve_config_builds_a_valid_app_config():
     groups = {g["groupName"]: g for g in services[0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu_limits["nvidia.com/gpu"] >= cfg.llm_gpus
-    assert cfg.llm_scaling.max_replicas <= groups["gpu"]["maxReplicas"]
+    # one engine per model folder, each up to max_replicas GPUs
+    assert len(cfg.engines()) * cfg.llm_scaling.max_replicas <= groups["gpu"]["maxReplicas"]
+    assert {m.name for m in cfg.served_models()} >= {"PT-DPO", "DPO"} and cfg.auth == "api_key"
+    # The key file the ingress reads is the Secret, mounted on every pod an ingress replica may land on.
+    key_dir = str(Path(cfg.api_keys_file).parent)
+    pods = [services[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in groups.values()]
+    for pod in pods:
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == key_dir]
+        assert volumes[mount["name"]]["secret"]["secretName"] == API_KEYS_SECRET and mount["readOnly"]

@@ -119,7 +119,8 @@ def test_find_protected_reports_category_and_word():
 def test_one_control_character_rule_wherever_a_persona_enters(control):
     """PI output, training/generation templates and the serving ingress refuse the same personas."""
     from persona_ray.core.persona import PersonaError, clean_persona
-    from persona_ray.serving.app import ServeConfig, TailorRequest, check_request
+    from persona_ray.serving.config import ServeConfig
+    from persona_ray.serving.requests import check_persona
     from persona_ray.tailoring.templates import format_input
 
     persona = f"The user is calm{control} and prefers detail."
@@ -129,7 +130,7 @@ def test_one_control_character_rule_wherever_a_persona_enters(control):
     with pytest.raises(ValueError, match="persona: contains control characters"):
         format_input("Hi", persona)
     with pytest.raises(ValueError, match="persona: contains control characters"):
-        check_request(TailorRequest(prompt="Hi", persona=persona), ServeConfig(index="i"))
+        check_persona(persona, ServeConfig(index="i"))
 
 
 def test_whitespace_of_every_kind_collapses_the_same_everywhere():
@@ -197,7 +198,8 @@ INVISIBLE_CHARS = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u202a", "
 
 @pytest.mark.parametrize("char", INVISIBLE_CHARS, ids=[f"U+{ord(c):04X}" for c in INVISIBLE_CHARS])
 def test_invisible_and_direction_characters_are_refused_wherever_a_persona_enters(char):
-    from persona_ray.serving.app import ServeConfig, TailorRequest, check_request
+    from persona_ray.serving.config import ServeConfig
+    from persona_ray.serving.requests import check_persona
     from persona_ray.tailoring.templates import format_input
 
     persona = f"The user is calm{char} and prefers detail."
@@ -208,7 +210,7 @@ def test_invisible_and_direction_characters_are_refused_wherever_a_persona_enter
     with pytest.raises(ValueError, match=f"persona: {reason}"):
         format_input("Hi", persona)
     with pytest.raises(ValueError, match=f"persona: {reason}"):
-        check_request(TailorRequest(prompt="Hi", persona=persona), ServeConfig(index="i"))
+        check_persona(persona, ServeConfig(index="i"))
     # the judges show the persona without them (and never fail)
     assert sanitize_for_prompt(persona) == "The user is calm and prefers detail."
 

@@ -54,6 +54,15 @@ def test_cluster_configs_for_retrieval_generation_and_judging_load():
     judge = load_config(JudgeConfig, str(REPO / "cluster" / "jobs" / "judge-gpu.yaml"))
     assert judge.judge.sampling.max_tokens == 512 and judge.judge.prompt_format == "chat"
     assert judge.comparisons[0].label == "PT-DPO vs DPO" and judge.comparisons[0].base_source == "none"
+    from persona_ray.serving.config import ServeConfig
+
+    serve = load_config(ServeConfig, str(REPO / "cluster" / "jobs" / "serve.yaml"))
+    assert [(m.name, m.mode) for m in serve.served_models()] == [("PT-DPO", "persona"), ("DPO", "plain")]
+    assert len(serve.engines()) == 2 and serve.auth == "api_key"
+    local = serve.with_absolute_paths("/srv/app")
+    assert local.index == "/srv/app/outputs/demo/index"
+    assert [m.model for m in local.served_models()] == ["/srv/app/outputs/demo/models/pt-dpo",
+                                                         "/srv/app/outputs/demo/models/dpo"]
 
 
 @pytest.mark.parametrize(

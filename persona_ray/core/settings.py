@@ -148,7 +148,7 @@ def _table(cls: type[BaseModel], blocks: dict[str, type[BaseModel]]) -> list[str
             own = field.default.model_dump(exclude_unset=True) if isinstance(field.default, BaseModel) else {}
             default = ("list of " if typing.get_origin(field.annotation) is list else "") + f"`{block.__name__}`"
             default += f": {', '.join(_flat(own))}" if own else ""
-            if field.default is PydanticUndefined:
+            if field.default is PydanticUndefined and field.default_factory is None:
                 default += " (required)"
         elif field.default_factory is not None:
             default = f"`{field.default_factory()!r}`"

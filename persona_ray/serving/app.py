@@ -1,17 +1,25 @@
-"""Serving: persona-tailored answers over HTTP with Ray Serve.
+"""Serving: persona-tailored answers over HTTP with Ray Serve, in the OpenAI API.
 
-    POST /v1/tailor   {"prompt": str, "persona": str | null, "max_tokens": int | null}
-      → {"response", "finish_reason", "persona", "persona_source": "given" | "retrieved",
-         "retrieved": {"row_id", "score", "prompt"} | null, "model_id"}
-    GET  /healthz     → {"status": "ok", "model_id", "index_rows"}
+    POST /v1/chat/completions   {"model", "messages": [one user message], "persona"?, "stream"?, ...}
+    POST /v1/completions        {"model", "prompt", "persona"?, "stream"?, ...}
+    GET  /v1/models             the served models (PT-DPO, the no-persona baseline, ...)
+    POST /v1/tailor             {"prompt", "persona"?, "max_tokens"?, "model"?} (the project's own)
+    GET  /healthz               ready: every deployment answers (503 + Retry-After when one does not)
+    GET  /livez                 alive: the ingress answers
 
-Three deployments, each scaled on its own: `PersonaRetrieverDeployment` (the ColBERT index,
-CPU), `TailoredLLMDeployment` (vLLM AsyncLLM on the persona-tailored model) and the FastAPI
-`Ingress`, which validates the request, retrieves a persona when the user gave none (the top
-training prompt's chosen persona, as retr-chosen) and builds the model input with the same
-templates as training and evaluation (pt_templates). A persona is untrusted user text: it is
-checked by the shared persona rules (persona_ray.core.persona): length-bounded, whitespace
-collapsed to one line, and refused (422 with the reason) when validate_persona refuses it.
+The persona is an extra body field (`extra_body={"persona": ...}` in the official `openai`
+client); without one it is retrieved: the first valid persona among the top `retrieve_k`
+training prompts (ColBERT). Every answer says which persona it was tailored to and where it
+came from: extra fields `persona`, `persona_source` (given | retrieved | none) and `retrieved`
+(row id, score, rank, and the hits skipped as invalid, with the reason).
+
+Deployments (deployments.py): the retriever, one LLM engine per model folder (served models over
+the same folder share it, as LoRA adapters), and this FastAPI ingress. The ingress checks every
+request before a model sees it (requests.py): an API key (auth.py), the body size, strict
+types, Unicode, control characters, a given persona through the shared persona validator, the
+prompt against the model's context in tokens; each refusal is a 4xx that names the field. A
+deployment that dies or does not answer in time makes its requests 503 with Retry-After, at once
+while it is known to be down; /healthz says not ready until it answers again.
 
 `build_app(args)` is the application builder for `serve run` and for a KubeRay RayService
 (`import_path: persona_ray.serving.app:build_app`, `args:` = a ServeConfig).
@@ -19,158 +27,237 @@ collapsed to one line, and refused (422 with the reason) when validate_persona r
 
 from __future__ import annotations
 
-import os
-import uuid
-from typing import Any, Literal
+import asyncio
+import json
+import logging
+from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from persona_ray.core.persona import clean_persona, validate_persona
-from persona_ray.core.settings import Settings
-from persona_ray.engines.settings import EngineSettings, SamplingSettings
+from persona_ray.serving import openai_format as oai
+from persona_ray.serving.auth import APIKeys
+from persona_ray.serving.config import Autoscaling, ServeConfig, ServedModel
+from persona_ray.serving.deployments import PersonaRetrieverDeployment, PromptTooLong, TailoredLLMDeployment
+from persona_ray.serving.requests import (ChatRequest, CompletionRequest, RequestError, TailorRequest, chat_prompt,
+                                          check_persona, check_prompt, describe_validation, pick_retrieved,
+                                          sampling_of)
 from persona_ray.tailoring.templates import inference_input
 
-
-class Autoscaling(Settings):
-    """Ray Serve autoscaling range of one deployment."""
-
-    min_replicas: int = Field(1, ge=0, description="replicas kept when idle")
-    max_replicas: int = Field(2, ge=1, description="most replicas under load")
-    target_ongoing_requests: float = Field(4, gt=0, description="requests per replica Serve scales towards")
+__all__ = ["ServeConfig", "ServedModel", "Autoscaling", "build_app"]
+log = logging.getLogger("ray.serve")
+DOWN = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
 
 
-class ServeConfig(Settings):
-    """Persona-tailored answers over HTTP: a ColBERT retriever, the tailored model, an ingress."""
-
-    index: str = Field(description="folder or s3:// prefix written by `persona-ray index`")
-    engine: EngineSettings = EngineSettings(sampling=SamplingSettings(max_tokens=256, stop=["\nPrompt:", "\nPersona:"]))
-    model_id: str = Field("PT-DPO", description="label returned with every answer")
-    mode: Literal["persona", "plain"] = Field(
-        "persona", description="how the model was trained: persona (PT template) or plain (no personas)")
-    retrieved_side: Literal["chosen", "rejected"] = Field(
-        "chosen", description="which persona of the top retrieved training row to use")
-    max_prompt_chars: int = Field(8000, gt=0, description="longest prompt a request may send")
-    max_persona_chars: int = Field(1000, gt=0, description="longest persona a request may send")
-    max_tokens_limit: int = Field(1024, gt=0, description="the most tokens a request may ask for")
-    retriever_scaling: Autoscaling = Autoscaling()
-    llm_scaling: Autoscaling = Autoscaling(max_replicas=1)
-    ingress_scaling: Autoscaling = Autoscaling(max_replicas=2, target_ongoing_requests=16)
-    retriever_cpus: float = Field(1, gt=0, description="CPUs per retriever replica")
-    llm_cpus: float = Field(1, gt=0, description="CPUs per model replica (CPU engines)")
-    llm_gpus: float = Field(0, ge=0, description="GPUs per model replica (set engine.vllm.gpu too)")
-
-    @model_validator(mode="after")
-    def _servable(self):
-        if self.engine.backend != "vllm":
-            raise ValueError("engine.backend: the serving app runs vLLM in its own deployment; use vllm")
-        if self.engine.sampling.max_tokens > self.max_tokens_limit:
-            raise ValueError(f"engine.sampling.max_tokens ({self.engine.sampling.max_tokens}) exceeds "
-                             f"max_tokens_limit ({self.max_tokens_limit})")
-        return self
+class Unavailable(Exception):
+    """A deployment that cannot answer now (503 with Retry-After)."""
 
 
-class TailorRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str
-    persona: str | None = None
-    max_tokens: int | None = Field(None, gt=0)
-
-
-def check_request(req: TailorRequest, cfg: ServeConfig) -> tuple[str, str | None, int]:
-    """(prompt, persona or None, max_tokens), or ValueError naming the field and the reason."""
-    prompt = req.prompt.strip()
-    if not prompt:
-        raise ValueError("prompt: empty")
-    if len(prompt) > cfg.max_prompt_chars:
-        raise ValueError(f"prompt: {len(prompt)} characters; the limit is {cfg.max_prompt_chars}")
-    persona = None
-    if req.persona is not None and req.persona.strip():  # a blank persona means "retrieve one"
-        persona = clean_persona(req.persona, cfg.max_persona_chars)
-        checked = validate_persona(persona)  # the same rules as every other place a persona enters
-        if not checked.valid:
-            raise ValueError(f"persona: {checked.reason}")
-        persona = checked.persona
-    max_tokens = req.max_tokens or cfg.engine.sampling.max_tokens
-    if max_tokens > cfg.max_tokens_limit:
-        raise ValueError(f"max_tokens: {max_tokens}; the limit is {cfg.max_tokens_limit}")
-    return prompt, persona, max_tokens
-
-
-@serve.deployment
-class PersonaRetrieverDeployment:
-    def __init__(self, index: str):
-        from persona_ray.retrieval.search import PersonaRetriever
-
-        self.retriever = PersonaRetriever.load(index)
-
-    def top(self, prompt: str) -> dict[str, Any]:
-        return self.retriever.search(prompt, k=1)[0]
-
-    def size(self) -> int:
-        return len(self.retriever)
-
-
-@serve.deployment
-class TailoredLLMDeployment:
-    def __init__(self, engine: dict):
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from persona_ray.engines.vllm_engine import engine_kwargs
-
-        settings = EngineSettings(**engine)
-        if not settings.vllm.gpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.vllm.cpu_kv_cache_gib))
-        self.sampling = settings.sampling
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=settings.engine_model(),
-                                                                **engine_kwargs(settings.vllm)))
-
-    async def generate(self, text: str, max_tokens: int) -> dict[str, Any]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                max_tokens=max_tokens, stop=self.sampling.stop or None, seed=self.sampling.seed)
-        final = None
-        async for output in self.engine.generate(text, params, request_id=uuid.uuid4().hex):
-            final = output
-        choice = final.outputs[0]
-        return {"text": choice.text.strip(), "finish_reason": choice.finish_reason or "stop"}
-
-
-api = FastAPI(title="persona-ray", description="Persona-tailored responses")
+api = FastAPI(title="persona-ray", description="Persona-tailored responses, OpenAI-compatible")
 
 
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, retriever: DeploymentHandle, llm: DeploymentHandle, config: dict):
-        self.retriever, self.llm = retriever, llm
+    def __init__(self, retriever: DeploymentHandle, llms: dict[str, DeploymentHandle], config: dict):
         self.cfg = ServeConfig(**config)
+        self.models = {m.name: m for m in self.cfg.served_models()}
+        self.retriever, self.llms = retriever, llms  # llms: model folder -> handle
+        self.keys = APIKeys.load(self.cfg.api_keys_file, self.cfg.api_keys_env) if self.cfg.auth == "api_key" else None
+        self.down: set[str] = set()  # deployments found dead; a probe clears them when they answer
+
+    # -- health --------------------------------------------------------------------------------
+    @api.get("/livez")
+    async def livez(self) -> dict[str, str]:
+        return {"status": "alive"}
 
     @api.get("/healthz")
-    async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "model_id": self.cfg.model_id, "index_rows": await self.retriever.size.remote()}
+    async def healthz(self) -> JSONResponse:
+        states = {}
+        for name, handle in self._deployments().items():
+            try:
+                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.cfg.health_timeout_s)
+                states[name] = "ready"
+                self.down.discard(name)
+            except asyncio.TimeoutError:
+                states[name] = f"no answer within {self.cfg.health_timeout_s:g} s"
+            except Exception as exc:  # a dead or failing deployment: not ready, whatever the error
+                states[name] = f"not ready ({type(exc).__name__})"
+        ready = all(state == "ready" for state in states.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "deployments": states},
+                            status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": str(self.cfg.retry_after_s)})
+
+    # -- OpenAI API ----------------------------------------------------------------------------
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> JSONResponse:
+        return await self._guarded(request, None, self._models)
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._guarded(request, ChatRequest, self._chat)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._guarded(request, CompletionRequest, self._completion)
 
     @api.post("/v1/tailor")
-    async def tailor(self, req: TailorRequest) -> dict[str, Any]:
+    async def tailor(self, request: Request):
+        return await self._guarded(request, TailorRequest, self._tailor)
+
+    async def _models(self, _: None) -> JSONResponse:
+        return JSONResponse(oai.model_list([m.model_dump() for m in self.models.values()]))
+
+    async def _chat(self, req: ChatRequest):
+        return await self._answer("chat", req.model, chat_prompt(req.messages), req.persona, sampling_of(req, self.cfg),
+                                  req.stream, bool(req.stream_options and req.stream_options.include_usage))
+
+    async def _completion(self, req: CompletionRequest):
+        return await self._answer("text", req.model, req.prompt, req.persona, sampling_of(req, self.cfg),
+                                  req.stream, bool(req.stream_options and req.stream_options.include_usage))
+
+    async def _tailor(self, req: TailorRequest) -> JSONResponse:
+        model = req.model or next(iter(self.models))
+        sampling = sampling_of(CompletionRequest(model=model, prompt=req.prompt, max_tokens=req.max_tokens), self.cfg)
+        served, chosen, text = await self._prepare(model, req.prompt, req.persona)
+        answer = await self._generate(served, text, sampling)
+        return JSONResponse({"response": answer["text"], "finish_reason": answer["finish_reason"], **chosen,
+                             "model_id": served.name})
+
+    # -- one request, start to end ---------------------------------------------------------------
+    async def _guarded(self, request: Request, schema: type[BaseModel] | None, handler):
+        """Key, body, types; then the handler. Every refusal is an OpenAI-style error with a status."""
         try:
-            prompt, persona, max_tokens = check_request(req, self.cfg)
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
-        retrieved = None
-        source = "given"
-        if persona is None:
-            hit = await self.retriever.top.remote(prompt)
-            persona, source = " ".join(hit[f"{self.cfg.retrieved_side}_persona"].split()), "retrieved"
-            retrieved = {"row_id": hit["row_id"], "score": hit["score"], "prompt": hit["prompt"]}
-        text = inference_input(prompt, persona, persona_template=self.cfg.mode == "persona")
-        answer = await self.llm.generate.remote(text, max_tokens)
-        return {"response": answer["text"], "finish_reason": answer["finish_reason"], "persona": persona,
-                "persona_source": source, "retrieved": retrieved, "model_id": self.cfg.model_id}
+            if self.keys is not None and not self.keys.allows(request.headers.get("authorization")):
+                return _error(401, "a valid API key is needed: 'Authorization: Bearer <key>'", "authentication_error",
+                              headers={"WWW-Authenticate": "Bearer"})
+            body = None if schema is None else schema.model_validate(await self._json(request))
+            return await handler(body)
+        except RequestError as err:
+            kind = "not_found_error" if err.status == 404 else "invalid_request_error"
+            return _error(err.status, str(err), kind, param=err.param)
+        except ValidationError as err:
+            return _error(422, describe_validation(err.errors()), "invalid_request_error")
+        except PromptTooLong as err:
+            return _error(422, str(err), "invalid_request_error", param="prompt")
+        except Unavailable as err:
+            return _error(503, str(err), "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after_s)})
+
+    async def _json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
+            raise RequestError(f"body: {declared} bytes; the limit is {self.cfg.max_body_bytes}", status=413)
+        body = bytearray()
+        async for piece in request.stream():  # a body without a length is counted as it comes
+            body += piece
+            if len(body) > self.cfg.max_body_bytes:
+                raise RequestError(f"body: over the limit of {self.cfg.max_body_bytes} bytes", status=413)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RequestError(f"body: not valid JSON ({err})") from None
+
+    async def _answer(self, kind: str, model: str, prompt: str, persona: str | None, sampling: dict,
+                      stream: bool, include_usage: bool):
+        served, chosen, text = await self._prepare(model, prompt, persona)
+        request_id = oai.new_id(kind)
+        if not stream:
+            answer = await self._generate(served, text, sampling)
+            return JSONResponse(oai.completion(kind, request_id, served.name, answer, chosen))
+        pieces = self.llms[served.model].options(stream=True).stream.remote(text, sampling, served.name)
+        first = await self._ask(f"llm:{served.name}", pieces.__anext__(), self.cfg.request_timeout_s)  # errors first
+        events = self._events(kind, request_id, served.name, chosen, first, pieces, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    async def _events(self, kind: str, request_id: str, model: str, chosen: dict, first: dict,
+                      pieces, include_usage: bool) -> AsyncIterator[str]:
+        yield oai.sse(oai.chunk(kind, request_id, model, text="" if kind == "chat" else None, first=True, extra=chosen))
+        piece = first
+        try:
+            while "finish_reason" not in piece:
+                yield oai.sse(oai.chunk(kind, request_id, model, text=piece["text"]))
+                piece = await asyncio.wait_for(pieces.__anext__(), self.cfg.request_timeout_s)
+        except (StopAsyncIteration, asyncio.TimeoutError, *DOWN) as exc:
+            # The status line has gone: say it in the stream, as OpenAI servers do, and stop.
+            yield oai.sse(oai.error(f"the model stopped answering ({type(exc).__name__})", "service_unavailable"))
+            return
+        yield oai.sse(oai.chunk(kind, request_id, model, finish_reason=piece["finish_reason"]))
+        if include_usage:
+            yield oai.sse(oai.chunk(kind, request_id, model,
+                                    usage_of=oai.usage(piece["prompt_tokens"], piece["completion_tokens"])))
+        yield oai.sse("[DONE]")
+
+    async def _prepare(self, model: str, prompt: str, persona: str | None) -> tuple[ServedModel, dict, str]:
+        """(the served model, the persona it answers for with its source, the model input)."""
+        served = self.models.get(model)
+        if served is None:
+            raise RequestError(f"model: {model!r} is not served; GET /v1/models lists {sorted(self.models)}",
+                               status=404, param="model")
+        prompt = check_prompt(prompt, self.cfg)
+        chosen = await self._persona(prompt, check_persona(persona, self.cfg))
+        return served, chosen, inference_input(prompt, chosen["persona"], persona_template=served.mode == "persona")
+
+    async def _generate(self, served: ServedModel, text: str, sampling: dict) -> dict:
+        return await self._ask(f"llm:{served.name}", self.llms[served.model].generate.remote(text, sampling, served.name),
+                               self.cfg.request_timeout_s)
+
+    async def _persona(self, prompt: str, given: str | None) -> dict[str, Any]:
+        if given is not None:
+            return {"persona": given, "persona_source": "given", "retrieved": None}
+        hits = await self._ask("retriever", self.retriever.hits.remote(prompt, self.cfg.retrieve_k),
+                               self.cfg.request_timeout_s)
+        persona, retrieved = pick_retrieved(hits, self.cfg.retrieved_side, self.cfg)
+        return {"persona": persona, "persona_source": "retrieved" if persona else "none", "retrieved": retrieved}
+
+    async def _ask(self, name: str, response, timeout: float):
+        """The deployment's answer, or Unavailable: at once while it is known to be down, else when
+        its replica dies or it does not answer within `timeout`."""
+        if name in self.down:
+            raise Unavailable(f"{name} is restarting; retry shortly")
+        try:
+            return await asyncio.wait_for(_awaitable(response), timeout)
+        except DOWN as exc:
+            self._mark_down(name)
+            raise Unavailable(f"{name} is unavailable ({type(exc).__name__}); retry shortly") from None
+        except asyncio.TimeoutError:
+            raise Unavailable(f"{name} did not answer within {timeout:g} s") from None
+
+    def _mark_down(self, name: str) -> None:
+        if name in self.down:
+            return
+        self.down.add(name)
+        log.warning("deployment %s is down; answering 503 until it is back", name)
+        asyncio.get_running_loop().create_task(self._probe(name))
+
+    async def _probe(self, name: str) -> None:
+        handle = self._deployments()[name]
+        while name in self.down:
+            try:
+                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.cfg.health_timeout_s)
+                self.down.discard(name)
+                log.warning("deployment %s is back", name)
+            except Exception:  # still down: try again in a second
+                await asyncio.sleep(1.0)
+
+    def _deployments(self) -> dict[str, DeploymentHandle]:
+        found = {"retriever": self.retriever}
+        for m in self.models.values():
+            found[f"llm:{m.name}"] = self.llms[m.model]
+        return found
+
+
+async def _awaitable(response):
+    return await response
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(oai.error(message, kind, param=param), status_code=status, headers=headers)
 
 
 def _options(scaling: Autoscaling, cpus: float, gpus: float = 0) -> dict[str, Any]:
@@ -185,6 +272,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     cfg = ServeConfig(**args)
     retriever = PersonaRetrieverDeployment.options(**_options(cfg.retriever_scaling, cfg.retriever_cpus)).bind(
         cfg.index)
-    llm = TailoredLLMDeployment.options(**_options(cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(
-        cfg.engine.model_dump())
-    return Ingress.options(**_options(cfg.ingress_scaling, 0.1)).bind(retriever, llm, cfg.model_dump())
+    llms = {}
+    for number, (folder, adapters) in enumerate(cfg.engines().items()):
+        llms[folder] = TailoredLLMDeployment.options(
+            name=f"TailoredLLM{number}", **_options(cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(
+            folder, adapters, cfg.engine.model_dump())
+    return Ingress.options(**_options(cfg.ingress_scaling, cfg.ingress_cpus)).bind(retriever, llms, cfg.model_dump())

@@ -123,3 +123,17 @@ def build_tiny_model(cache_dir: str | Path | None = None, spec: TinyModelSpec = 
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
+
+
+def build_tiny_adapter(base: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """A LoRA adapter (PEFT folder) over the tiny model with random, non-zero weights, so that it
+    visibly changes the model's output: for tests that serve an adapter beside its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(str(out))
+    return Path(out)

@@ -1,0 +1,265 @@
+"""The serving app under load, a replica killed in the middle, autoscaling watched, overhead measured.
+
+    python jobs/benchmarks/serving_load.py [--requests 1000] [--malformed 200] [--concurrency 16]
+                                           [--max-tokens 16] [--kill-after 0.4] [--time-limit 1500]
+
+Loopback only, bounded in count and time (it stops itself at --time-limit). One run:
+1. The app (persona_ray/serving/app.py) on local Ray: tiny model on vLLM CPU (the plumbing, not
+   answer quality), MiniLM ColBERT index over the bundled world questions with the world's
+   persona sentences, API keys on, low autoscaling targets for the retriever and the ingress.
+2. Load: --requests good requests at --concurrency clients, mixed chat with a given persona,
+   chat with the persona retrieved, streamed chat and completions, with --malformed hostile
+   ones interleaved (broken JSON, wrong types, unknown fields, over-long and invalid text, bad
+   personas, a 1 MB body, no key). After --kill-after of them, the LLM replica's actor is
+   killed; /healthz is polled all along.
+3. Autoscaling: replica counts of every deployment from serve.status() each second, during the
+   load and after it until they are back at their minimum (or 90 s).
+4. Overhead, after the load, sequential and interleaved on the same prompts: p50 of
+   /v1/chat/completions through the app ÷ p50 of the same generation asked of the engine's
+   deployment directly (its Serve handle, the same model input), with a given persona and with a
+   retrieved one.
+Prints counts of every status per kind (a 5xx other than 503 is a failure; so is a good request
+refused or a malformed one accepted), the 503 gap and the longest wait in it, p50 / p99
+latency, requests/s, the replica timeline and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import secrets
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from latency import p50_p99
+
+APP, PORT = "persona", 8771
+STREAM_CUT = 299  # a 200 stream that ended without [DONE]
+MALFORMED = [  # (what, body bytes or dict, send the key?)
+    ("broken-json", b'{"model": "PT", "messages": [', True),
+    ("array-body", b"[1, 2]", True),
+    ("wrong-type", {"model": "PT", "prompt": 42}, True),
+    ("string-max-tokens", {"model": "PT", "prompt": "hi", "max_tokens": "8"}, True),
+    ("unknown-field", {"model": "PT", "prompt": "hi", "best_of": 2}, True),
+    ("too-many-tokens", {"model": "PT", "prompt": "x" * 4100}, True),
+    ("lone-surrogate", b'{"model": "PT", "prompt": "a \\ud800 b"}', True),
+    ("nul-in-prompt", {"model": "PT", "prompt": "a\u0000b"}, True),
+    ("protected-persona", {"model": "PT", "prompt": "hi", "persona": "The user is a devout Catholic and prefers "
+                                                                      "prayers."}, True),
+    ("bidi-persona", {"model": "PT", "prompt": "hi", "persona": "The user is calm\u202e and prefers detail."}, True),
+    ("unknown-model", {"model": "nope", "prompt": "hi"}, True),
+    ("one-megabyte", b'{"model": "PT", "prompt": "' + b"x" * (1 << 20) + b'"}', True),
+    ("no-key", {"model": "PT", "prompt": "hi"}, False),
+]
+
+
+def world_rows() -> list[dict]:
+    """The bundled questions, each with one of the world's persona sentences as its training persona."""
+    from persona_ray.world.build import world_prompts
+    from persona_ray.world.spec import DEFAULT_TYPES
+
+    return [{"id": f"q{i}", "prompt": p, "chosen_persona": DEFAULT_TYPES[i % 4].persona,
+             "rejected_persona": DEFAULT_TYPES[(i + 1) % 4].persona} for i, p in enumerate(world_prompts())]
+
+
+def start_app(tmp: Path, rows: list[dict], key: str, max_tokens: int) -> str:
+    from ray import serve
+
+    from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.retrieval.index import IndexConfig, run_index
+    from persona_ray.serving.app import build_app
+
+    (tmp / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_index(IndexConfig(data=str(tmp / "rows.jsonl"), output=str(tmp / "index")))
+    (tmp / "keys").write_text(key + "\n")
+    ensure_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    fast = {"upscale_delay_s": 2, "downscale_delay_s": 10}
+    serve.run(build_app({
+        "index": str(tmp / "index"), "api_keys_file": str(tmp / "keys"), "model_id": "PT",
+        "engine": {"model": "tiny", "sampling": {"max_tokens": max_tokens, "stop": [], "temperature": 0.0}},
+        "request_timeout_s": 30, "retry_after_s": 2, "retriever_cpus": 0.5,
+        "retriever_scaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1, **fast},
+        "ingress_scaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2, **fast}}),
+        name=APP, route_prefix="/")
+    return f"http://127.0.0.1:{PORT}"
+
+
+def replica_counts() -> dict[str, int]:
+    from ray import serve
+
+    deployments = serve.status().applications[APP].deployments
+    return {name: d.replica_states.get("RUNNING", 0) for name, d in deployments.items()}
+
+
+def kill_llm_replica() -> str:
+    import ray
+    from ray.util.state import list_actors
+
+    (replica,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                  if (a.name or "").startswith("SERVE_REPLICA") and "TailoredLLM0" in a.name]
+    ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
+    return replica.name
+
+
+def good_request(i: int, rows: list[dict], max_tokens: int) -> tuple[str, str, dict]:
+    """(kind, path, body) for the i-th good request."""
+    row = rows[i % len(rows)]
+    chat = {"model": "PT", "max_tokens": max_tokens, "messages": [{"role": "user", "content": row["prompt"]}]}
+    kind = ["given", "given", "retrieved", "retrieved", "stream", "completion"][i % 6]
+    if kind == "given":
+        return kind, "/v1/chat/completions", {**chat, "persona": row["rejected_persona"]}
+    if kind == "retrieved":
+        return kind, "/v1/chat/completions", chat
+    if kind == "stream":
+        return kind, "/v1/chat/completions", {**chat, "stream": True}
+    return kind, "/v1/completions", {"model": "PT", "prompt": row["prompt"], "max_tokens": max_tokens,
+                                     "persona": row["chosen_persona"]}
+
+
+def send(client: httpx.Client, url: str, path: str, body, key: str | None) -> tuple[int, float]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    started = time.perf_counter()
+    if isinstance(body, bytes):
+        reply = client.post(url + path, content=body, headers={**headers, "content-type": "application/json"})
+    else:
+        reply = client.post(url + path, json=body, headers=headers)
+    streamed = isinstance(body, dict) and body.get("stream")
+    if reply.status_code == 200 and streamed and not reply.text.rstrip().endswith("data: [DONE]"):
+        return STREAM_CUT, (time.perf_counter() - started) * 1000  # counted apart: a stream that broke off
+    return reply.status_code, (time.perf_counter() - started) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--malformed", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--kill-after", type=float, default=0.4, help="share of requests done before the kill")
+    parser.add_argument("--overhead-requests", type=int, default=30)
+    parser.add_argument("--time-limit", type=float, default=1500, help="seconds; the load stops itself after it")
+    args = parser.parse_args()
+    rng, key, rows = random.Random(0), "pr-" + secrets.token_hex(16), world_rows()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = start_app(Path(tmp), rows, key, args.max_tokens)
+        deadline = time.monotonic() + args.time_limit
+        jobs = [("good",) + good_request(i, rows, args.max_tokens) + (key,) for i in range(args.requests)]
+        jobs += [("malformed", what, "/v1/completions", body, key if keyed else None)
+                 for what, body, keyed in (MALFORMED[i % len(MALFORMED)] for i in range(args.malformed))]
+        rng.shuffle(jobs)
+        results, events, timeline, done = [], {}, [], threading.Event()
+        kill_at = int(args.kill_after * len(jobs))
+
+        def watch() -> None:  # replica counts and readiness, once a second
+            with httpx.Client(timeout=10) as client:
+                while not done.is_set():
+                    try:
+                        health = client.get(url + "/healthz").status_code
+                    except httpx.HTTPError:
+                        health = -1
+                    timeline.append((time.monotonic(), replica_counts(), health))
+                    time.sleep(1)
+
+        def run(job_index: int, job: tuple) -> None:
+            if time.monotonic() > deadline:
+                return
+            if job_index == kill_at:
+                events["killed"] = (time.monotonic(), kill_llm_replica())
+            group, kind, path, body, job_key = job
+            with httpx.Client(timeout=120) as client:
+                status, ms = send(client, url, path, body, job_key)
+            results.append({"group": group, "kind": kind, "status": status, "ms": ms, "at": time.monotonic()})
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(run, range(len(jobs)), jobs))
+        load_s = time.monotonic() - started
+        settle = time.monotonic() + 90
+        while time.monotonic() < settle and any(n > 1 for n in replica_counts().values()):
+            time.sleep(2)
+        done.set()
+        watcher.join()
+        overhead = measure_overhead(url, key, rows, args)
+        from ray import serve
+
+        serve.shutdown()
+    report(results, events, timeline, load_s, overhead, args)
+
+
+def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
+    """p50 through the app ÷ p50 of the engine deployment asked directly with the same input."""
+    from ray import serve
+
+    from persona_ray.tailoring.templates import inference_input
+
+    llm = serve.get_deployment_handle("TailoredLLM0", APP)
+    sampling = {"max_tokens": args.max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": []}
+    times = {"app_given": [], "app_retrieved": [], "engine_given": [], "engine_retrieved": []}
+    with httpx.Client(timeout=120, headers={"authorization": f"Bearer {key}"}) as client:
+        for row in rows[: args.overhead_requests]:
+            chat = {"model": "PT", "max_tokens": args.max_tokens, "messages": [{"role": "user", "content": row["prompt"]}]}
+            for source, body in (("given", {**chat, "persona": row["rejected_persona"]}), ("retrieved", chat)):
+                started = time.perf_counter()
+                reply = client.post(url + "/v1/chat/completions", json=body)
+                times[f"app_{source}"].append((time.perf_counter() - started) * 1000)
+                reply.raise_for_status()
+                text = inference_input(row["prompt"], reply.json()["persona"], persona_template=True)
+                started = time.perf_counter()
+                llm.generate.remote(text, sampling, "PT").result()
+                times[f"engine_{source}"].append((time.perf_counter() - started) * 1000)
+    p50 = {name: p50_p99(values)[0] for name, values in times.items()}
+    return {**{f"{name}_p50_ms": round(v, 1) for name, v in p50.items()},
+            "app_over_engine_given": round(p50["app_given"] / p50["engine_given"], 2),
+            "app_over_engine_retrieved": round(p50["app_retrieved"] / p50["engine_retrieved"], 2)}
+
+
+def report(results: list[dict], events: dict, timeline: list, load_s: float, overhead: dict, args) -> None:
+    counts = Counter((r["group"], r["kind"], r["status"]) for r in results)
+    good = [r for r in results if r["group"] == "good"]
+    bad = [r for r in results if r["group"] == "malformed"]
+    killed_at = events.get("killed", (None, None))[0]
+    back = next((t for t, _, health in timeline if killed_at and t > killed_at and health == 200), None)
+    gap = [r for r in good if r["status"] == 503]
+    ok = [r["ms"] for r in good if r["status"] == 200]
+    p50, p99 = p50_p99(ok) if ok else (float("nan"), float("nan"))
+    peak = {}
+    for _, replicas, _ in timeline:
+        for name, n in replicas.items():
+            peak[name] = max(peak.get(name, 0), n)
+    summary = {
+        "requests_sent": len(results), "good": len(good), "malformed": len(bad),
+        "good_200": sum(r["status"] == 200 for r in good), "good_503": len(gap),
+        "good_other": sorted({r["status"] for r in good} - {200, 503}),
+        "malformed_4xx": sum(400 <= r["status"] < 500 for r in bad),
+        "malformed_other": sorted({r["status"] for r in bad if not 400 <= r["status"] < 500}),
+        "any_5xx_but_503": sum(r["status"] >= 500 and r["status"] != 503 for r in results),
+        "killed": events.get("killed", (None, None))[1],
+        "not_ready_s": round(back - killed_at, 1) if back and killed_at else None,
+        "longest_wait_in_gap_ms": round(max((r["ms"] for r in gap), default=0), 1),
+        "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "requests_per_s": round(len(results) / load_s, 2),
+        "load_s": round(load_s, 1), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+        "peak_replicas": peak, "final_replicas": timeline[-1][1] if timeline else None,
+        **overhead,
+    }
+    print("status counts (group, kind, status):")
+    for (group, kind, status), n in sorted(counts.items()):
+        print(f"  {group:9s} {kind:18s} {status}: {n}")
+    start = timeline[0][0] if timeline else 0
+    print("replicas (s, RUNNING per deployment, /healthz):")
+    for t, replicas, health in timeline[:: max(1, len(timeline) // 40)]:
+        print(f"  {t - start:6.0f}  {replicas}  {health}")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
