@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import defaultdict
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -69,7 +70,9 @@ class Ingress:
         self.models = {m.name: m for m in self.cfg.served_models()}
         self.retriever, self.llms = retriever, llms  # llms: model folder -> handle
         self.keys = APIKeys.load(self.cfg.api_keys_file, self.cfg.api_keys_env) if self.cfg.auth == "api_key" else None
-        self.down: set[str] = set()  # deployments found dead; a probe clears them when they answer
+        self.down: set[str] = set()  # deployments with no running replica (or whose replica just died)
+        self.pending: dict[str, set[asyncio.Future]] = defaultdict(set)  # calls waiting on each deployment
+        self.watcher: asyncio.Task | None = None
 
     # -- health --------------------------------------------------------------------------------
     @api.get("/livez")
@@ -78,12 +81,16 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
+        """Ready when every deployment has a running replica and answers within health_timeout_s."""
         states = {}
+        running = await self._running_replicas()
         for name, handle in self._deployments().items():
+            if running.get(handle.deployment_name, 0) == 0:
+                states[name] = "no running replica"
+                continue
             try:
                 await asyncio.wait_for(_awaitable(handle.ready.remote()), self.cfg.health_timeout_s)
                 states[name] = "ready"
-                self.down.discard(name)
             except asyncio.TimeoutError:
                 states[name] = f"no answer within {self.cfg.health_timeout_s:g} s"
             except Exception as exc:  # a dead or failing deployment: not ready, whatever the error
@@ -147,16 +154,24 @@ class Ingress:
             return _error(422, str(err), "invalid_request_error", param="prompt")
         except Unavailable as err:
             return _error(503, str(err), "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after_s)})
+        except Exception as exc:  # a bug, not the client's fault: say so without details
+            log.exception("request failed")
+            return _error(500, f"internal error ({type(exc).__name__})", "server_error")
 
     async def _json(self, request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.cfg.max_body_bytes:
-            raise RequestError(f"body: {declared} bytes; the limit is {self.cfg.max_body_bytes}", status=413)
-        body = bytearray()
-        async for piece in request.stream():  # a body without a length is counted as it comes
-            body += piece
-            if len(body) > self.cfg.max_body_bytes:
-                raise RequestError(f"body: over the limit of {self.cfg.max_body_bytes} bytes", status=413)
+        """The body as JSON; over max_body_bytes: 413, the rest drained unkept (so the client reads
+        the answer), and a body past 16 times the limit cut off."""
+        limit = self.cfg.max_body_bytes
+        body, size = bytearray(), 0
+        async for piece in request.stream():
+            size += len(piece)
+            if size <= limit:
+                body += piece
+            elif size > 16 * limit:
+                break
+        if size > limit:
+            raise RequestError(f"body: {size if size <= 16 * limit else 'over ' + str(16 * limit)} bytes; "
+                               f"the limit is {limit}", status=413)
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -215,34 +230,64 @@ class Ingress:
         return {"persona": persona, "persona_source": "retrieved" if persona else "none", "retrieved": retrieved}
 
     async def _ask(self, name: str, response, timeout: float):
-        """The deployment's answer, or Unavailable: at once while it is known to be down, else when
-        its replica dies or it does not answer within `timeout`."""
+        """The deployment's answer, or Unavailable: at once while it has no running replica, when its
+        replica dies under the call, or when it does not answer within `timeout`."""
+        self._watch_replicas()
         if name in self.down:
             raise Unavailable(f"{name} is restarting; retry shortly")
+        call = asyncio.ensure_future(_awaitable(response))
+        self.pending[name].add(call)
         try:
-            return await asyncio.wait_for(_awaitable(response), timeout)
+            return await asyncio.wait_for(call, timeout)
         except DOWN as exc:
             self._mark_down(name)
             raise Unavailable(f"{name} is unavailable ({type(exc).__name__}); retry shortly") from None
         except asyncio.TimeoutError:
             raise Unavailable(f"{name} did not answer within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            if name in self.down:  # cancelled by _mark_down: the replica went away while it waited
+                raise Unavailable(f"{name} went down while the request waited; retry shortly") from None
+            raise
+        finally:
+            self.pending[name].discard(call)
 
     def _mark_down(self, name: str) -> None:
+        """Answer 503 for `name` until its replicas run again; calls waiting on it stop waiting
+        (Serve would hold them until a new replica is up)."""
         if name in self.down:
             return
         self.down.add(name)
-        log.warning("deployment %s is down; answering 503 until it is back", name)
-        asyncio.get_running_loop().create_task(self._probe(name))
+        log.warning("deployment %s is down; answering 503 until a replica runs again", name)
+        for call in list(self.pending[name]):
+            call.cancel()
 
-    async def _probe(self, name: str) -> None:
-        handle = self._deployments()[name]
-        while name in self.down:
-            try:
-                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.cfg.health_timeout_s)
-                self.down.discard(name)
-                log.warning("deployment %s is back", name)
-            except Exception:  # still down: try again in a second
-                await asyncio.sleep(1.0)
+    def _watch_replicas(self) -> None:
+        if self.watcher is None or self.watcher.done():
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Once a second, from Serve's controller: a deployment with no running replica is down,
+        one with a running replica again is back."""
+        while True:
+            running = await self._running_replicas()
+            if running:
+                for name, handle in self._deployments().items():
+                    if running.get(handle.deployment_name, 0) == 0:
+                        self._mark_down(name)
+                    elif name in self.down:
+                        self.down.discard(name)
+                        log.warning("deployment %s is back", name)
+            await asyncio.sleep(1.0)
+
+    async def _running_replicas(self) -> dict[str, int]:
+        """{deployment name: RUNNING replicas} of this application; {} when the controller does not say."""
+        try:
+            status = await asyncio.to_thread(serve.status)
+            deployments = status.applications[serve.get_replica_context().app_name].deployments
+            return {name: d.replica_states.get("RUNNING", 0) for name, d in deployments.items()}
+        except Exception:  # the controller is busy or restarting: no news
+            log.warning("could not read the Serve status", exc_info=True)
+            return {}
 
     def _deployments(self) -> dict[str, DeploymentHandle]:
         found = {"retriever": self.retriever}
@@ -260,21 +305,23 @@ def _error(status: int, message: str, kind: str, param: str | None = None,
     return JSONResponse(oai.error(message, kind, param=param), status_code=status, headers=headers)
 
 
-def _options(scaling: Autoscaling, cpus: float, gpus: float = 0) -> dict[str, Any]:
+def _options(cfg: ServeConfig, scaling: Autoscaling, cpus: float, gpus: float = 0, **more) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": cpus}
     if gpus:
         actor["num_gpus"] = gpus
-    return {"autoscaling_config": scaling.model_dump(), "ray_actor_options": actor}
+    return {"autoscaling_config": scaling.model_dump(), "ray_actor_options": actor,
+            "health_check_period_s": cfg.health_check_period_s, **more}
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder: `serve run persona_ray.serving.app:build_app index=...` or a RayService."""
     cfg = ServeConfig(**args)
-    retriever = PersonaRetrieverDeployment.options(**_options(cfg.retriever_scaling, cfg.retriever_cpus)).bind(
+    retriever = PersonaRetrieverDeployment.options(**_options(cfg, cfg.retriever_scaling, cfg.retriever_cpus)).bind(
         cfg.index)
     llms = {}
     for number, (folder, adapters) in enumerate(cfg.engines().items()):
         llms[folder] = TailoredLLMDeployment.options(
-            name=f"TailoredLLM{number}", **_options(cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(
-            folder, adapters, cfg.engine.model_dump())
-    return Ingress.options(**_options(cfg.ingress_scaling, cfg.ingress_cpus)).bind(retriever, llms, cfg.model_dump())
+            name=f"TailoredLLM{number}", max_ongoing_requests=cfg.llm_max_ongoing_requests,
+            **_options(cfg, cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(folder, adapters, cfg.engine.model_dump())
+    return Ingress.options(**_options(cfg, cfg.ingress_scaling, cfg.ingress_cpus)).bind(retriever, llms,
+                                                                                       cfg.model_dump())

@@ -63,6 +63,10 @@ class ServeConfig(Settings):
     health_timeout_s: float = Field(2, gt=0, description="a deployment not answering a health check in this time "
                                     "is not ready")
     retry_after_s: int = Field(5, ge=1, description="the Retry-After of a 503")
+    health_check_period_s: float = Field(2, gt=0, description="how often Serve checks each replica (a dead "
+                                         "engine is replaced sooner)")
+    llm_max_ongoing_requests: int = Field(64, ge=1, description="requests one model replica takes at once (vLLM "
+                                          "batches them; Serve queues the rest)")
     retriever_scaling: Autoscaling = Autoscaling()
     llm_scaling: Autoscaling = Autoscaling(max_replicas=1)
     ingress_scaling: Autoscaling = Autoscaling(max_replicas=2, target_ongoing_requests=16)
