@@ -19,7 +19,8 @@ request before a model sees it (requests.py): an API key (auth.py), the body siz
 types, Unicode, control characters, a given persona through the shared persona validator, the
 prompt against the model's context in tokens; each refusal is a 4xx that names the field. A
 deployment that dies or does not answer in time makes its requests 503 with Retry-After, at once
-while it is known to be down; /healthz says not ready until it answers again.
+(and those waiting on it released) while Serve's controller shows no running replica of it,
+checked every second; /healthz says not ready until it runs and answers again.
 
 `build_app(args)` is the application builder for `serve run` and for a KubeRay RayService
 (`import_path: persona_ray.serving.app:build_app`, `args:` = a ServeConfig).
@@ -52,7 +53,7 @@ from persona_ray.tailoring.templates import inference_input
 
 __all__ = ["ServeConfig", "ServedModel", "Autoscaling", "build_app"]
 log = logging.getLogger("ray.serve")
-DOWN = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
+DOWN = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)  # the replica is gone
 
 
 class Unavailable(Exception):
@@ -85,7 +86,7 @@ class Ingress:
         states = {}
         running = await self._running_replicas()
         for name, handle in self._deployments().items():
-            if running.get(handle.deployment_name, 0) == 0:
+            if running.get(name, 0) == 0:
                 states[name] = "no running replica"
                 continue
             try:
@@ -185,7 +186,8 @@ class Ingress:
             answer = await self._generate(served, text, sampling)
             return JSONResponse(oai.completion(kind, request_id, served.name, answer, chosen))
         pieces = self.llms[served.model].options(stream=True).stream.remote(text, sampling, served.name)
-        first = await self._ask(f"llm:{served.name}", pieces.__anext__(), self.cfg.request_timeout_s)  # errors first
+        first = await self._ask(self.llms[served.model].deployment_name, pieces.__anext__(),
+                                self.cfg.request_timeout_s)  # refusals come before the first byte
         events = self._events(kind, request_id, served.name, chosen, first, pieces, include_usage)
         return StreamingResponse(events, media_type="text/event-stream")
 
@@ -197,7 +199,7 @@ class Ingress:
             while "finish_reason" not in piece:
                 yield oai.sse(oai.chunk(kind, request_id, model, text=piece["text"]))
                 piece = await asyncio.wait_for(pieces.__anext__(), self.cfg.request_timeout_s)
-        except (StopAsyncIteration, asyncio.TimeoutError, *DOWN) as exc:
+        except Exception as exc:  # StopAsyncIteration, a timeout, a dead replica, ...
             # The status line has gone: say it in the stream, as OpenAI servers do, and stop.
             yield oai.sse(oai.error(f"the model stopped answering ({type(exc).__name__})", "service_unavailable"))
             return
@@ -218,13 +220,14 @@ class Ingress:
         return served, chosen, inference_input(prompt, chosen["persona"], persona_template=served.mode == "persona")
 
     async def _generate(self, served: ServedModel, text: str, sampling: dict) -> dict:
-        return await self._ask(f"llm:{served.name}", self.llms[served.model].generate.remote(text, sampling, served.name),
+        llm = self.llms[served.model]
+        return await self._ask(llm.deployment_name, llm.generate.remote(text, sampling, served.name),
                                self.cfg.request_timeout_s)
 
     async def _persona(self, prompt: str, given: str | None) -> dict[str, Any]:
         if given is not None:
             return {"persona": given, "persona_source": "given", "retrieved": None}
-        hits = await self._ask("retriever", self.retriever.hits.remote(prompt, self.cfg.retrieve_k),
+        hits = await self._ask(self.retriever.deployment_name, self.retriever.hits.remote(prompt, self.cfg.retrieve_k),
                                self.cfg.request_timeout_s)
         persona, retrieved = pick_retrieved(hits, self.cfg.retrieved_side, self.cfg)
         return {"persona": persona, "persona_source": "retrieved" if persona else "none", "retrieved": retrieved}
@@ -239,6 +242,8 @@ class Ingress:
         self.pending[name].add(call)
         try:
             return await asyncio.wait_for(call, timeout)
+        except BackPressureError:
+            raise Unavailable(f"{name} is at capacity; retry shortly") from None
         except DOWN as exc:
             self._mark_down(name)
             raise Unavailable(f"{name} is unavailable ({type(exc).__name__}); retry shortly") from None
@@ -271,8 +276,8 @@ class Ingress:
         while True:
             running = await self._running_replicas()
             if running:
-                for name, handle in self._deployments().items():
-                    if running.get(handle.deployment_name, 0) == 0:
+                for name in self._deployments():
+                    if running.get(name, 0) == 0:
                         self._mark_down(name)
                     elif name in self.down:
                         self.down.discard(name)
@@ -290,10 +295,8 @@ class Ingress:
             return {}
 
     def _deployments(self) -> dict[str, DeploymentHandle]:
-        found = {"retriever": self.retriever}
-        for m in self.models.values():
-            found[f"llm:{m.name}"] = self.llms[m.model]
-        return found
+        """{deployment name: handle} of the retriever and every engine."""
+        return {h.deployment_name: h for h in (self.retriever, *self.llms.values())}
 
 
 async def _awaitable(response):
