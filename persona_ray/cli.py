@@ -250,14 +250,17 @@ def _import_released(cfg) -> dict:
         _fail(f"source: {exc}")
 
 
-def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose: bool, show_plan: bool) -> None:
+def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose: bool, show_plan: bool,
+              plan_pairs: int | None) -> None:
     from persona_ray.pipeline.run import PipelineFailed, run_pipeline
 
+    if plan_pairs is not None and not show_plan:
+        _fail("--plan-pairs goes with --plan")
     if show_plan:
         from persona_ray.pipeline.plan import build_plan, format_plan
 
         try:
-            click.echo(format_plan(build_plan(cfg)))
+            click.echo(format_plan(build_plan(cfg, plan_pairs)))
         except ValueError as exc:
             _fail(str(exc))
         return
@@ -298,7 +301,9 @@ JOBS = [
         click.Option(["--verbose"], is_flag=True, help="show Ray, vLLM and job logs instead of writing them to "
                      "<output>/pipeline.log"),
         click.Option(["--plan", "show_plan"], is_flag=True, help="print the stages, their models, accelerators, "
-                     "tokens and estimated accelerator-hours, and run nothing"))),
+                     "tokens and estimated accelerator-hours, and the PI cost table, and run nothing"),
+        click.Option(["--plan-pairs"], type=click.IntRange(min=1), help="with --plan: plan for this many pairs "
+                     "(sizes per pair as measured), e.g. 1000000"))),
     job_command("infer", InferConfig, _infer, [
         Flag("pairs.input", "input"), Flag("output"), MODEL, Flag("engine.backend", "engine"),
         Flag("pairs.input_format"), Flag("engine.guided_decoding", "guided"), Flag("k_shot"),

@@ -77,6 +77,39 @@ def test_plan_command_prints_the_plan_and_runs_nothing(tmp_path):
     assert bad.exit_code == 2 and "pairs.input" in bad.output and "plan.pairs" in bad.output
 
 
+def test_pi_cost_counts_the_real_prompts_and_scales_with_pairs():
+    from persona_ray.inference.prompt import build_pi_prompt
+    from persona_ray.pipeline.cost import PUBLISHED, pi_cost, pi_tokens
+
+    row = {"prompt": "How do I fix a flat tyre?", "chosen": "Patch the tube.", "rejected": "Call someone.",
+           "domain": "safety_qa"}
+    words = lambda text: len(text.split())  # noqa: E731 — any counter; the plan uses a tokenizer
+    tokens = pi_tokens([row], k=2, count=words)
+    both = sum(words(build_pi_prompt(row["prompt"], row["chosen"], row["rejected"], side, "safety_qa", 2))
+               for side in ("chosen", "rejected"))
+    assert tokens["input"] == both and tokens["output"] > 2 * 8 and tokens["how"] == "tokenizer"
+    assert pi_tokens([row], k=4, count=words)["input"] > both  # more exemplars, more tokens
+    one, ten = (pi_cost(n, tokens, 2.0, 1e15, 0.5) for n in (1_000_000, 10_000_000))
+    assert [r["model"] for r in one] == [m["model"] for m in PUBLISHED]
+    for small, big, published in zip(one, ten, PUBLISHED):
+        assert big["gpu_hours"] == pytest.approx(10 * small["gpu_hours"], rel=0.01)
+        assert small["cost"] == pytest.approx(2.0 * small["gpu_hours"], abs=1)
+        prefill = published["gpus"] * 1e15 * 0.5 / (2 * published["parameters_b"] * 1e9)
+        seconds = 1e6 * (tokens["input"] / prefill + tokens["output"] / published["output_tokens_per_s"])
+        assert small["gpu_hours"] == pytest.approx(seconds * published["gpus"] / 3600, abs=0.1)
+    assert one[0]["gpu_hours"] < one[1]["gpu_hours"] < one[2]["gpu_hours"]
+
+
+def test_plan_pairs_prints_the_pi_cost_table(tmp_path):
+    run = CliRunner().invoke(app, ["pipeline", "--config", str(PRESETS["hhh"]), "--plan", "--plan-pairs", "1000000"])
+    assert run.exit_code == 0, run.output
+    assert "PI cost for 1,000,000 pairs" in run.output and "2000000" in run.output  # infer: two requests a pair
+    assert all(m in run.output for m in ("Llama-3.1-8B ", "Llama-3.1-70B ", "Llama-3.1-405B-FP8"))
+    assert "LambdaLabsML/vllm-benchmark" in run.output
+    alone = CliRunner().invoke(app, ["pipeline", "--config", str(PRESETS["hhh"]), "--plan-pairs", "5"])
+    assert alone.exit_code == 2 and "--plan-pairs goes with --plan" in alone.output
+
+
 def test_comparisons_must_name_generated_models():
     base = load_config(PipelineConfig, str(REPO / "cluster" / "jobs" / "demo.yaml"))
     with pytest.raises(ValueError, match="not among the generations"):

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
+from persona_ray.pipeline.cost import format_cost
 
 if TYPE_CHECKING:
     from persona_ray.pipeline.run import PipelineConfig
@@ -40,7 +41,13 @@ class PlanSettings(Settings):
     prefill_tokens_per_s: float = Field(20000, gt=0, description="one 8B engine on one GPU, batched prefill")
     decode_tokens_per_s: float = Field(2500, gt=0, description="one 8B engine on one GPU, batched decode")
     gpu_flops: float = Field(989e12, gt=0, description="dense bf16 FLOP/s of one GPU (H100 SXM)")
-    mfu: float = Field(0.3, gt=0, le=1, description="share of gpu_flops training reaches")
+    mfu: float = Field(0.3, gt=0, le=1, description="share of gpu_flops training (and PI prefill in the cost table) "
+                       "reaches")
+    price_per_gpu_hour: float = Field(2.5, gt=0, description="what one GPU-hour costs you (an assumption: set "
+                                      "your own), for the PI cost table")
+    tokenizer: str | None = Field("smollm2", description="whose tokenizer counts the PI prompts' tokens ('smollm2' "
+                                  "is offline here; a model folder); none: characters / 4")
+    sample_pairs: int = Field(200, ge=1, description="pairs whose PI prompts are built and counted")
 
 
 def parameters_b(model: str) -> float | None:
@@ -49,19 +56,51 @@ def parameters_b(model: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-def _measure_pairs(path: str) -> tuple[int, float, float] | None:
-    """(pairs, mean prompt chars, mean response chars) of a local/S3 pairs file, or None."""
+def _read_pairs(path: str) -> list[dict] | None:
+    """The rows of a local/S3 pairs file, or None where it cannot be read here."""
     from persona_ray.dataset.splits import read_table
 
     try:
-        rows = read_table(path) if storage.exists(path) else None
+        return (read_table(path) or None) if storage.exists(path) else None
     except (OSError, ValueError):
         return None
+
+
+def _measure_pairs(rows: list[dict] | None) -> tuple[int, float, float] | None:
+    """(pairs, mean prompt chars, mean response chars) of the pairs, or None."""
     if not rows:
         return None
     prompt = sum(len(str(r.get("prompt", ""))) for r in rows) / len(rows)
     response = sum(len(str(r.get("chosen", ""))) + len(str(r.get("rejected", ""))) for r in rows) / (2 * len(rows))
     return len(rows), prompt, response
+
+
+def _pi_cost(cfg: PipelineConfig, rows: list[dict] | None, pairs: int) -> dict[str, Any]:
+    """The PI cost table (cost.py) for `pairs` pairs, tokens counted on the config's own pairs where
+    they can be read here, else on the bundled sample pairs."""
+    import json
+    from importlib import resources
+
+    from persona_ray.pipeline.cost import pi_cost, pi_tokens
+
+    rates = cfg.plan
+    source = cfg.pairs.input
+    if not rows:
+        text = resources.files("persona_ray.data").joinpath("sample_pairs.jsonl").read_text(encoding="utf-8")
+        rows, source = [json.loads(line) for line in text.splitlines() if line.strip()], "the bundled sample pairs"
+    sample = [r for r in rows if all(isinstance(r.get(f), str) and r[f].strip() for f in ("prompt", "chosen", "rejected"))]
+    count = None
+    if rates.tokenizer:
+        from transformers import AutoTokenizer
+
+        from persona_ray.core.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(rates.tokenizer))
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    tokens = pi_tokens(sample[:rates.sample_pairs], int(cfg.infer.get("k_shot", 3)), count)
+    tokens["how"] += f" ({rates.tokenizer})" if rates.tokenizer else ""
+    return {"pairs": pairs, "tokens": {**tokens, "measured_on": source}, "price_per_gpu_hour": rates.price_per_gpu_hour,
+            "mfu": rates.mfu, "models": pi_cost(pairs, tokens, rates.price_per_gpu_hour, rates.gpu_flops, rates.mfu)}
 
 
 def _gen_hours(model: str, gpus: int, tokens_in: float, tokens_out: float, rates: PlanSettings) -> float | None:
@@ -78,10 +117,12 @@ def _train_hours(model: str, tokens: float, rates: PlanSettings) -> float | None
     return None if size is None else 6 * size * 1e9 * tokens / (rates.gpu_flops * rates.mfu) / 3600
 
 
-def build_plan(cfg: PipelineConfig) -> dict[str, Any]:
-    """Every stage with its model, accelerators, tokens and estimated accelerator-hours."""
+def build_plan(cfg: PipelineConfig, pairs_override: int | None = None) -> dict[str, Any]:
+    """Every stage with its model, accelerators, tokens and estimated accelerator-hours, and the
+    PI cost table. `pairs_override`: plan for that many pairs (sizes per pair as measured)."""
     rates = cfg.plan
-    measured = _measure_pairs(cfg.pairs.input)
+    rows = _read_pairs(cfg.pairs.input)
+    measured = _measure_pairs(rows)
     if measured:
         pairs, prompt_chars, response_chars = measured
         sizes_from = f"measured from {cfg.pairs.input}"
@@ -91,8 +132,9 @@ def build_plan(cfg: PipelineConfig) -> dict[str, Any]:
     else:
         raise ValueError(f"pairs.input: {cfg.pairs.input} cannot be read here; give plan.pairs (and the mean "
                          "prompt_chars / response_chars) to plan without it")
+    if pairs_override:
+        pairs, sizes_from = pairs_override, f"{pairs_override:,} pairs asked for; sizes per pair {sizes_from}"
     prompt_t, response_t = prompt_chars / CHARS_PER_TOKEN, response_chars / CHARS_PER_TOKEN
-    k_shot = int(cfg.infer.get("k_shot", 3))
     engine, judge = cfg.engine, cfg.judge
     engine_gpus = _engine_gpus(engine)
     judge_gpus = _engine_gpus(judge)
@@ -121,9 +163,9 @@ def build_plan(cfg: PipelineConfig) -> dict[str, Any]:
                        "requests": requests, "input_tokens": int(tokens_in), "output_tokens": int(tokens_out),
                        "accelerator_hours": None if hours is None else round(hours, 2)})
 
-    # PI: both sides of every pair, k exemplars (each a pair) before the query.
-    pi_in = 2 * pairs * (k_shot + 1) * (prompt_t + 2 * response_t)
-    pi_out = 2 * pairs * persona_t
+    # PI: both sides of every pair, the k-shot prompts this project builds, counted (cost.py).
+    pi = _pi_cost(cfg, rows, pairs)
+    pi_in, pi_out = pairs * pi["tokens"]["input"], pairs * pi["tokens"]["output"]
     add("infer", engine.model, engine_gpus, 2 * pairs, pi_in, pi_out, _gen_hours(engine.model, engine_gpus, pi_in, pi_out, rates))
     add("augment", "-", 0, 0, 0, 0, None)
     pe_in = 2 * 2 * pairs * (prompt_t + 2 * response_t + persona_t)
@@ -155,7 +197,7 @@ def build_plan(cfg: PipelineConfig) -> dict[str, Any]:
     add("report", "-", 0, 0, 0, 0, None)
     total = sum(s["accelerator_hours"] or 0 for s in stages)
     return {"pairs": pairs, "test_rows": test, "sizes_from": sizes_from, "stages": stages,
-            "accelerator_hours": round(total, 1)}
+            "accelerator_hours": round(total, 1), "pi_cost": pi}
 
 
 def _engine_gpus(settings) -> int:
@@ -176,5 +218,7 @@ def format_plan(plan: dict[str, Any]) -> str:
                      f"{s['input_tokens']:>12,} {s['output_tokens']:>11,} {hours:>7}")
     lines += ["", f"estimated accelerator-hours: {plan['accelerator_hours']} (rough: the rates in the config's plan "
               "block; ColBERT and CPU stages not counted)"]
+    cost = plan["pi_cost"]
+    lines += ["", format_cost(cost["pairs"], cost["tokens"], cost["models"], cost["price_per_gpu_hour"], cost["mfu"])]
     return "\n".join(lines)
 
