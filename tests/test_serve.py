@@ -211,14 +211,13 @@ def test_a_dead_model_replica_gives_503_then_recovers(served):
     """Kill the engine's replica: requests get 503 with Retry-After (never a 500 or a hang),
     /healthz says not ready, and once Serve has replaced the replica both answer again."""
     import ray
-    from ray.util.state import list_actors
 
     url, _, _ = served
     body = {"model": "PT-DPO", "prompt": "hi", "max_tokens": 2, "persona": PERSONA}
     assert post(url, "/v1/completions", body).status_code == 200
-    (replica,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                  if "TailoredLLM0" in (a.name or "") and a.name.startswith("SERVE_REPLICA")]
-    ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
+    (replica,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA") and "TailoredLLM0" in a["name"]]
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
     seen, health, deadline = [], [], time.monotonic() + 240
     while time.monotonic() < deadline:
         reply = post(url, "/v1/completions", body)

@@ -102,12 +102,11 @@ def replica_counts() -> dict[str, int]:
 
 def kill_llm_replica() -> str:
     import ray
-    from ray.util.state import list_actors
 
-    (replica,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                  if (a.name or "").startswith("SERVE_REPLICA") and "TailoredLLM0" in a.name]
-    ray.kill(ray.get_actor(replica.name, namespace="serve"), no_restart=True)
-    return replica.name
+    (replica,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith("SERVE_REPLICA") and "TailoredLLM0" in a["name"]]
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+    return replica
 
 
 def good_request(i: int, rows: list[dict], max_tokens: int) -> tuple[str, str, dict]:
