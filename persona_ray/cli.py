@@ -232,11 +232,14 @@ def _serve(cfg: ServeConfig, host: str, port: int) -> None:
     click.echo(f"serving on http://{host}:{port} (OpenAI API under /v1, GET /healthz); Ctrl-C or SIGTERM stops")
     stop = threading.Event()
     # SIGTERM (kill, Kubernetes) stops as cleanly as Ctrl-C: Serve's replicas and proxy shut down.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    before = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
+        while not stop.wait(1.0):  # wake now and then: a bare wait() would not see Ctrl-C
+            pass
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, before)
     serve.shutdown()
     click.echo("serving stopped")
 

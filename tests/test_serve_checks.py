@@ -152,3 +152,36 @@ def test_served_models_share_an_engine_per_folder():
     assert [m.name for m in ServeConfig(index="i", model_id="X").served_models()] == ["X"]
     with pytest.raises(ValidationError, match="names must be distinct"):
         ServeConfig(index="i", models=[ServedModel(name="A"), ServedModel(name="A", adapter="/x")])
+
+
+def test_serve_command_stops_cleanly_on_sigterm(monkeypatch, tmp_path):
+    """`persona-ray serve` waits until SIGTERM (or Ctrl-C), then shuts Serve down and exits 0;
+    relative paths reach Serve absolute, and auth none is refused off loopback."""
+    import os
+    import signal
+    import threading
+
+    from click.testing import CliRunner
+    from ray import serve
+
+    import persona_ray.core.ray_runtime as ray_runtime
+    import persona_ray.serving.app as serving_app
+    from persona_ray.cli import app
+
+    calls = []
+    monkeypatch.setattr(ray_runtime, "ensure_ray", lambda: calls.append("ray"))
+    monkeypatch.setattr(serving_app, "build_app", lambda args: calls.append(("app", args["index"])) or "app")
+    monkeypatch.setattr(serve, "start", lambda **kw: calls.append("start"))
+    monkeypatch.setattr(serve, "run", lambda application, **kw: calls.append("run"))
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.chdir(tmp_path)
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(app, ["serve", "--index", "out/index", "--port", "8999"])
+    timer.join()
+    assert result.exit_code == 0, result.output
+    assert calls == ["ray", "start", ("app", str(tmp_path / "out" / "index")), "run", "shutdown"]
+    assert "serving stopped" in result.output and signal.getsignal(signal.SIGTERM) == before
+    refused = CliRunner().invoke(app, ["serve", "--index", "i", "--auth", "none", "--host", "0.0.0.0"])
+    assert refused.exit_code == 2 and "loopback address only" in refused.output
