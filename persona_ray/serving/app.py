@@ -60,6 +60,17 @@ class Unavailable(Exception):
     """A deployment that cannot answer now (503 with Retry-After)."""
 
 
+# Helpers the ingress uses are defined above it: Serve pickles the decorated class when the module
+# is imported, with the module's globals as they are at that moment.
+async def _awaitable(response):
+    return await response
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(oai.error(message, kind, param=param), status_code=status, headers=headers)
+
+
 api = FastAPI(title="persona-ray", description="Persona-tailored responses, OpenAI-compatible")
 
 
@@ -297,15 +308,6 @@ class Ingress:
     def _deployments(self) -> dict[str, DeploymentHandle]:
         """{deployment name: handle} of the retriever and every engine."""
         return {h.deployment_name: h for h in (self.retriever, *self.llms.values())}
-
-
-async def _awaitable(response):
-    return await response
-
-
-def _error(status: int, message: str, kind: str, param: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(oai.error(message, kind, param=param), status_code=status, headers=headers)
 
 
 def _options(cfg: ServeConfig, scaling: Autoscaling, cpus: float, gpus: float = 0, **more) -> dict[str, Any]:
