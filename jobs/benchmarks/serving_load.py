@@ -1,7 +1,7 @@
 """The serving app under load, a replica killed in the middle, autoscaling watched, overhead measured.
 
     python jobs/benchmarks/serving_load.py [--requests 1000] [--malformed 200] [--concurrency 16]
-                                           [--max-tokens 16] [--kill-after 0.4] [--time-limit 1500]
+                                           [--max-tokens 64] [--kill-after 0.4] [--time-limit 1500]
 
 Loopback only, bounded in count and time (it stops itself at --time-limit). One run:
 1. The app (persona_ray/serving/app.py) on local Ray: tiny model on vLLM CPU (the plumbing, not
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--malformed", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--kill-after", type=float, default=0.4, help="share of requests done before the kill")
     parser.add_argument("--overhead-requests", type=int, default=30)
     parser.add_argument("--time-limit", type=float, default=1500, help="seconds; the load stops itself after it")

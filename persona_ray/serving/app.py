@@ -45,7 +45,7 @@ from ray.serve.handle import DeploymentHandle
 from persona_ray.serving import openai_format as oai
 from persona_ray.serving.auth import APIKeys
 from persona_ray.serving.config import Autoscaling, ServeConfig, ServedModel
-from persona_ray.serving.deployments import PersonaRetrieverDeployment, PromptTooLong, TailoredLLMDeployment
+from persona_ray.serving.deployments import PersonaRetrieverDeployment, TailoredLLMDeployment
 from persona_ray.serving.requests import (ChatRequest, CompletionRequest, RequestError, TailorRequest, chat_prompt,
                                           check_persona, check_prompt, describe_validation, pick_retrieved,
                                           sampling_of)
@@ -85,6 +85,10 @@ class Ingress:
         self.down: set[str] = set()  # deployments with no running replica (or whose replica just died)
         self.pending: dict[str, set[asyncio.Future]] = defaultdict(set)  # calls waiting on each deployment
         self.watcher: asyncio.Task | None = None
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        if self.watcher is not None:
+            self.watcher.cancel()
 
     # -- health --------------------------------------------------------------------------------
     @api.get("/livez")
@@ -162,8 +166,6 @@ class Ingress:
             return _error(err.status, str(err), kind, param=err.param)
         except ValidationError as err:
             return _error(422, describe_validation(err.errors()), "invalid_request_error")
-        except PromptTooLong as err:
-            return _error(422, str(err), "invalid_request_error", param="prompt")
         except Unavailable as err:
             return _error(503, str(err), "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after_s)})
         except Exception as exc:  # a bug, not the client's fault: say so without details
@@ -199,6 +201,8 @@ class Ingress:
         pieces = self.llms[served.model].options(stream=True).stream.remote(text, sampling, served.name)
         first = await self._ask(self.llms[served.model].deployment_name, pieces.__anext__(),
                                 self.cfg.request_timeout_s)  # refusals come before the first byte
+        if "refused" in first:
+            raise RequestError(first["refused"], param="prompt")
         events = self._events(kind, request_id, served.name, chosen, first, pieces, include_usage)
         return StreamingResponse(events, media_type="text/event-stream")
 
@@ -232,8 +236,11 @@ class Ingress:
 
     async def _generate(self, served: ServedModel, text: str, sampling: dict) -> dict:
         llm = self.llms[served.model]
-        return await self._ask(llm.deployment_name, llm.generate.remote(text, sampling, served.name),
-                               self.cfg.request_timeout_s)
+        answer = await self._ask(llm.deployment_name, llm.generate.remote(text, sampling, served.name),
+                                 self.cfg.request_timeout_s)
+        if "refused" in answer:
+            raise RequestError(answer["refused"], param="prompt")
+        return answer
 
     async def _persona(self, prompt: str, given: str | None) -> dict[str, Any]:
         if given is not None:
@@ -301,8 +308,8 @@ class Ingress:
             status = await asyncio.to_thread(serve.status)
             deployments = status.applications[serve.get_replica_context().app_name].deployments
             return {name: d.replica_states.get("RUNNING", 0) for name, d in deployments.items()}
-        except Exception:  # the controller is busy or restarting: no news
-            log.warning("could not read the Serve status", exc_info=True)
+        except Exception as exc:  # the controller is busy, or this replica is shutting down: no news
+            log.warning("could not read the Serve status (%s)", type(exc).__name__)
             return {}
 
     def _deployments(self) -> dict[str, DeploymentHandle]:

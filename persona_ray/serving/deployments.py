@@ -5,8 +5,8 @@
                                  models' LoRA adapters: generate(...), stream(...), ready()
 
 The LLM checks a request against the model's context in tokens (its own tokenizer) before the
-engine sees it, so an over-long prompt is a PromptTooLong (422 at the ingress), not an engine
-error. Serve's own health check (check_health) asks the engine too, so a dead engine gets its
+engine sees it, and answers {"refused": reason} for an over-long prompt (422 at the ingress): a
+client's mistake, not an engine error, so no traceback in the replica's log. Serve's own health check (check_health) asks the engine too, so a dead engine gets its
 replica replaced.
 """
 
@@ -21,10 +21,6 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from persona_ray.engines.settings import EngineSettings
-
-
-class PromptTooLong(ValueError):
-    """The prompt (with template and persona) plus max_tokens does not fit the model's context."""
 
 
 @serve.deployment
@@ -75,12 +71,13 @@ class TailoredLLMDeployment:
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=settings.engine_model(), **kwargs))
         self.tokenizer = self.engine.get_tokenizer()
 
-    def _prompt_tokens(self, text: str, max_tokens: int) -> int:
+    def _too_long(self, text: str, max_tokens: int) -> tuple[int, str | None]:
+        """(prompt tokens, the reason to refuse or None)."""
         count = len(self.tokenizer(text)["input_ids"])
         if count + max_tokens > self.max_model_len:
-            raise PromptTooLong(f"prompt: {count} tokens with the template and persona; with max_tokens {max_tokens} "
-                                f"that exceeds the model's context of {self.max_model_len} tokens")
-        return count
+            return count, (f"prompt: {count} tokens with the template and persona; with max_tokens {max_tokens} that "
+                           f"exceeds the model's context of {self.max_model_len} tokens")
+        return count, None
 
     def _params(self, sampling: dict[str, Any], stream: bool):
         from vllm import SamplingParams
@@ -91,8 +88,10 @@ class TailoredLLMDeployment:
                               output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
 
     async def generate(self, text: str, sampling: dict[str, Any], served: str) -> dict[str, Any]:
-        """{"text", "finish_reason", "prompt_tokens", "completion_tokens"}."""
-        self._prompt_tokens(text, sampling["max_tokens"])
+        """{"text", "finish_reason", "prompt_tokens", "completion_tokens"}, or {"refused": reason}."""
+        _, refused = self._too_long(text, sampling["max_tokens"])
+        if refused:
+            return {"refused": refused}
         final = None
         async for output in self.engine.generate(text, self._params(sampling, stream=False), uuid.uuid4().hex,
                                                  lora_request=self.loras.get(served)):
@@ -102,8 +101,12 @@ class TailoredLLMDeployment:
                 "prompt_tokens": len(final.prompt_token_ids or []), "completion_tokens": len(choice.token_ids)}
 
     async def stream(self, text: str, sampling: dict[str, Any], served: str) -> AsyncIterator[dict[str, Any]]:
-        """Pieces {"text"} as they come, then {"finish_reason", "prompt_tokens", "completion_tokens"}."""
-        prompt_tokens = self._prompt_tokens(text, sampling["max_tokens"])
+        """Pieces {"text"} as they come, then {"finish_reason", "prompt_tokens", "completion_tokens"};
+        or only {"refused": reason}."""
+        prompt_tokens, refused = self._too_long(text, sampling["max_tokens"])
+        if refused:
+            yield {"refused": refused}
+            return
         started, produced, finish = False, 0, "stop"
         async for output in self.engine.generate(text, self._params(sampling, stream=True), uuid.uuid4().hex,
                                                  lora_request=self.loras.get(served)):
