@@ -198,8 +198,11 @@ class Ingress:
         if not stream:
             answer = await self._generate(served, text, sampling)
             return JSONResponse(oai.completion(kind, request_id, served.name, answer, chosen))
-        pieces = self.llms[served.model].options(stream=True).stream.remote(text, sampling, served.name)
-        first = await self._ask(self.llms[served.model].deployment_name, pieces.__anext__(),
+        llm = self.llms[served.model]
+        if llm.deployment_name in self.down:  # before the request is sent: Serve would queue it
+            raise Unavailable(f"{llm.deployment_name} is restarting; retry shortly")
+        pieces = llm.options(stream=True).stream.remote(text, sampling, served.name)
+        first = await self._ask(self.llms[served.model].deployment_name, pieces.__anext__,
                                 self.cfg.request_timeout_s)  # refusals come before the first byte
         if "refused" in first:
             raise RequestError(first["refused"], param="prompt")
@@ -236,7 +239,7 @@ class Ingress:
 
     async def _generate(self, served: ServedModel, text: str, sampling: dict) -> dict:
         llm = self.llms[served.model]
-        answer = await self._ask(llm.deployment_name, llm.generate.remote(text, sampling, served.name),
+        answer = await self._ask(llm.deployment_name, lambda: llm.generate.remote(text, sampling, served.name),
                                  self.cfg.request_timeout_s)
         if "refused" in answer:
             raise RequestError(answer["refused"], param="prompt")
@@ -245,18 +248,20 @@ class Ingress:
     async def _persona(self, prompt: str, given: str | None) -> dict[str, Any]:
         if given is not None:
             return {"persona": given, "persona_source": "given", "retrieved": None}
-        hits = await self._ask(self.retriever.deployment_name, self.retriever.hits.remote(prompt, self.cfg.retrieve_k),
+        retriever = self.retriever
+        hits = await self._ask(retriever.deployment_name, lambda: retriever.hits.remote(prompt, self.cfg.retrieve_k),
                                self.cfg.request_timeout_s)
         persona, retrieved = pick_retrieved(hits, self.cfg.retrieved_side, self.cfg)
         return {"persona": persona, "persona_source": "retrieved" if persona else "none", "retrieved": retrieved}
 
-    async def _ask(self, name: str, response, timeout: float):
-        """The deployment's answer, or Unavailable: at once while it has no running replica, when its
-        replica dies under the call, or when it does not answer within `timeout`."""
+    async def _ask(self, name: str, send, timeout: float):
+        """The answer of `send()` (a call to deployment `name`), or Unavailable: at once, nothing sent,
+        while it has no running replica; when its replica dies under the call; when it does not
+        answer within `timeout`."""
         self._watch_replicas()
         if name in self.down:
             raise Unavailable(f"{name} is restarting; retry shortly")
-        call = asyncio.ensure_future(_awaitable(response))
+        call = asyncio.ensure_future(_awaitable(send()))
         self.pending[name].add(call)
         try:
             return await asyncio.wait_for(call, timeout)
