@@ -13,7 +13,7 @@ Loopback only, bounded in count and time (it stops itself at --time-limit). One 
    personas, a 1 MB body, no key). After --kill-after of them, the LLM replica's actor is
    killed; /healthz is polled all along.
 3. Autoscaling: replica counts of every deployment from serve.status() each second, during the
-   load and after it until they are back at their minimum (or 90 s).
+   load and after it until they are back at their minimum (or 180 s).
 4. Overhead, after the load, sequential and interleaved on the same prompts: p50 of
    /v1/chat/completions through the app ÷ p50 of the same generation asked of the engine's
    deployment directly (its Serve handle, the same model input), with a given persona and with a
@@ -192,7 +192,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(run, range(len(jobs)), jobs))
         load_s = time.monotonic() - started
-        settle = time.monotonic() + 90
+        settle = time.monotonic() + 180
         while time.monotonic() < settle and any(n > 1 for n in replica_counts().values()):
             time.sleep(2)
         done.set()
