@@ -11,7 +11,6 @@ field itself, so the command line, the YAML files and the configuration referenc
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import types
 import typing
@@ -41,8 +40,20 @@ JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, ImportReleasedConfig,
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    from persona_ray.core.logs import setup_logging
+
+    context = click.get_current_context(silent=True)
+    setup_logging(command=context.command_path if context else "")
+
+
+def _set_log_format(log_format: str | None) -> None:
+    """The group's --log-format reaches every command (and the jobs' own logging) via the environment."""
+    import os
+
+    from persona_ray.core.logs import LOG_FORMAT_ENV
+
+    if log_format:
+        os.environ[LOG_FORMAT_ENV] = log_format
 
 
 def _fail(message: str) -> None:
@@ -423,7 +434,11 @@ def build_tiny_model_cmd(cache_dir: str | None) -> None:
 
 
 app = click.Group("persona-ray", help="Persona-aware preference tuning on Ray.", no_args_is_help=True,
-                  commands=[*JOBS, search, report, merge, config_reference_cmd, build_tiny_model_cmd])
+                  commands=[*JOBS, search, report, merge, config_reference_cmd, build_tiny_model_cmd],
+                  params=[click.Option(["--log-format"], type=click.Choice(["text", "json"]),
+                                       help="log lines as text (default) or JSON lines with the job id, command, "
+                                       "stage and counts, for a log collector; also $PERSONA_RAY_LOG_FORMAT")],
+                  callback=_set_log_format)
 
 if __name__ == "__main__":
     app()

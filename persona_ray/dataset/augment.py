@@ -154,7 +154,11 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     storage.write_json(manifest, storage.join(cfg.output, "augment_manifest.json"))
     log.info("augment: %d pairs in splits %s; excluded %d with invalid personas, %d without personas, "
              "%d orphan persona pairs", len(rows), manifest["counts"]["splits"],
-             len(side["invalid_personas"]), len(side["pairs_without_personas"]), len(side["orphan_personas"]))
+             len(side["invalid_personas"]), len(side["pairs_without_personas"]), len(side["orphan_personas"]),
+             extra={"stage": "augment", "rows": len(rows), "splits": manifest["counts"]["splits"],
+                    "invalid_personas": len(side["invalid_personas"]),
+                    "pairs_without_personas": len(side["pairs_without_personas"]),
+                    "orphan_personas": len(side["orphan_personas"])})
     return manifest
 
 

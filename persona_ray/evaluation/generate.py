@@ -187,7 +187,9 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     storage.write_bytes(storage.join(folder, "quarantine.jsonl"),
                         "".join(json.dumps(q, default=str) + "\n" for q in quarantine).encode())
     log.info("generate %s: %d rows × %d sources, %d already done, %d to ask, %d quarantined", cfg.model_id,
-             len(rows), len(cfg.persona_sources), len(done), len(requests), len(quarantine))
+             len(rows), len(cfg.persona_sources), len(done), len(requests), len(quarantine),
+             extra={"stage": "generate", "model_id": cfg.model_id, "rows": len(rows), "resumed": len(done),
+                    "to_ask": len(requests), "quarantined": len(quarantine)})
     writer = ShardWriter(responses_uri, RESPONSE_SCHEMA, cfg.shard_size)
     if requests:
         ensure_ray()

@@ -207,5 +207,9 @@ def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
              f"({retried} re-asked); {len(skipped)} (row, source) pairs not judged (see pairwise.json)."]
     report = write_report(cfg.output, title="Tailored responses: pairwise judgement", pairwise=results, notes=notes)
     log.info("judge: %d verdicts (%d unparseable after retries), %d rows not judged; report at %s",
-             len(answered), summary["unparseable_after_retries"], len(skipped), report)
+             len(answered), summary["unparseable_after_retries"], len(skipped), report,
+             extra={"stage": "judge", "verdicts": len(answered), "not_judged": len(skipped),
+                    "unparseable": summary["unparseable_after_retries"],
+                    "results": [{k: r.get(k) for k in ("comparison", "persona_source", "n_rows", "p_win", "q_win",
+                                                       "delta_pq")} for r in results]})
     return {"summary": summary, "results": results, "report": report}

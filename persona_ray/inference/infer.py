@@ -222,7 +222,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     validated_at = time.time()
     valid_pairs = unique_ids
     log.info("input: %d rows, %d valid pairs, %d quarantined, %d personas already written",
-             total_rows, valid_pairs, sum(bad_reasons.values()), len(already))
+             total_rows, valid_pairs, sum(bad_reasons.values()), len(already),
+             extra={"stage": "infer", "rows": total_rows, "valid_pairs": valid_pairs,
+                    "quarantined_by_reason": dict(bad_reasons), "resumed_records": len(already)})
 
     # Pass 2 skips the (costly) length check: pass 1 already listed the prompts that are too long.
     pairs = read_pairs(src).map_batches(_keep, fn_args=(np.concatenate([dup_keys, too_long]),), batch_format="pyarrow")
@@ -250,7 +252,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
             done = writer.rows_written + writer.buffered
             elapsed = last_report - validated_at
             log.info("personas %d/%d  %.2f pairs/s  %.0f tokens/s", done, expected_new,
-                     done / 2 / elapsed, tokens / elapsed)
+                     done / 2 / elapsed, tokens / elapsed,
+                     extra={"stage": "infer", "records": done, "records_expected": expected_new,
+                            "pairs_per_s": round(done / 2 / elapsed, 3), "tokens_per_s": round(tokens / elapsed)})
     writer.close()
     finished = time.time()
 
@@ -300,6 +304,7 @@ def _log_summary(manifest: dict[str, Any]) -> None:
         "%.2f pairs/s, %.0f tokens/s; %.1f s total",
         c["valid_pairs"], c["quarantined"], c["persona_records"], c["written_this_run"], c["resumed_records"],
         t["valid_pct"], t["pairs_per_s"], t["tokens_per_s"], manifest["timings_s"]["total"],
+        extra={"stage": "infer", **c, **t, "seconds": manifest["timings_s"]["total"]},
     )
     if c["unique_keys"] != c["persona_records"]:
         log.error("output holds %d records for %d keys: duplicates found", c["persona_records"], c["unique_keys"])

@@ -300,7 +300,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None
                 terminal.say(f"[{number:>2}/{len(STAGES)}] {stage:<10} done before, skipped")
                 continue
             terminal.start(number, len(STAGES), stage)
-            log.info("stage %s: start", stage)
+            log.info("stage %s: start", stage, extra={"stage": stage})
             try:
                 summaries[stage] = pipeline.run_stage(stage)
             except Exception as exc:

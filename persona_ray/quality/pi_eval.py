@@ -178,5 +178,6 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
         notes += [f"Persona preference for {m}: {json.dumps(p)}" for m, p in preference.items()]
     report = write_report(cfg.output, title="Persona quality report", accuracy=accuracy,
                           preference=first_preference, saliency=saliency, traits=traits, notes=notes)
-    log.info("PI eval: %d verdicts (%d unparseable), report at %s", len(answers), unparseable, report)
+    log.info("PI eval: %d verdicts (%d unparseable), report at %s", len(answers), unparseable, report,
+             extra={"stage": "pi-eval", "verdicts": len(answers), "unparseable": unparseable})
     return {"summary": summary, "accuracy": accuracy, "preference": preference, "report": report}

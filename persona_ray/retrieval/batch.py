@@ -100,5 +100,6 @@ def run_retrieve(cfg: RetrieveConfig) -> dict[str, Any]:
         storage.write_parquet(pa.Table.from_pylist(good), storage.join(cfg.output, f"{cfg.split}.parquet"))
     storage.write_bytes(storage.join(cfg.output, f"{cfg.split}.quarantine.jsonl"),
                         "".join(json.dumps(b) + "\n" for b in bad).encode())
-    log.info("retrieve: %d rows of %s (%s) got personas, %d quarantined", len(good), cfg.data, cfg.split, len(bad))
+    log.info("retrieve: %d rows of %s (%s) got personas, %d quarantined", len(good), cfg.data, cfg.split, len(bad),
+             extra={"stage": "retrieve", "rows": len(rows), "retrieved": len(good), "quarantined": len(bad)})
     return {"rows": len(rows), "retrieved": len(good), "quarantined": len(bad), "output": cfg.output}

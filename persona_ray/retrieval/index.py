@@ -170,5 +170,6 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     }
     storage.write_json(manifest, manifest_uri)
     log.info("index: %d prompts indexed in %.1f s into %s (%d rows quarantined)", len(rows), build_seconds,
-             cfg.output, len(quarantine))
+             cfg.output, len(quarantine),
+             extra={"stage": "index", "rows": len(rows), "quarantined": len(quarantine), "seconds": build_seconds})
     return {**manifest, "rebuilt": True}

@@ -362,7 +362,9 @@ def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
         datasets=datasets,
     )
     log.info("%s: %s rows per worker x %d workers, %d steps -> %s", method.name, plan["rows_per_worker"],
-             cfg.num_workers, plan["max_steps"], files.uri)
+             cfg.num_workers, plan["max_steps"], files.uri,
+             extra={"stage": method.name, "rows_per_worker": plan["rows_per_worker"], "workers": cfg.num_workers,
+                    "steps": plan["max_steps"]})
     result = trainer.fit()
     return summarize(files, result, cfg.num_workers, plan, keep_best=cfg.keep_best)
 

@@ -317,7 +317,7 @@ class World:
                 done[stage] = self.summary(stage)
                 continue
             started = time.time()
-            log.info("world: stage %s", stage)
+            log.info("world: stage %s", stage, extra={"stage": stage})
             result = getattr(self, stage)()
             result["seconds"] = round(time.time() - started, 1)
             storage.write_json(result, str(self.out / "stages" / f"{stage}.json"))
