@@ -63,6 +63,54 @@ def post(url: str, path: str, body, key: str | None = KEY, **kwargs) -> httpx.Re
                                                                 **kwargs.get("headers", {})}, timeout=120)
 
 
+def prometheus(pattern: str) -> dict[str, float]:
+    """{labels: value} of the samples on Ray's Prometheus endpoint whose name matches `pattern`."""
+    import re
+
+    import ray
+
+    port = ray._private.worker._global_node.metrics_export_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{pattern}\{{([^}}]*)\}} (\S+)$", text, re.M)}
+
+
+def total(samples: dict[str, float], *labels: str) -> float:
+    return sum(v for k, v in samples.items() if all(label in k for label in labels))
+
+
+def test_custom_metrics_reach_prometheus_with_the_right_counts(served):
+    """First in the module, so the counts are absolute: 3 answers (2 given personas, 1 retrieved),
+    a refused persona and a request without a key."""
+    url, rows, client = served
+    tokens = 0
+    for prompt, persona in (("How do I boil an egg?", PERSONA), ("How do I store bleach?", PERSONA),
+                            (rows[3]["prompt"], None)):
+        reply = client.completions.create(model="PT-base", prompt=prompt, max_tokens=6,
+                                          extra_body={"persona": persona} if persona else None)
+        tokens += reply.usage.completion_tokens
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.completions.create(model="PT-base", prompt="hi", extra_body={"persona": POISONED})
+    assert post(url, "/v1/completions", {"model": "PT-base", "prompt": "hi"}, key=None).status_code == 401
+    want = {("requests", "200"): 3, ("requests", "422"): 1, ("requests", "401"): 1, ("given",): 2, ("retrieved",): 1,
+            ("persona_refusal",): 1, ("api_key",): 1, ("tokens",): tokens}
+    deadline, seen = time.monotonic() + 90, {}
+    while time.monotonic() < deadline:  # Ray exports metrics every few seconds
+        requests = prometheus(r"ray_persona_ray_requests(?:_total)?")
+        personas = prometheus(r"ray_persona_ray_personas(?:_total)?")
+        refusals = prometheus(r"ray_persona_ray_refusals(?:_total)?")
+        seen = {("requests", "200"): total(requests, 'route="/v1/completions"', 'status="200"', 'model="PT-base"'),
+                ("requests", "422"): total(requests, 'status="422"'), ("requests", "401"): total(requests, 'status="401"'),
+                ("given",): total(personas, 'source="given"'), ("retrieved",): total(personas, 'source="retrieved"'),
+                ("persona_refusal",): total(refusals, 'field="persona"'), ("api_key",): total(refusals, 'field="api_key"'),
+                ("tokens",): total(prometheus(r"ray_persona_ray_generated_tokens(?:_total)?"), 'model="PT-base"')}
+        if seen == want:
+            break
+        time.sleep(3)
+    assert seen == want
+    latency = prometheus(r"ray_persona_ray_request_latency_ms_count")
+    assert total(latency, 'route="/v1/completions"') == 5
+
+
 def test_models_chat_and_completions_with_the_openai_client(served):
     url, rows, client = served
     assert {m.id for m in client.models.list().data} == {"PT-DPO", "PT-base", "DPO"}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
 from typing import Any, AsyncIterator
 
@@ -46,6 +47,7 @@ from persona_ray.serving import openai_format as oai
 from persona_ray.serving.auth import APIKeys
 from persona_ray.serving.config import Autoscaling, ServeConfig, ServedModel
 from persona_ray.serving.deployments import PersonaRetrieverDeployment, TailoredLLMDeployment
+from persona_ray.serving.metrics import ServingMetrics
 from persona_ray.serving.requests import (ChatRequest, CompletionRequest, RequestError, TailorRequest, chat_prompt,
                                           check_persona, check_prompt, describe_validation, pick_retrieved,
                                           sampling_of)
@@ -54,6 +56,10 @@ from persona_ray.tailoring.templates import inference_input
 __all__ = ["ServeConfig", "ServedModel", "Autoscaling", "build_app"]
 log = logging.getLogger("ray.serve")
 DOWN = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)  # the replica is gone
+
+
+_FIELDS = {"model", "messages", "prompt", "persona", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+           "stop", "n", "stream", "stream_options", "user"}  # refusal labels: known fields, else "body"
 
 
 class Unavailable(Exception):
@@ -85,6 +91,7 @@ class Ingress:
         self.down: set[str] = set()  # deployments with no running replica (or whose replica just died)
         self.pending: dict[str, set[asyncio.Future]] = defaultdict(set)  # calls waiting on each deployment
         self.watcher: asyncio.Task | None = None
+        self.metrics = ServingMetrics()
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
         if self.watcher is not None:
@@ -154,23 +161,38 @@ class Ingress:
 
     # -- one request, start to end ---------------------------------------------------------------
     async def _guarded(self, request: Request, schema: type[BaseModel] | None, handler):
-        """Key, body, types; then the handler. Every refusal is an OpenAI-style error with a status."""
+        """Key, body, types; then the handler; every answer counted (metrics.py)."""
+        started = time.perf_counter()
+        response, model, field = await self._checked(request, schema, handler)
+        self.metrics.answered(request.url.path, model, response.status_code, 1000 * (time.perf_counter() - started),
+                              field)
+        return response
+
+    async def _checked(self, request: Request, schema: type[BaseModel] | None, handler):
+        """(the response, the served model it names or "-", the field a refusal names). Every refusal
+        is an OpenAI-style error with a status."""
+        model = "-"
         try:
             if self.keys is not None and not self.keys.allows(request.headers.get("authorization")):
                 return _error(401, "a valid API key is needed: 'Authorization: Bearer <key>'", "authentication_error",
-                              headers={"WWW-Authenticate": "Bearer"})
+                              headers={"WWW-Authenticate": "Bearer"}), model, "api_key"
             body = None if schema is None else schema.model_validate(await self._json(request))
-            return await handler(body)
+            named = getattr(body, "model", None)
+            model = named if named in self.models else "-" if named is None else "unknown"  # bounded label values
+            return await handler(body), model, None
         except RequestError as err:
             kind = "not_found_error" if err.status == 404 else "invalid_request_error"
-            return _error(err.status, str(err), kind, param=err.param)
+            return _error(err.status, str(err), kind, param=err.param), model, err.param or "body"
         except ValidationError as err:
-            return _error(422, describe_validation(err.errors()), "invalid_request_error")
+            location = [str(x) for x in (err.errors()[0].get("loc") or ()) if not isinstance(x, int)][:1]
+            field = location[0] if location and location[0] in _FIELDS else "body"
+            return _error(422, describe_validation(err.errors()), "invalid_request_error"), model, field
         except Unavailable as err:
-            return _error(503, str(err), "service_unavailable", headers={"Retry-After": str(self.cfg.retry_after_s)})
+            return _error(503, str(err), "service_unavailable",
+                          headers={"Retry-After": str(self.cfg.retry_after_s)}), model, None
         except Exception as exc:  # a bug, not the client's fault: say so without details
             log.exception("request failed")
-            return _error(500, f"internal error ({type(exc).__name__})", "server_error")
+            return _error(500, f"internal error ({type(exc).__name__})", "server_error"), model, None
 
     async def _json(self, request: Request) -> Any:
         """The body as JSON; over max_body_bytes: 413, the rest drained unkept (so the client reads
@@ -221,6 +243,7 @@ class Ingress:
             # The status line has gone: say it in the stream, as OpenAI servers do, and stop.
             yield oai.sse(oai.error(f"the model stopped answering ({type(exc).__name__})", "service_unavailable"))
             return
+        self.metrics.generated(model, piece["completion_tokens"])
         yield oai.sse(oai.chunk(kind, request_id, model, finish_reason=piece["finish_reason"]))
         if include_usage:
             yield oai.sse(oai.chunk(kind, request_id, model,
@@ -235,6 +258,7 @@ class Ingress:
                                status=404, param="model")
         prompt = check_prompt(prompt, self.cfg)
         chosen = await self._persona(prompt, check_persona(persona, self.cfg))
+        self.metrics.persona(chosen["persona_source"])
         return served, chosen, inference_input(prompt, chosen["persona"], persona_template=served.mode == "persona")
 
     async def _generate(self, served: ServedModel, text: str, sampling: dict) -> dict:
@@ -243,6 +267,7 @@ class Ingress:
                                  self.cfg.request_timeout_s)
         if "refused" in answer:
             raise RequestError(answer["refused"], param="prompt")
+        self.metrics.generated(served.name, answer["completion_tokens"])
         return answer
 
     async def _persona(self, prompt: str, given: str | None) -> dict[str, Any]:
