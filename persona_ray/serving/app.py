@@ -220,12 +220,14 @@ class Ingress:
         if not stream:
             answer = await self._generate(served, text, sampling)
             return JSONResponse(oai.completion(kind, request_id, served.name, answer, chosen))
-        llm = self.llms[served.model]
-        if llm.deployment_name in self.down:  # before the request is sent: Serve would queue it
-            raise Unavailable(f"{llm.deployment_name} is restarting; retry shortly")
-        pieces = llm.options(stream=True).stream.remote(text, sampling, served.name)
-        first = await self._ask(self.llms[served.model].deployment_name, pieces.__anext__,
-                                self.cfg.request_timeout_s)  # refusals come before the first byte
+        llm, opened = self.llms[served.model], {}
+
+        def send():  # called by _ask only when the engine is up, so nothing is queued for a dead one
+            opened["pieces"] = llm.options(stream=True).stream.remote(text, sampling, served.name)
+            return opened["pieces"].__anext__()
+
+        first = await self._ask(llm.deployment_name, send, self.cfg.request_timeout_s)  # refusals come first
+        pieces = opened["pieces"]
         if "refused" in first:
             raise RequestError(first["refused"], param="prompt")
         events = self._events(kind, request_id, served.name, chosen, first, pieces, include_usage)

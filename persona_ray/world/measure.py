@@ -1,10 +1,9 @@
 """Measures with known truth, per persona type.
 
-    preference_accuracy(policy, reference, rows, mode)   does the implicit reward rank the user's
-                                                          chosen response first?
-    pair_logprobs(model, rows, mode) + ranked_first(...)  the same in two steps, so that a model
-                                                          serving as policy and as reference is
-                                                          scored once
+    pair_logprobs(model, rows, mode) + ranked_first(...)  does the implicit reward rank the user's
+                                                          chosen response first? (two steps, so a
+                                                          model that is both a policy and a
+                                                          reference is scored once)
     compliance(rows, responses, types)                    {row_id: True/False}: is a generated answer
                                                           in the user's style (the style program)?
     rate_by_type(rows, ok, majority)                      {type: rate}, plus "minority" and "all"
@@ -94,11 +93,6 @@ def rate_by_type(rows: list[dict], ok: dict[str, bool], majority: str) -> dict[s
             tally[key][0] += 1
             tally[key][1] += int(ok[row["pair_id"]])
     return {key: {"n": n, "correct": c, "rate": c / n} for key, (n, c) in tally.items()}
-
-
-def preference_accuracy(policy_path: str, reference_path: str, rows: list[dict], mode: str) -> dict[str, bool]:
-    """{pair_id: chosen ranked first by the implicit reward}."""
-    return ranked_first(pair_logprobs(policy_path, rows, mode), pair_logprobs(reference_path, rows, mode))
 
 
 def compliance(rows: list[dict], responses: dict[str, str], types: list[PersonaType]) -> dict[str, bool]:
