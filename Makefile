@@ -32,7 +32,8 @@ demo: setup
 	$(BIN)/persona-ray pipeline --config cluster/jobs/demo.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	@# Two workers, one test file each at a time: most tests wait on engine and Ray start-up, not CPU.
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 benchmark: setup
 	$(BIN)/python jobs/benchmarks/pi_throughput.py

@@ -22,5 +22,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         ray.init(log_to_driver=True)
         return
     cpus = num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    # address="local": never join a cluster that `ray start` left on this machine by accident;
+    # joining one is said with RAY_ADDRESS.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     log.info("started a local Ray cluster with %d logical CPUs", cpus)
