@@ -14,14 +14,20 @@ Each job validates its config, split files, rows and model before any Ray worker
 worker rank 0 exit once at step N, so that FailureConfig restarts the run from the last checkpoint.
 """
 
-from persona_ray.tailoring.base import LoraSettings, TrainConfig, TrainConfigError, TrainingMethod
-from persona_ray.tailoring.dpo import DPO, DPOJobConfig, check_dpo_job, train_dpo
-from persona_ray.tailoring.merge import merge_adapter
-from persona_ray.tailoring.ray_loop import FAIL_AT_STEP_ENV, plan_steps
-from persona_ray.tailoring.sft import SFT, SFTJobConfig, check_sft_job, train_sft
+# The names below load on first use (PEP 562), so `persona_ray.tailoring.templates` imports without
+# Ray, pyarrow or pydantic: jobs/benchmarks/gpu_check.py runs where only torch + TRL are installed.
+_EXPORTS = {
+    "LoraSettings": "base", "TrainConfig": "base", "TrainConfigError": "base", "TrainingMethod": "base",
+    "DPO": "dpo", "DPOJobConfig": "dpo", "check_dpo_job": "dpo", "train_dpo": "dpo",
+    "merge_adapter": "merge", "FAIL_AT_STEP_ENV": "ray_loop", "plan_steps": "ray_loop",
+    "SFT": "sft", "SFTJobConfig": "sft", "check_sft_job": "sft", "train_sft": "sft",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "FAIL_AT_STEP_ENV", "LoraSettings", "TrainConfig", "TrainConfigError", "TrainingMethod", "merge_adapter",
-    "plan_steps", "SFT", "SFTJobConfig", "check_sft_job", "train_sft", "DPO", "DPOJobConfig", "check_dpo_job",
-    "train_dpo",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'persona_ray.tailoring' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"persona_ray.tailoring.{_EXPORTS[name]}"), name)
