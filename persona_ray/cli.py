@@ -237,6 +237,8 @@ def _serve(cfg: ServeConfig, host: str, port: int) -> None:
     import os
 
     cfg = cfg.with_absolute_paths(os.getcwd())  # Serve replicas run in other folders
+    # Serve gives its HTTP proxy 5 s to start; a busy machine needs longer (read when Ray starts here).
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     ensure_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/")

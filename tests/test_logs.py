@@ -14,7 +14,7 @@ from persona_ray.core.logs import JsonFormatter, setup_logging
 
 
 def test_json_lines_carry_job_command_and_extra_fields(monkeypatch, capsys):
-    monkeypatch.setenv("RAY_JOB_SUBMISSION_ID", "raysubmit_abc")
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc"}}))
     monkeypatch.setenv("PERSONA_RAY_JOB_ID", "")
     setup_logging("json", command="persona-ray infer")
     logging.getLogger("persona_ray.inference.infer").info("personas %d/%d", 10, 20,
@@ -43,7 +43,7 @@ def test_exceptions_are_one_json_field():
 
 
 def test_the_cli_writes_json_logs_when_asked(tmp_path, monkeypatch):
-    for name in ("PERSONA_RAY_LOG_FORMAT", "RAY_JOB_SUBMISSION_ID", "PERSONA_RAY_JOB_ID"):
+    for name in ("PERSONA_RAY_LOG_FORMAT", "RAY_JOB_CONFIG_JSON_ENV_VAR", "PERSONA_RAY_JOB_ID"):
         monkeypatch.setenv(name, "")  # empty = unset; the command's own settings are undone after the test
     result = CliRunner().invoke(app, ["--log-format", "json", "world", "build", "--output", str(tmp_path / "w"),
                                       "--max-prompts", "12"])

@@ -24,10 +24,17 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 def job_id() -> str:
-    for name in ("RAY_JOB_SUBMISSION_ID", "PERSONA_RAY_JOB_ID"):
-        if os.environ.get(name):
-            return os.environ[name]
-    os.environ["PERSONA_RAY_JOB_ID"] = f"pr-{uuid.uuid4().hex[:12]}"  # the same id for the rest of the run
+    """The run's id: the submission id under `ray job submit` (Ray puts it in the job config it
+    hands the entrypoint), else $PERSONA_RAY_JOB_ID, else one made up once per process."""
+    try:
+        submitted = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        submission_id = (submitted.get("metadata") or {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        submission_id = None
+    if submission_id:
+        return str(submission_id)
+    if not os.environ.get("PERSONA_RAY_JOB_ID"):
+        os.environ["PERSONA_RAY_JOB_ID"] = f"pr-{uuid.uuid4().hex[:12]}"  # the same id for the rest of the run
     return os.environ["PERSONA_RAY_JOB_ID"]
 
 

