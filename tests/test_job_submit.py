@@ -1,6 +1,8 @@
 """`ray job submit` for real: a Ray head started here on 127.0.0.1 (job server, token auth on, as
 Ray 2.60 starts it), persona inference submitted with the `ray job submit` CLI and the working
-directory uploaded, resubmitted (it resumes and writes nothing twice), then the head stopped.
+directory uploaded, resubmitted (it resumes and writes nothing twice); the whole pipeline (tiny
+model) submitted with the Python SDK, stopped during training and resubmitted (it resumes); then
+the head stopped.
 
 Only this head is stopped (every process of its session): `ray stop` would also stop the local
 cluster a parallel test worker runs.
@@ -21,7 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from persona_ray.pipeline.run import STAGES
 from tests.conftest import REPO, SAMPLE_PAIRS, free_port
+from tests.test_pipeline import TINY
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # A user's runtime env with a variable the engine also sets (VLLM_CPU_KVCACHE_SPACE): it must not
@@ -155,3 +159,62 @@ def test_pi_job_through_the_ray_cli_then_resubmitted_resumes_and_writes_nothing_
     assert counts["resumed_records"] == 120 and counts["written_this_run"] == 0
     assert counts["persona_records"] == counts["unique_keys"] == 120
     assert persona_files(output) == before  # not one shard written again
+
+
+def wait_for(client, submission_id: str, timeout: float = 1800) -> str:
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    while (status := client.get_job_status(submission_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                                  JobStatus.STOPPED}:
+        assert time.time() < deadline, f"{submission_id} still {status}"
+        time.sleep(2)
+    return status
+
+
+def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(head, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "output": str(out)}))
+    client = head.client()
+    job = {"entrypoint": f"{sys.executable} -m persona_ray pipeline --config {config}",
+           "runtime_env": {"working_dir": str(REPO), "excludes": [".venv/", ".cache/", "outputs/"]}}
+
+    # First submission: stopped (as `ray job stop` does) once PT-DPO training has started.
+    client.submit_job(submission_id="pipeline-first", **job)
+    deadline = time.time() + 1200
+    while not (out / "runs" / "pt-dpo").exists():
+        assert client.get_job_status("pipeline-first") in {"PENDING", "RUNNING"}, \
+            client.get_job_logs("pipeline-first")[-3000:]
+        assert time.time() < deadline, "PT-DPO training never started"
+        time.sleep(0.5)
+    client.stop_job("pipeline-first")
+    assert wait_for(client, "pipeline-first", timeout=120) == "STOPPED"
+    assert (out / "stages" / "sft.json").exists() and not (out / "stages" / "dpo.json").exists()
+
+    # Resubmitted: every finished stage is skipped, the rest runs to the report.
+    client.submit_job(submission_id="pipeline-second", **job)
+    status = wait_for(client, "pipeline-second")
+    logs = client.get_job_logs("pipeline-second")
+    assert status == "SUCCEEDED", logs[-3000:]
+    # Ray's job manager writes its own lines first; what the entrypoint printed follows.
+    terminal = logs.split("Running entrypoint for job pipeline-second", 1)[1]
+    for stage in ("infer", "augment", "pi-eval", "sft"):
+        assert f"{stage:<10} done before, skipped" in terminal
+    for stage in STAGES[4:]:
+        assert (out / "stages" / f"{stage}.json").exists(), stage
+    # The job's output shows progress lines only; Ray's and vLLM's output went to the log file.
+    for word in ("Traceback", "INFO"):
+        assert word not in terminal, terminal[max(0, terminal.index(word) - 1500):terminal.index(word) + 1500]
+    assert str(out / "pipeline.log") in terminal and (out / "pipeline.log").stat().st_size > 0
+
+    infer = json.loads((out / "infer" / "manifest.json").read_text())["counts"]
+    assert infer["persona_records"] == infer["unique_keys"] == 120
+    report = (out / "report" / "report.md").read_text()
+    for section in ("## What it does: personas and tailored answers", "## Persona accuracy", "## Word saliency",
+                    "## Pairwise judgements"):
+        assert section in report
+    assert "**PT-DPO**, given the chosen persona:" in report and "**DPO**, no persona:" in report
+    judged = json.loads((out / "judged" / "pairwise.json").read_text())
+    assert {r["persona_source"] for r in judged["results"]} == {"gold-chosen", "gold-rejected", "retr-chosen",
+                                                                "retr-rejected"}

@@ -237,7 +237,7 @@ def _secret_findings(text: str, docs: list[dict]) -> list[str]:
 
 def test_k8s_files_exist_and_parse():
     names = {p.name for p in _k8s_files()}
-    assert {"raycluster.yaml", "rayjob-infer.yaml"} <= names, names
+    assert {"raycluster.yaml", "rayjob-infer.yaml", "rayjob-pipeline.yaml", "rayservice.yaml"} <= names, names
     assert DOCUMENTS, "no YAML documents under k8s/"
     for fname, i, doc in DOCUMENTS:
         assert isinstance(doc, dict), f"{fname}[{i}] is not a mapping"
@@ -252,6 +252,7 @@ def test_expected_kinds_present():
         by_file.setdefault(fname, []).append(doc["kind"])
     assert by_file["raycluster.yaml"] == ["RayCluster"]
     assert sorted(by_file["rayjob-infer.yaml"]) == ["ConfigMap", "RayJob"]
+    assert sorted(by_file["rayjob-pipeline.yaml"]) == ["PersistentVolumeClaim", "RayJob"]
 
 
 # ============================================================================================
@@ -438,17 +439,29 @@ def test_configmap_infer_config():
     assert infer.engine.vllm.gpu is True
 
 
-def test_rayjob_spec():
-    jobs = _docs_of_kind("RayJob")
-    assert len(jobs) == 1
-    job = jobs[0]
-    spec = job["spec"]
-    assert spec["entrypoint"].startswith(ENTRYPOINT_PREFIX), spec["entrypoint"]
-    assert spec["shutdownAfterJobFinishes"] is True
-    assert isinstance(spec.get("ttlSecondsAfterFinished"), int) and spec["ttlSecondsAfterFinished"] >= 0
-    assert spec["submissionMode"] == "K8sJobMode"
-    assert isinstance(spec.get("backoffLimit"), int) and spec["backoffLimit"] >= 1
+def _job(name: str) -> dict:
+    return next(j for j in _docs_of_kind("RayJob") if j["metadata"]["name"] == name)
 
+
+def test_every_rayjob_cleans_up_retries_and_names_a_script_that_exists():
+    jobs = _docs_of_kind("RayJob")
+    assert {j["metadata"]["name"] for j in jobs} == {"persona-infer", "persona-pipeline"}
+    for job in jobs:
+        spec = job["spec"]
+        assert spec["shutdownAfterJobFinishes"] is True
+        assert isinstance(spec.get("ttlSecondsAfterFinished"), int) and spec["ttlSecondsAfterFinished"] >= 0
+        assert spec["submissionMode"] == "K8sJobMode"
+        assert isinstance(spec.get("backoffLimit"), int) and spec["backoffLimit"] >= 1
+        # `python <script>` runs in the image's copy of this repository (workingDir /home/ray/app).
+        words = spec["entrypoint"].split()
+        assert words[0] == "python" and (REPO / words[1]).is_file(), spec["entrypoint"]
+        for role, template in _pod_templates(spec["rayClusterSpec"]):
+            assert template["spec"]["containers"][0]["workingDir"] == "/home/ray/app", role
+
+
+def test_rayjob_infer_reads_its_config_from_the_configmap():
+    spec = _job("persona-infer")["spec"]
+    assert spec["entrypoint"].startswith(ENTRYPOINT_PREFIX), spec["entrypoint"]
     # The --config path is a key of the ConfigMap mounted at CONFIG_MOUNT on head and workers.
     m = re.search(r"--config\s+(\S+)", spec["entrypoint"])
     assert m, "entrypoint needs --config"
@@ -464,6 +477,36 @@ def test_rayjob_spec():
         cm_name = vol["configMap"]["name"]
         assert cm_name in cms, f"{role}: ConfigMap {cm_name} not defined in k8s/"
         assert config_path.name in cms[cm_name]["data"], f"{config_path.name} not in ConfigMap {cm_name}"
+
+
+def test_rayjob_pipeline_runs_a_valid_preset_onto_a_volume_every_pod_shares():
+    from persona_ray.pipeline.run import PipelineConfig
+
+    spec = _job("persona-pipeline")["spec"]
+    flags = dict(re.findall(r"--(config|input|output)\s+(\S+)", spec["entrypoint"]))
+    assert set(flags) == {"config", "input", "output"}, spec["entrypoint"]
+    preset = yaml.safe_load((REPO / flags["config"]).read_text())
+    preset["pairs"]["input"], preset["output"] = flags["input"], flags["output"]
+    cfg = PipelineConfig.model_validate(preset)  # the job's own validation, as on the cluster
+    assert cfg.pairs.input.startswith("s3://")
+
+    claims = {d["metadata"]["name"]: d for d in _docs_of_kind("PersistentVolumeClaim")}
+    mount_paths = set()
+    for role, template in _pod_templates(spec["rayClusterSpec"]):
+        volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        shared = [vm for vm in template["spec"]["containers"][0].get("volumeMounts", [])
+                  if "persistentVolumeClaim" in volumes.get(vm["name"], {})]
+        assert len(shared) == 1, f"{role}: mount the run volume once"
+        claim = volumes[shared[0]["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"], claim
+        mount_paths.add(shared[0]["mountPath"])
+    assert len(mount_paths) == 1 and cfg.output.startswith(mount_paths.pop() + "/"), cfg.output
+
+    # Workers scale from zero, and some group fits each engine's tensor-parallel size.
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert all(g["minReplicas"] == 0 for g in groups)
+    gpus = {int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) for g in groups}
+    assert cfg.engine.vllm.tensor_parallel_size in gpus and 1 in gpus
 
 
 # ============================================================================================
