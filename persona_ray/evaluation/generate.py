@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 from persona_ray.core import progress, storage
 from persona_ray.core.schema import row_id
 from persona_ray.core.settings import Settings
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
 from persona_ray.evaluation.domains import response_prime, system_persona
@@ -77,6 +78,8 @@ class GenerateConfig(Settings):
     fewshot_k: int = Field(3, ge=1, description="exemplars in a fewshot prompt")
     limit: int | None = Field(None, gt=0, description="answer only the first N rows by id")
     shard_size: int = Field(500, gt=0, description="responses per output shard")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
+                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
 
     @model_validator(mode="after")
     def _sources_fit_mode(self):
@@ -202,4 +205,6 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     summary = {"model_id": cfg.model_id, "rows": len(rows), "resumed": len(done), "generated": writer.rows_written,
                "quarantined": len(quarantine), "output": responses_uri}
     storage.write_json({**summary, "config": cfg.model_dump(exclude={"engine": {"openai"}})}, storage.join(folder, "generate.json"))
+    log_job_run(cfg.tracking, "generate", cfg, flat_metrics(summary), name=cfg.tracking.run_name and
+                f"{cfg.tracking.run_name}-{cfg.model_id}")
     return summary

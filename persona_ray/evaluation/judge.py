@@ -32,6 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
 from persona_ray.dataset.splits import TEST_SPLIT
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import JudgeSettings, SamplingSettings
@@ -92,6 +93,8 @@ class JudgeConfig(Settings):
     judge_persona: Literal["given", "gold"] = Field(
         "given", description="persona the personalization rubric shows: given (the one the test model got, "
                              "retrieved for retr-* rows; the paper's choice) or gold (the user's own)")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
+                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
 
     @model_validator(mode="after")
     def _prometheus_is_rendered_here(self):
@@ -212,4 +215,8 @@ def run_judge(cfg: JudgeConfig) -> dict[str, Any]:
                     "unparseable": summary["unparseable_after_retries"],
                     "results": [{k: r.get(k) for k in ("comparison", "persona_source", "n_rows", "p_win", "q_win",
                                                        "delta_pq")} for r in results]})
+    log_job_run(cfg.tracking, "judge", cfg, flat_metrics({
+        **{k: v for k, v in summary.items() if k != "judge_model"},
+        **{f"{r['comparison']}/{r['persona_source']}": {k: r.get(k) for k in ("p_win", "q_win", "delta_pq", "n_rows")}
+           for r in results}}))
     return {"summary": summary, "results": results, "report": report}

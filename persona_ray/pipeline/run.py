@@ -37,6 +37,7 @@ from pydantic import Field, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
+from persona_ray.core.tracking import TrackingSettings, end_parent_run, flat_metrics, log_job_run, start_parent_run
 from persona_ray.dataset.splits import SplitSettings
 from persona_ray.engines.settings import EngineSettings, JudgeSettings, SamplingSettings, VLLMSettings
 from persona_ray.evaluation.generate import PERSONA_SOURCES
@@ -46,6 +47,8 @@ from persona_ray.pipeline.plan import PlanSettings
 from persona_ray.tailoring.templates import TRAINING_TYPES
 
 log = logging.getLogger(__name__)
+# Stages whose jobs have no `tracking` of their own; the others log themselves as child runs.
+UNTRACKED_JOBS = ("augment", "index", "retrieve", "report")
 STAGES = ("infer", "augment", "pi-eval", "sft", "dpo", "baseline", "index", "retrieve", "generate", "judge", "report")
 # What each stage writes under `output`: removed before a stage is rerun with --from / --only, so
 # it is computed again rather than resumed.
@@ -81,6 +84,9 @@ class PipelineConfig(Settings):
     output: str = Field(description="a local folder; every stage writes its own folder in it")
     engine: EngineSettings = EngineSettings(model="tiny", sampling=SamplingSettings(max_tokens=128))
     judge: JudgeSettings = JudgeSettings(model="tiny", sampling=SamplingSettings(max_tokens=8, stop=["\n"]))
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="one tracked experiment "
+                                       "run: MLflow parent run with a child run per stage, or a TensorBoard "
+                                       "folder per stage (core/tracking.py)")
     base_model: str | None = Field(None, description="the model PT and the baseline train from (and few-shot "
                                    "runs use); none: engine.model, the PI model")
     infer: dict[str, Any] = Field(default_factory=dict, description="more InferConfig keys for PI, e.g. k_shot, "
@@ -141,6 +147,7 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
         self.out = os.path.abspath(cfg.output)
+        self.parent_run_id: str | None = None  # MLflow: this run's parent run (start_tracking)
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
@@ -159,8 +166,23 @@ class Pipeline:
             elif os.path.exists(target):
                 os.remove(target)
 
+    def tracking(self, name: str) -> TrackingSettings:
+        """The settings a stage job gets: a child of the pipeline's run, named <run folder>/<name>."""
+        return self.cfg.tracking.model_copy(update={"parent_run_id": self.parent_run_id,
+                                                    "run_name": f"{os.path.basename(self.out)}/{name}"})
+
+    def start_tracking(self) -> None:
+        """The pipeline's parent run; its id is kept in the run folder so a resumed run stays one."""
+        record = self.path("tracking.json")
+        known = json.loads(open(record).read()).get("parent_run_id") if os.path.exists(record) else None
+        self.parent_run_id = start_parent_run(self.cfg.tracking, os.path.basename(self.out), self.cfg, known)
+        if self.parent_run_id:
+            storage.write_json({"parent_run_id": self.parent_run_id}, record)
+
     def run_stage(self, stage: str) -> dict[str, Any]:
         summary = getattr(self, "stage_" + stage.replace("-", "_"))()
+        if stage in UNTRACKED_JOBS:  # jobs without tracking of their own: the pipeline logs their summary
+            log_job_run(self.tracking(stage), stage, {"stage": stage}, flat_metrics(summary))
         storage.write_json({"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "summary": summary}, self.marker(stage))
         return summary
@@ -171,7 +193,7 @@ class Pipeline:
         from persona_ray.inference.infer import InferConfig, run_infer
 
         manifest = run_infer(InferConfig(pairs=self.cfg.pairs, output=self.path("infer"), engine=self.cfg.engine,
-                                         **self.cfg.infer))
+                                         tracking=self.tracking("infer"), **self.cfg.infer))
         c = manifest["counts"]
         return {"pairs": c["valid_pairs"], "quarantined": c["quarantined"], "personas": c["persona_records"],
                 "valid_pct": manifest["throughput"]["valid_pct"]}
@@ -188,7 +210,8 @@ class Pipeline:
         from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
 
         result = run_pi_eval(PIEvalConfig(data={"PI": self.path("augmented")}, output=self.path("pi-eval"),
-                                          judge=self.cfg.judge, saliency_min_count=2))
+                                          judge=self.cfg.judge, saliency_min_count=2,
+                                          tracking=self.tracking("pi-eval")))
         overall = {r["side"]: round(r["accuracy"], 3) for r in result["accuracy"] if r["domain"] == "all"}
         return {"accuracy": overall, "verdicts": result["summary"]["requests"]}
 
@@ -197,7 +220,7 @@ class Pipeline:
         from persona_ray.tailoring import DPOJobConfig, SFTJobConfig, merge_adapter, train_dpo, train_sft
 
         common = {"data": self.path("augmented"), "output": self.path("runs"), "name": name,
-                  "training_type": training_type}
+                  "training_type": training_type, "tracking": self.tracking(name)}
         if sft:
             summary = train_sft(SFTJobConfig(**{**common, "model": start_model, **self.cfg.sft}))
         else:
@@ -245,7 +268,7 @@ class Pipeline:
             summary[run.model_id] = run_generate(GenerateConfig(
                 data=self.path("retrieved"), output=self.path("generated"), engine=engine, model_id=run.model_id,
                 mode=run.mode, persona_sources=run.sources, fewshot_data=self.path("augmented"),
-                fewshot_k=self.cfg.fewshot_k))["generated"]
+                fewshot_k=self.cfg.fewshot_k, tracking=self.tracking("generate")))["generated"]
         return {"generated": summary}
 
     def stage_judge(self) -> dict:
@@ -256,7 +279,7 @@ class Pipeline:
                                        output=self.path("judged"), judge=judge,
                                        max_feedback_chars=self.cfg.max_feedback_chars,
                                        template=self.cfg.judge_template, judge_persona=self.cfg.judge_persona,
-                                       comparisons=self.cfg.comparisons))
+                                       comparisons=self.cfg.comparisons, tracking=self.tracking("judge")))
         return {"delta_pq": {f"{r['comparison']} / {r['persona_source']}": r["delta_pq"] for r in result["results"]},
                 "unparseable": result["summary"]["unparseable_after_retries"]}
 
@@ -289,6 +312,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None
     for stage in todo if (start or only) else []:
         pipeline.clear(stage)
     os.makedirs(pipeline.out, exist_ok=True)
+    pipeline.start_tracking()
     log_path, progress_path = pipeline.path("pipeline.log"), pipeline.path(".progress.json")
     os.environ[PROGRESS_ENV] = progress_path  # before Ray starts, so local workers report too
     summaries: dict[str, Any] = {}
@@ -312,6 +336,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None
             terminal.finish(f"done  {json.dumps(summaries[stage], default=str)[:150]}")
         _shutdown_ray()
         total = time.time() - started
+        end_parent_run(cfg.tracking, pipeline.parent_run_id, {"seconds": total, "stages_run": len(todo)})
         terminal.say(f"finished in {total / 60:.1f} min; report: {pipeline.path('report', 'report.md')}")
     return {"output": pipeline.out, "ran": todo, "seconds": round(total, 1), "stages": summaries}
 

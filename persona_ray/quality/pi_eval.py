@@ -27,6 +27,7 @@ from pydantic import Field
 from persona_ray.core import storage
 from persona_ray.core.schema import SIDES
 from persona_ray.core.settings import Settings
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
 from persona_ray.core.shards import key_of
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
 from persona_ray.quality.saliency import top_traits, word_saliency
@@ -62,6 +63,8 @@ class PIEvalConfig(Settings):
     saliency_method: Literal["log_odds", "p_label"] = Field(
         "log_odds", description="word saliency ranking: log_odds (weighted log-odds z, frequency-aware) or p_label "
                                 "(the paper's class-balanced P(label | word))")
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
+                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
 
 
 def load_rows(path: str, split: str, limit: int | None) -> list[dict]:
@@ -180,4 +183,8 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
                           preference=first_preference, saliency=saliency, traits=traits, notes=notes)
     log.info("PI eval: %d verdicts (%d unparseable), report at %s", len(answers), unparseable, report,
              extra={"stage": "pi-eval", "verdicts": len(answers), "unparseable": unparseable})
+    log_job_run(cfg.tracking, "pi-eval", cfg, flat_metrics({
+        "requests": len(answers), "unparseable": unparseable,
+        "accuracy": {f"{r['model']}/{r['domain']}/{r['side']}": r["accuracy"] for r in accuracy},
+        "consistency": {f"{r['model']}/{r['domain']}/{r['side']}": r["consistency"] for r in accuracy}}))
     return {"summary": summary, "accuracy": accuracy, "preference": preference, "report": report}

@@ -118,6 +118,7 @@ def tokenized_split(uri: str, method: TrainingMethod, training_type: str, tokeni
 
 class RunFiles:
     def __init__(self, output: str, name: str):
+        self.name = name
         self.uri = storage.join(output, name)
         self.fs, self.root = storage.filesystem(self.uri)
 
@@ -210,6 +211,23 @@ def _callbacks(files: RunFiles, rank: int, fail_at_step: int | None, report_step
     return MetricsCallback(), FaultCallback()
 
 
+def _tracking_callbacks(cfg: TrainConfig, plan: "WorkerPlan", rank: int) -> list:
+    """Rank 0 only: TRL's own TensorBoard / MLflow integration (what report_to would add), then the
+    job config as parameters of the same run."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    from persona_ray.core.tracking import config_params_callback, trainer_tracking
+
+    if rank != 0 or not cfg.tracking.on:
+        return []
+    name = cfg.tracking.run_name or plan.files.name
+    report_to, env = trainer_tracking(cfg.tracking, name, plan.method.name)
+    os.environ.update(env)  # read by the integration when training begins
+    return [*(cls() for cls in get_reporting_integration_callbacks(report_to)),
+            config_params_callback(cfg.tracking, cfg,
+                                   evaluates_after_training=plan.evaluate and not plan.eval_steps)]
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """Everything a worker needs, decided on the driver."""
@@ -250,8 +268,9 @@ def run_worker(plan: WorkerPlan) -> None:
                 batch_size=cfg.per_device_batch_size, collate_fn=eval_collate)
         trainer = prepare_trainer(trainer)
         metrics_cb, fault_cb = _callbacks(files, rank, plan.fail_at_step, cfg.ray_report_steps)
-        for callback in (RayTrainReportCallback(), metrics_cb, fault_cb):
+        for callback in (RayTrainReportCallback(), metrics_cb, fault_cb, *_tracking_callbacks(cfg, plan, rank)):
             trainer.add_callback(callback)
+        trainer.args.run_name = cfg.tracking.run_name or files.name  # the tracked run's name
 
         # --- resume from Ray's last checkpoint, train, evaluate ------------------------------
         resume_dir, resumed_from = None, None
