@@ -90,6 +90,25 @@ def test_sft_logs_to_tensorboard_from_rank_zero_only(sft_run):
     assert scalars["train/loss"][-1][1] == pytest.approx(summary["final_loss"], rel=1e-4)
 
 
+def test_sft_logs_to_wandb_offline_with_the_evaluation_in_the_same_run(ray_local, tiny_model, data_dir, tmp_path,
+                                                                        monkeypatch):
+    from persona_ray.tailoring import SFTJobConfig, train_sft
+    from tests.test_tracking import finished_wandb_runs
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path / "runs"), name="sft-wandb", training_type="chosen",
+                       model=tiny_model, max_length=256, per_device_batch_size=8, save_steps=2,
+                       tracking={"backend": "wandb", "uri": str(tmp_path / "wandb"), "group": "g"})
+    summary = train_sft(cfg)
+    (run,) = finished_wandb_runs(tmp_path / "wandb")
+    assert run["name"] == "sft-wandb" and run["group"] == "g" and run["exit_code"] == 0 and "stage:sft" in run["tags"]
+    assert run["config"]["job.training_type"] == "chosen" and run["config"]["job.lora.r"] == "16"
+    losses = [row for row in run["history"] if "train/loss" in row]
+    assert [row["train/global_step"] for row in losses] == [1, 2]
+    evals = [row for row in run["history"] if "eval/loss" in row]
+    assert len(evals) == 1 and evals[0]["eval/loss"] == pytest.approx(summary["eval"]["eval_loss"], rel=1e-4)
+
+
 def _sequence_logps(model_dir: str, examples: list[dict], max_length: int) -> list[tuple[float, float]]:
     """(log p(chosen | prompt), log p(rejected | prompt)) summed over response tokens."""
     import torch

@@ -1,4 +1,4 @@
-"""Experiment tracking: a job's parameters and numbers also go to TensorBoard or MLflow.
+"""Experiment tracking: a job's parameters and numbers also go to TensorBoard, MLflow or W&B.
 
     tracking: {backend: mlflow, uri: file:/runs/mlruns, experiment: personas}   # in any job's YAML
 
@@ -9,12 +9,15 @@ Every job writes its own files (manifest.json, metrics.jsonl, pairwise.json) wha
 a tracker is a second copy for the tools researchers compare runs in. One job is one tracked run:
 its config flattened into parameters ("engine.model": "tiny"), its summary numbers as metrics, its
 stage and job id as tags. A pipeline run is one MLflow parent run with a child run per stage
-(`parent_run_id`, set by the pipeline), or one TensorBoard folder with a sub-folder per stage.
+(`parent_run_id`, set by the pipeline), one W&B group (`group`), or one TensorBoard folder with a
+sub-folder per stage.
 Training hands the same settings to TRL's own integrations (`report_to`) on rank 0 only, so
 losses, learning rates and DPO's reward margins and accuracies arrive step by step.
 
-Both backends have a file mode that needs no server: TensorBoard event files in a folder, MLflow's
-file store (`file:/abs/path`). Only names and numbers are logged, never prompts or personas.
+Each backend has a file mode that needs no server: TensorBoard event files in a folder, MLflow's
+file store (`file:/abs/path`), W&B offline runs (the default here; `wandb sync` uploads them, and
+WANDB_MODE=online with an API key logs live). Only names and numbers are logged, never prompts or
+personas.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from persona_ray.core.settings import Settings
 
-BACKENDS = ("none", "tensorboard", "mlflow")
+BACKENDS = ("none", "tensorboard", "mlflow", "wandb")
 MAX_PARAM_CHARS = 500  # MLflow refuses longer parameter values
 
 
@@ -36,14 +39,18 @@ class TrackingSettings(Settings):
     """Where a job's parameters and numbers are also logged (its own files are always written)."""
 
     backend: Literal[BACKENDS] = Field(  # type: ignore[valid-type]
-        "none", description="none, tensorboard (event files under uri) or mlflow (a run in uri's tracking store)")
+        "none", description="none, tensorboard (event files under uri), mlflow (a run in uri's tracking store) or "
+                            "wandb (a W&B run, offline under uri unless $WANDB_MODE says online)")
     uri: str | None = Field(None, description="tensorboard: the log folder; mlflow: the tracking URI "
-                            "(file:/abs/path for a local file store, or http://host:5000); needed unless none")
-    experiment: str = Field("persona-ray", description="MLflow experiment (TensorBoard: a sub-folder of uri)")
+                            "(file:/abs/path for a local file store, or http://host:5000); wandb: the folder "
+                            "runs are written to; needed unless none")
+    experiment: str = Field("persona-ray", description="MLflow experiment / W&B project (TensorBoard: a "
+                            "sub-folder of uri)")
     run_name: str | None = Field(None, description="the run's name; default <stage>-<job id>")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags on every run")
     parent_run_id: str | None = Field(None, description="MLflow: the parent run (the pipeline sets it; each stage "
                                       "is a child run)")
+    group: str | None = Field(None, description="W&B: the run group (the pipeline sets it to its run folder's name)")
 
     def model_post_init(self, context: Any) -> None:
         if self.backend != "none" and not self.uri:
@@ -124,6 +131,11 @@ def log_job_run(settings: TrackingSettings, stage: str, config: BaseModel | dict
             for key, value in metrics.items():
                 writer.add_scalar(f"{stage}/{key}", value, 0)
         return None
+    if settings.backend == "wandb":
+        run = _wandb_init(settings, stage, name, params)
+        run.log(metrics)
+        run.finish()
+        return None
     from mlflow.entities import Metric, Param
 
     client = _mlflow_client(settings)
@@ -175,6 +187,11 @@ def trainer_tracking(settings: TrackingSettings, name: str, stage: str) -> tuple
     """(TRL report_to, environment for its integration) for the worker that logs (rank 0)."""
     if settings.backend == "tensorboard":
         return ["tensorboard"], {"TENSORBOARD_LOGGING_DIR": tensorboard_dir(settings, name)}
+    if settings.backend == "wandb":
+        tags = ",".join(f"{k}:{v}" for k, v in _tags(settings, stage).items())
+        return ["wandb"], {"WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "WANDB_DIR": settings.uri,
+                           "WANDB_PROJECT": settings.experiment, "WANDB_JOB_TYPE": stage, "WANDB_TAGS": tags,
+                           **({"WANDB_RUN_GROUP": settings.group} if settings.group else {})}
     if settings.backend == "mlflow":
         return ["mlflow"], {"MLFLOW_TRACKING_URI": settings.uri, "MLFLOW_EXPERIMENT_NAME": settings.experiment,
                             "MLFLOW_TAGS": json.dumps(_tags(settings, stage)), "MLFLOW_FLATTEN_PARAMS": "TRUE",
@@ -203,6 +220,11 @@ def config_params_callback(settings: TrackingSettings, config: BaseModel, evalua
                 if mlflow.active_run() is not None:
                     self.run_id = mlflow.active_run().info.run_id
                     mlflow.log_params(params)
+            elif settings.backend == "wandb":
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.run.config.update(params, allow_val_change=True)
             elif settings.backend == "tensorboard":
                 from tensorboardX import SummaryWriter
 
@@ -210,6 +232,10 @@ def config_params_callback(settings: TrackingSettings, config: BaseModel, evalua
                     writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(params.items())))
 
         def on_train_end(self, args, state, control, **kwargs):
+            # W&B's run stays open for the evaluation that follows; it must be finished before Ray
+            # ends this worker, or an offline run may lose its last records.
+            if settings.backend == "wandb" and not evaluates_after_training:
+                _wandb_finish()
             if settings.backend == "mlflow" and evaluates_after_training and self.run_id:
                 import mlflow
 
@@ -218,6 +244,8 @@ def config_params_callback(settings: TrackingSettings, config: BaseModel, evalua
                     self.reopened = True
 
         def on_evaluate(self, args, state, control, **kwargs):
+            if settings.backend == "wandb" and evaluates_after_training and state.global_step >= state.max_steps:
+                _wandb_finish()
             if self.reopened:
                 import mlflow
 
@@ -225,6 +253,22 @@ def config_params_callback(settings: TrackingSettings, config: BaseModel, evalua
                 self.reopened = False
 
     return JobConfigParams()
+
+
+def _wandb_init(settings: TrackingSettings, stage: str, name: str, params: dict[str, str]):
+    import wandb
+
+    os.makedirs(settings.uri, exist_ok=True)
+    return wandb.init(mode=os.environ.get("WANDB_MODE", "offline"), dir=settings.uri, project=settings.experiment,
+                      name=name, group=settings.group, job_type=stage, config=params, reinit="create_new",
+                      tags=[f"{k}:{v}" for k, v in _tags(settings, stage).items()])
+
+
+def _wandb_finish() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish()
 
 
 def _mlflow_client(settings: TrackingSettings):

@@ -169,6 +169,7 @@ class Pipeline:
     def tracking(self, name: str) -> TrackingSettings:
         """The settings a stage job gets: a child of the pipeline's run, named <run folder>/<name>."""
         return self.cfg.tracking.model_copy(update={"parent_run_id": self.parent_run_id,
+                                                    "group": os.path.basename(self.out),
                                                     "run_name": f"{os.path.basename(self.out)}/{name}"})
 
     def start_tracking(self) -> None:
