@@ -172,8 +172,12 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     assert run.info.run_name == "dpo" and run.data.tags["stage"] == "dpo" and run.data.tags["test"] == "dpo"
     assert run.data.params["job.beta"] == "0.1" and run.data.params["job.training_type"] == "chosen"
     assert run.data.params["job.lora.r"] == "16"
-    history = MlflowClient(tracking_uri=cfg.tracking.uri).get_metric_history(run.info.run_id, "rewards/accuracies")
+    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    history = client.get_metric_history(run.info.run_id, "rewards/accuracies")
     assert [round(m.value, 6) for m in sorted(history, key=lambda m: m.step)] == [round(a, 6) for a in accuracies]
+    losses = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    assert [m.step for m in losses] == list(range(1, 13))
+    assert [round(m.value, 6) for m in losses] == [round(m["loss"], 6) for m in metrics if "loss" in m]
 
     # Evaluated after training, on the same pairs: the merged DPO model's implicit reward
     # (log-ratio to the SFT reference) prefers the chosen answer; before training it is 0 for both.
