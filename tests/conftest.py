@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -37,9 +38,17 @@ def pytest_collection_modifyitems(items):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port in 20000-31999: outside the OS's ephemeral range, where every port-0 bind lands
+    (a parallel test worker's Ray cluster makes many), and outside Ray's worker ports (10002-19999),
+    so nobody else takes it between this check and the bind that follows."""
+    for port in random.sample(range(20000, 32000), 500):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def field_line(prompt: str, header: str) -> str:
