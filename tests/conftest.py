@@ -27,9 +27,8 @@ os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 # `make test` runs two workers, a file each at a time (pytest-xdist --dist loadfile), in collection
 # order: the files that take longest (CI's --durations) go first so that neither worker is left
 # alone with one of them at the end.
-LONGEST_FIRST = ["test_pipeline.py", "test_world.py", "test_infer_faults.py", "test_job_submit.py",
-                 "test_retrieve.py", "test_generate_judge.py", "test_train.py", "test_serve.py", "test_smollm2.py",
-                 "test_pi_eval.py"]
+LONGEST_FIRST = ["test_job_submit.py", "test_infer_faults.py", "test_world.py", "test_train.py", "test_retrieve.py",
+                 "test_generate_judge.py", "test_serve.py", "test_smollm2.py", "test_pi_eval.py"]
 
 
 def pytest_collection_modifyitems(items):

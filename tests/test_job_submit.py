@@ -135,7 +135,9 @@ def test_pi_job_through_the_ray_cli_then_resubmitted_resumes_and_writes_nothing_
     output = tmp_path / "pi"
     config = yaml.safe_load((REPO / "cluster" / "jobs" / "local.yaml").read_text())
     config.update(output=str(output), k_shot=1)
-    config["pairs"]["input"] = str(SAMPLE_PAIRS)
+    pairs = tmp_path / "pairs.jsonl"  # 24 of the sample pairs: the job server is under test, not PI
+    pairs.write_text("".join(SAMPLE_PAIRS.read_text().splitlines(keepends=True)[:24]))
+    config["pairs"]["input"] = str(pairs)
     config["engine"]["sampling"] = {"max_tokens": 192, "temperature": 1.0, "seed": 0}
     config_file = tmp_path / "infer.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -145,19 +147,19 @@ def test_pi_job_through_the_ray_cli_then_resubmitted_resumes_and_writes_nothing_
     client = head.client()
     assert client.get_job_status("pi-first") == "SUCCEEDED", first.stdout[-3000:] + first.stderr[-2000:]
     counts = json.loads((output / "manifest.json").read_text())["counts"]
-    assert counts["persona_records"] == counts["unique_keys"] == counts["expected_records"] == 120
-    assert counts["written_this_run"] == 120 and counts["resumed_records"] == 0
+    assert counts["persona_records"] == counts["unique_keys"] == counts["expected_records"] == 48
+    assert counts["written_this_run"] == 48 and counts["resumed_records"] == 0
     # The job ran on the head's cluster, under the user's runtime env (JSON logs), with the project's code.
     logs = client.get_job_logs("pi-first")
     summary = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"stage": "infer"' in line]
-    assert summary and summary[-1]["job_id"] == "pi-first" and summary[-1]["persona_records"] == 120
+    assert summary and summary[-1]["job_id"] == "pi-first" and summary[-1]["persona_records"] == 48
     before = persona_files(output)
 
     second = submit_cli(head, "pi-second", *entrypoint)
     assert client.get_job_status("pi-second") == "SUCCEEDED", second.stdout[-3000:] + second.stderr[-2000:]
     counts = json.loads((output / "manifest.json").read_text())["counts"]
-    assert counts["resumed_records"] == 120 and counts["written_this_run"] == 0
-    assert counts["persona_records"] == counts["unique_keys"] == 120
+    assert counts["resumed_records"] == 48 and counts["written_this_run"] == 0
+    assert counts["persona_records"] == counts["unique_keys"] == 48
     assert persona_files(output) == before  # not one shard written again
 
 
@@ -235,7 +237,9 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     for stage in ("infer", "augment", "pi-eval", "pt-sft", "pt-dpo", "base-sft", "dpo", "index", "retrieve", "judge",
                   "report"):
         assert f"run/{stage}" in names, (stage, names)
-    assert names.count("run/pt-dpo") == 2  # the run cut short by the stop, and the one that finished
+    # The stop may come before or after PT-DPO's first run was opened; exactly one finished.
+    pt_dpo = [r for r in children if r.info.run_name == "run/pt-dpo"]
+    assert 1 <= len(pt_dpo) <= 2 and [r.info.status for r in pt_dpo].count("FINISHED") == 1
     assert {"run/generate-PT-DPO", "run/generate-DPO"} <= set(names)
     (judge,) = [r for r in children if r.info.run_name == "run/judge"]
     assert any(k.endswith("/delta_pq") or k.endswith("/n_rows") for k in judge.data.metrics)
