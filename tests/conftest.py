@@ -24,17 +24,6 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 # Serve gives its HTTP proxy 5 s to start; beside a second test worker that is too short here.
 os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
-# `make test` runs two workers, a file each at a time (pytest-xdist --dist loadfile), in collection
-# order: the files that take longest (CI's --durations) go first so that neither worker is left
-# alone with one of them at the end.
-LONGEST_FIRST = ["test_job_submit.py", "test_infer_faults.py", "test_world.py", "test_train.py", "test_retrieve.py",
-                 "test_generate_judge.py", "test_serve.py", "test_smollm2.py", "test_pi_eval.py"]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
-
 
 def free_port() -> int:
     """A free port in 20000-31999: outside the OS's ephemeral range, where every port-0 bind lands

@@ -1,5 +1,6 @@
-"""jobs/benchmarks/gpu_check.py stays runnable between GPU sessions: on CPU, with Ray, vLLM and
-pydantic made unimportable (a GPU machine may have only torch, transformers, peft and TRL)."""
+"""jobs/benchmarks/gpu_check.py stays runnable between GPU sessions: on CPU, with Ray and vLLM made
+unimportable (a GPU machine may have only torch, transformers, peft and TRL). pydantic stays: TRL
+imports it here through the tracking packages installed beside it (W&B, MLflow)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 from tests.conftest import REPO
 
-BLOCKED = "import sys, runpy\nfor m in ('ray', 'vllm', 'pydantic'): sys.modules[m] = None\n" \
+BLOCKED = "import sys, runpy\nfor m in ('ray', 'vllm'): sys.modules[m] = None\n" \
           "sys.argv = ['gpu_check.py'] + sys.argv[1:]\nrunpy.run_path({script!r}, run_name='__main__')\n"
 
 
