@@ -14,7 +14,9 @@ from persona_ray.core.logs import JsonFormatter, setup_logging
 
 
 def test_json_lines_carry_job_command_and_extra_fields(monkeypatch, capsys):
-    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc"}}))
+    # Ray hands a submitted job's entrypoint its job config, the submission id in its metadata.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
+                       json.dumps({"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc"}}))
     monkeypatch.setenv("PERSONA_RAY_JOB_ID", "")
     setup_logging("json", command="persona-ray infer")
     logging.getLogger("persona_ray.inference.infer").info("personas %d/%d", 10, 20,

@@ -54,12 +54,18 @@ class TrackingSettings(Settings):
 
     def model_post_init(self, context: Any) -> None:
         if self.backend != "none" and not self.uri:
-            raise ValueError(f"tracking.uri: backend {self.backend} needs a uri (a log folder for tensorboard, a "
-                             "tracking URI such as file:/abs/mlruns for mlflow)")
+            raise ValueError(f"tracking.uri: backend {self.backend} needs a uri (a log folder for tensorboard or "
+                             "wandb, a tracking URI such as file:/abs/mlruns for mlflow)")
 
     @property
     def on(self) -> bool:
         return self.backend != "none"
+
+
+def tracking_field(description: str = "also log the config and the summary numbers to TensorBoard, MLflow or "
+                                      "W&B (core/tracking.py)"):
+    """The `tracking` field of a job config."""
+    return Field(default_factory=TrackingSettings, description=description)
 
 
 def flat_params(config: BaseModel | dict, prefix: str = "") -> dict[str, str]:
@@ -86,9 +92,7 @@ def flat_metrics(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     metrics: dict[str, float] = {}
     for key, value in values.items():
         name = metric_name(f"{prefix}{key}")
-        if isinstance(value, bool):
-            metrics[name] = float(value)
-        elif isinstance(value, (int, float)):
+        if isinstance(value, (int, float)):  # bool too: True is 1.0
             metrics[name] = float(value)
         elif isinstance(value, dict):
             metrics.update(flat_metrics(value, name + "/"))
@@ -126,7 +130,7 @@ def log_job_run(settings: TrackingSettings, stage: str, config: BaseModel | dict
         from tensorboardX import SummaryWriter
 
         with SummaryWriter(logdir=tensorboard_dir(settings, name)) as writer:
-            writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(params.items())))
+            writer.add_text("config", _config_text(params))
             writer.add_text("tags", json.dumps(_tags(settings, stage)))
             for key, value in metrics.items():
                 writer.add_scalar(f"{stage}/{key}", value, 0)
@@ -136,19 +140,9 @@ def log_job_run(settings: TrackingSettings, stage: str, config: BaseModel | dict
         run.log(metrics)
         run.finish()
         return None
-    from mlflow.entities import Metric, Param
-
     client = _mlflow_client(settings)
-    experiment_id = _experiment_id(client, settings.experiment)
-    run = client.create_run(experiment_id, run_name=name, tags=_tags(settings, stage))
-
-    now = _now_ms()
-    items = sorted(params.items())
-    for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters a batch
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[start:start + 100]])
-    metric_items = sorted(metrics.items())
-    for start in range(0, len(metric_items), 1000):
-        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metric_items[start:start + 1000]])
+    run = client.create_run(_experiment_id(client, settings.experiment), run_name=name, tags=_tags(settings, stage))
+    _mlflow_log(client, run.info.run_id, params, metrics)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -164,22 +158,15 @@ def start_parent_run(settings: TrackingSettings, name: str, config: BaseModel | 
     client = _mlflow_client(settings)
     run = client.create_run(_experiment_id(client, settings.experiment), run_name=name,
                             tags={**settings.tags, "stage": "pipeline"})
-    from mlflow.entities import Param
-
-    items = sorted(flat_params(config).items())
-    for start in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[start:start + 100]])
+    _mlflow_log(client, run.info.run_id, flat_params(config), {})
     return run.info.run_id
 
 
 def end_parent_run(settings: TrackingSettings, run_id: str | None, metrics: dict[str, float]) -> None:
     if settings.backend != "mlflow" or not run_id:
         return
-    from mlflow.entities import Metric
-
     client = _mlflow_client(settings)
-    now = _now_ms()
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())])
+    _mlflow_log(client, run_id, {}, metrics)
     client.set_terminated(run_id)
 
 
@@ -229,7 +216,7 @@ def config_params_callback(settings: TrackingSettings, config: BaseModel, evalua
                 from tensorboardX import SummaryWriter
 
                 with SummaryWriter(logdir=os.environ["TENSORBOARD_LOGGING_DIR"]) as writer:
-                    writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(params.items())))
+                    writer.add_text("config", _config_text(params))
 
         def on_train_end(self, args, state, control, **kwargs):
             # W&B's run stays open for the evaluation that follows; it must be finished before Ray
@@ -253,6 +240,27 @@ def config_params_callback(settings: TrackingSettings, config: BaseModel, evalua
                 self.reopened = False
 
     return JobConfigParams()
+
+
+def _config_text(params: dict[str, str]) -> str:
+    """Parameters as TensorBoard text (indented: shown as a code block)."""
+    return "\n".join(f"    {k}: {v}" for k, v in sorted(params.items()))
+
+
+def _mlflow_log(client, run_id: str, params: dict[str, str], metrics: dict[str, float]) -> None:
+    """Parameters and metrics (step 0) into an MLflow run, in batches MLflow accepts (at most 100
+    parameters and 1000 metrics a call)."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    items = sorted(params.items())
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[start:start + 100]])
+    metric_items = sorted(metrics.items())
+    for start in range(0, len(metric_items), 1000):
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metric_items[start:start + 1000]])
 
 
 def _wandb_init(settings: TrackingSettings, stage: str, name: str, params: dict[str, str]):
@@ -291,9 +299,3 @@ def _experiment_id(client, name: str) -> str:
         return client.create_experiment(name)
     except Exception:  # another job created it first
         return client.get_experiment_by_name(name).experiment_id
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from persona_ray.core import progress, storage
 from persona_ray.core.schema import row_id
 from persona_ray.core.settings import Settings
-from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
 from persona_ray.evaluation.domains import response_prime, system_persona
@@ -78,8 +78,7 @@ class GenerateConfig(Settings):
     fewshot_k: int = Field(3, ge=1, description="exemplars in a fewshot prompt")
     limit: int | None = Field(None, gt=0, description="answer only the first N rows by id")
     shard_size: int = Field(500, gt=0, description="responses per output shard")
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
-                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
+    tracking: TrackingSettings = tracking_field()
 
     @model_validator(mode="after")
     def _sources_fit_mode(self):

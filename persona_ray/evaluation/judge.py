@@ -32,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
-from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.dataset.splits import TEST_SPLIT
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import JudgeSettings, SamplingSettings
@@ -93,8 +93,7 @@ class JudgeConfig(Settings):
     judge_persona: Literal["given", "gold"] = Field(
         "given", description="persona the personalization rubric shows: given (the one the test model got, "
                              "retrieved for retr-* rows; the paper's choice) or gold (the user's own)")
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
-                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
+    tracking: TrackingSettings = tracking_field()
 
     @model_validator(mode="after")
     def _prometheus_is_rendered_here(self):

@@ -27,7 +27,7 @@ from pydantic import Field
 from persona_ray.core import preflight, progress, storage
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
-from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.inference.parse import guided_regex, parse_persona
 from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query, check_k_shot
@@ -54,8 +54,7 @@ class InferConfig(Settings):
                                   "have passed since the last one: a kill loses the rows in flight and at most "
                                   "this many seconds of finished ones")
     progress_every_s: float = Field(15.0, gt=0, description="seconds between progress log lines")
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
-                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
+    tracking: TrackingSettings = tracking_field()
 
 
 class TokenCounter:

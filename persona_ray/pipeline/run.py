@@ -37,7 +37,8 @@ from pydantic import Field, model_validator
 
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
-from persona_ray.core.tracking import TrackingSettings, end_parent_run, flat_metrics, log_job_run, start_parent_run
+from persona_ray.core.tracking import (TrackingSettings, end_parent_run, flat_metrics, log_job_run, start_parent_run,
+                                      tracking_field)
 from persona_ray.dataset.splits import SplitSettings
 from persona_ray.engines.settings import EngineSettings, JudgeSettings, SamplingSettings, VLLMSettings
 from persona_ray.evaluation.generate import PERSONA_SOURCES
@@ -84,9 +85,9 @@ class PipelineConfig(Settings):
     output: str = Field(description="a local folder; every stage writes its own folder in it")
     engine: EngineSettings = EngineSettings(model="tiny", sampling=SamplingSettings(max_tokens=128))
     judge: JudgeSettings = JudgeSettings(model="tiny", sampling=SamplingSettings(max_tokens=8, stop=["\n"]))
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="one tracked experiment "
-                                       "run: MLflow parent run with a child run per stage, or a TensorBoard "
-                                       "folder per stage (core/tracking.py)")
+    tracking: TrackingSettings = tracking_field("one tracked experiment run: an MLflow parent run with a child "
+                                                "run per stage, a W&B group, or a TensorBoard folder per stage "
+                                                "(core/tracking.py)")
     base_model: str | None = Field(None, description="the model PT and the baseline train from (and few-shot "
                                    "runs use); none: engine.model, the PI model")
     infer: dict[str, Any] = Field(default_factory=dict, description="more InferConfig keys for PI, e.g. k_shot, "
@@ -175,7 +176,7 @@ class Pipeline:
     def start_tracking(self) -> None:
         """The pipeline's parent run; its id is kept in the run folder so a resumed run stays one."""
         record = self.path("tracking.json")
-        known = json.loads(open(record).read()).get("parent_run_id") if os.path.exists(record) else None
+        known = storage.read_json(record).get("parent_run_id") if os.path.exists(record) else None
         self.parent_run_id = start_parent_run(self.cfg.tracking, os.path.basename(self.out), self.cfg, known)
         if self.parent_run_id:
             storage.write_json({"parent_run_id": self.parent_run_id}, record)

@@ -27,7 +27,7 @@ from pydantic import Field
 from persona_ray.core import storage
 from persona_ray.core.schema import SIDES
 from persona_ray.core.settings import Settings
-from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run
+from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.core.shards import key_of
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
 from persona_ray.quality.saliency import top_traits, word_saliency
@@ -63,8 +63,7 @@ class PIEvalConfig(Settings):
     saliency_method: Literal["log_odds", "p_label"] = Field(
         "log_odds", description="word saliency ranking: log_odds (weighted log-odds z, frequency-aware) or p_label "
                                 "(the paper's class-balanced P(label | word))")
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log the config and "
-                                       "the summary numbers to TensorBoard or MLflow (core/tracking.py)")
+    tracking: TrackingSettings = tracking_field()
 
 
 def load_rows(path: str, split: str, limit: int | None) -> list[dict]:

@@ -25,7 +25,7 @@ from persona_ray.core.errors import UserError
 from persona_ray.core import storage
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
-from persona_ray.core.tracking import TrackingSettings
+from persona_ray.core.tracking import TrackingSettings, tracking_field
 from persona_ray.dataset.splits import split_uri
 from persona_ray.tailoring.templates import TRAINING_TYPES
 
@@ -88,8 +88,8 @@ class TrainConfig(Settings):
                                          "slower, only worth it for big models)")
     seed: int = Field(0, description="training seed")
     lora: LoraSettings = LoraSettings()
-    tracking: TrackingSettings = Field(default_factory=TrackingSettings, description="also log to TensorBoard or "
-                                       "MLflow through TRL's own integration, from rank 0 (core/tracking.py)")
+    tracking: TrackingSettings = tracking_field("also log to TensorBoard, MLflow or W&B through TRL's own "
+                                                "integration, from rank 0 (core/tracking.py)")
     logging_steps: int = Field(1, ge=1, description="log every N steps to metrics.jsonl / metrics.csv")
     # ray.train.report waits until the controller has taken the previous report, and it polls every
     # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a report every step caps training at ~0.5 steps/s.

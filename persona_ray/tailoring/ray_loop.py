@@ -211,16 +211,15 @@ def _callbacks(files: RunFiles, rank: int, fail_at_step: int | None, report_step
     return MetricsCallback(), FaultCallback()
 
 
-def _tracking_callbacks(cfg: TrainConfig, plan: "WorkerPlan", rank: int) -> list:
-    """Rank 0 only: TRL's own TensorBoard / MLflow integration (what report_to would add), then the
-    job config as parameters of the same run."""
+def _tracking_callbacks(cfg: TrainConfig, plan: "WorkerPlan", rank: int, name: str) -> list:
+    """Rank 0 only: TRL's own TensorBoard / MLflow / W&B integration (what report_to would add),
+    then the job config as parameters of the same run, named `name`."""
     from transformers.integrations import get_reporting_integration_callbacks
 
     from persona_ray.core.tracking import config_params_callback, trainer_tracking
 
     if rank != 0 or not cfg.tracking.on:
         return []
-    name = cfg.tracking.run_name or plan.files.name
     report_to, env = trainer_tracking(cfg.tracking, name, plan.method.name)
     os.environ.update(env)  # read by the integration when training begins
     return [*(cls() for cls in get_reporting_integration_callbacks(report_to)),
@@ -268,9 +267,10 @@ def run_worker(plan: WorkerPlan) -> None:
                 batch_size=cfg.per_device_batch_size, collate_fn=eval_collate)
         trainer = prepare_trainer(trainer)
         metrics_cb, fault_cb = _callbacks(files, rank, plan.fail_at_step, cfg.ray_report_steps)
-        for callback in (RayTrainReportCallback(), metrics_cb, fault_cb, *_tracking_callbacks(cfg, plan, rank)):
-            trainer.add_callback(callback)
         trainer.args.run_name = cfg.tracking.run_name or files.name  # the tracked run's name
+        for callback in (RayTrainReportCallback(), metrics_cb, fault_cb,
+                         *_tracking_callbacks(cfg, plan, rank, trainer.args.run_name)):
+            trainer.add_callback(callback)
 
         # --- resume from Ray's last checkpoint, train, evaluate ------------------------------
         resume_dir, resumed_from = None, None
