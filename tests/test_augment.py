@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from persona_ray.core import storage
-from persona_ray.dataset.augment import AugmentConfig, join_personas, run_augment
+from persona_ray.dataset.augment import AugmentConfig, join_group, run_augment
 from persona_ray.dataset.splits import SplitSettings, assign_split, split_rows
 from persona_ray.core.schema import PERSONA_SCHEMA
 from persona_ray.core.shards import ShardWriter
@@ -30,9 +30,23 @@ def _persona_records(pair_ids, invalid=(), skip=(), orphans=()):
     return pa.Table.from_pylist(records, schema=PERSONA_SCHEMA)
 
 
-def _pairs(rows):
-    return pa.Table.from_pylist([{"pair_id": r["id"], **{k: r[k] for k in ("prompt", "chosen", "rejected",
-                                                                          "domain", "source")}} for r in rows])
+def join_personas(rows, personas):
+    """join_group over each pair id (as the job's groupby runs it): (augmented rows, side lists)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["id"], []).append({"pair_id": r["id"], "kind": "pair", "content_key": 0,
+                                               **{k: r[k] for k in ("prompt", "chosen", "rejected", "domain",
+                                                                    "source")}})
+    for p in personas.to_pylist():
+        groups.setdefault(p["pair_id"], []).append({**p, "kind": "persona"})
+    joined, side = [], {name: [] for name in ("invalid_personas", "pairs_without_personas", "orphan_personas")}
+    for pair_id in sorted(groups):
+        for out in join_group(groups[pair_id], SplitSettings()):
+            if out["status"] == "ok":
+                joined.append(out)
+            else:
+                side[out["status"]].append(json.loads(out["detail"]))
+    return joined, side
 
 
 def test_join_excludes_invalid_and_reports_missing_and_orphans():
@@ -40,7 +54,7 @@ def test_join_excludes_invalid_and_reports_missing_and_orphans():
     ids = [r["id"] for r in rows]
     personas = _persona_records(ids, invalid={(ids[0], "rejected")}, skip={(ids[1], "chosen")},
                                 orphans=["ghost-1"])
-    joined, side = join_personas(_pairs(rows), personas)
+    joined, side = join_personas(rows, personas)
     assert [r["pair_id"] for r in joined] == ids[2:]
     assert joined[0]["chosen_persona"] == f"The user is a chosen reader and prefers {ids[2]} answers."
     assert side["invalid_personas"] == [{"pair_id": ids[0], "chosen_reason": "",
@@ -56,7 +70,7 @@ def test_join_applies_the_shared_persona_rules_to_records_marked_valid():
     personas = _persona_records(ids).to_pylist()
     personas[0]["persona"] = "The user is a devout Christian and prefers scripture."  # protected attribute
     personas[3]["persona"] = "The user is calm\x1b[2J and prefers detail."  # control character
-    joined, side = join_personas(_pairs(rows), pa.Table.from_pylist(personas, schema=PERSONA_SCHEMA))
+    joined, side = join_personas(rows, pa.Table.from_pylist(personas, schema=PERSONA_SCHEMA))
     assert [r["pair_id"] for r in joined] == ids[2:]
     assert side["invalid_personas"] == [
         {"pair_id": ids[0], "chosen_reason": "mentions a protected attribute (religion: 'devout')",
@@ -160,3 +174,29 @@ def test_augment_reads_and_writes_s3(s3_bucket, tmp_path):
     total = sum(storage.read_parquet(f"s3://{s3_bucket}/aug/{s}.parquet").num_rows
                 for s in ("fewshot", "sft_train", "sft_val", "test"))
     assert total == 20
+
+
+def test_augment_job_exact_sizes_match_the_in_memory_splits_and_counts_bad_rows(tmp_path):
+    """The job decides exact-size splits from cut points found over the distinct prompts (Ray Data
+    sorts them): the same splits as split_rows in memory. A row that breaks the contract and a
+    second row with a known id are counted, never written."""
+    rows = read_jsonl(SAMPLE_PAIRS)
+    ids = [r["id"] for r in rows]
+    extra = [{**rows[3], "chosen": "another answer"}, {"id": "broken", "prompt": "", "chosen": "a", "rejected": "b"}]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *extra]))
+    writer = ShardWriter(str(tmp_path / "pi" / "personas"), PERSONA_SCHEMA, shard_size=40)
+    writer.add(_persona_records(ids))
+    writer.close()
+    splits = SplitSettings(test_size=10, fewshot_size=3, share_train_pool=False)
+    manifest = run_augment(AugmentConfig(pairs={"input": str(pairs)}, personas=str(tmp_path / "pi"),
+                                         output=str(tmp_path / "out"), splits=splits, formats=["parquet"]))
+    counts = manifest["counts"]
+    assert counts["pairs_read"] == 62 and counts["pairs_invalid_input"] == 1 and counts["duplicate_pair_ids"] == 1
+    assert counts["augmented_pairs"] == 60
+    expected = split_rows([{"pair_id": r["id"], "prompt": r["prompt"]} for r in rows], splits)
+    for name, split in expected.items():
+        written = storage.read_parquet(str(tmp_path / "out" / f"{name}.parquet")).column("pair_id").to_pylist()
+        assert written == [r["pair_id"] for r in split], name
+    assert counts["splits"]["test"] >= 10 and counts["splits"]["fewshot"] >= 3
+    assert not (tmp_path / "out" / "test.jsonl").exists()  # only the formats asked for

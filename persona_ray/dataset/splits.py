@@ -4,6 +4,7 @@
     TRAINING_SPLITS   all but `test`: the only ones training and the retrieval index may read
     assign_split      a deterministic split for a prompt, from a hash of its normalised text (a prompt
                       must never be both in `test` and in a training split)
+    exact_bounds      with exact test / few-shot sizes: the two cut points found once over all prompts
     split_uri         <data>/<split>.parquet
     read_split        rows of one split of an augmented folder, or of a .jsonl/.parquet file itself
     read_table        rows of one .parquet or .jsonl file; a JSONL line that is not a JSON object
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
@@ -66,8 +69,14 @@ def _unit(text: str, seed: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _key(prompt: str) -> str:
+def prompt_key(prompt: str) -> str:
+    """The normalised prompt a split is decided by (case and whitespace do not move a prompt)."""
     return " ".join(prompt.lower().split())
+
+
+def prompt_rank(key: str, cfg: SplitSettings) -> float:
+    """Where a prompt ranks in the exact-size draw (lowest first; ties broken by the key)."""
+    return _unit(key, cfg.seed)
 
 
 def _pool_split(key: str, pool: str, cfg: SplitSettings) -> str:
@@ -77,10 +86,47 @@ def _pool_split(key: str, pool: str, cfg: SplitSettings) -> str:
     return f"sft_{pool}" if _unit(key, cfg.seed + "/pool") < 0.5 else f"dpo_{pool}"
 
 
-def assign_split(prompt: str, cfg: SplitSettings) -> str:
-    """Deterministic split for a prompt by shares (all pairs of one prompt land together)."""
-    key = _key(prompt)
+@dataclass(frozen=True)
+class ExactBounds:
+    """Exact sizes as two cut points in the prompts' (rank, key) order: prompts before `test` are
+    test, prompts before `fewshot` few-shot. Found once over all distinct prompts, then every row's
+    split is decided alone (so a worker can decide it)."""
+
+    test: tuple[float, str]
+    fewshot: tuple[float, str]
+
+
+def exact_bounds(ranked: Iterable[tuple[float, str]], distinct_prompts: int, cfg: SplitSettings) -> ExactBounds:
+    """`ranked`: the distinct prompts' (rank, key), in ascending order; only the first
+    test + few-shot + 1 are read. Raises ValueError naming the field when too few prompts."""
+    test_n = cfg.test_size if cfg.test_size else round(cfg.test * distinct_prompts)
+    fewshot_n = cfg.fewshot_size if cfg.fewshot_size else round(cfg.fewshot * distinct_prompts)
+    if test_n + fewshot_n >= distinct_prompts:
+        field = "test_size" if cfg.test_size else "fewshot_size"
+        raise ValueError(f"splits.{field}: {test_n} test + {fewshot_n} few-shot prompts leave no training prompts "
+                         f"of {distinct_prompts} distinct ones")
+    cuts = {test_n: None, test_n + fewshot_n: None}
+    for position, item in enumerate(ranked):
+        if position in cuts:
+            cuts[position] = tuple(item)
+        if position >= test_n + fewshot_n:
+            break
+    return ExactBounds(test=cuts[test_n], fewshot=cuts[test_n + fewshot_n])
+
+
+def assign_split(prompt: str, cfg: SplitSettings, bounds: ExactBounds | None = None) -> str:
+    """Deterministic split for a prompt (all pairs of one prompt land together): by shares, or
+    with exact sizes by `bounds` (required then; see exact_bounds)."""
+    key = prompt_key(prompt)
     u = _unit(key, cfg.seed)
+    if cfg.exact:
+        if bounds is None:
+            raise ValueError("exact split sizes need the bounds found over all prompts (exact_bounds)")
+        if (u, key) < bounds.test:
+            return "test"
+        if (u, key) < bounds.fewshot:
+            return "fewshot"
+        return _pool_split(key, "val" if _unit(key, cfg.seed + "/val") < cfg.val else "train", cfg)
     if u < cfg.test:
         return "test"
     if u < cfg.test + cfg.fewshot:
@@ -88,28 +134,16 @@ def assign_split(prompt: str, cfg: SplitSettings) -> str:
     return _pool_split(key, "val" if u < cfg.test + cfg.fewshot + cfg.val else "train", cfg)
 
 
-def assign_exact(prompts: list[str], cfg: SplitSettings) -> dict[str, str]:
-    """Split per normalised prompt with exact test / few-shot sizes (see the module docstring).
-    Raises ValueError naming the field when there are not enough prompts."""
-    keys = sorted({_key(p) for p in prompts}, key=lambda k: (_unit(k, cfg.seed), k))
-    test_n = cfg.test_size if cfg.test_size else round(cfg.test * len(keys))
-    fewshot_n = cfg.fewshot_size if cfg.fewshot_size else round(cfg.fewshot * len(keys))
-    if test_n + fewshot_n >= len(keys):
-        field = "test_size" if cfg.test_size else "fewshot_size"
-        raise ValueError(f"splits.{field}: {test_n} test + {fewshot_n} few-shot prompts leave no training prompts "
-                         f"of {len(keys)} distinct ones")
-    out = {k: "test" for k in keys[:test_n]}
-    out.update({k: "fewshot" for k in keys[test_n:test_n + fewshot_n]})
-    out.update({k: _pool_split(k, "val" if _unit(k, cfg.seed + "/val") < cfg.val else "train", cfg)
-                for k in keys[test_n + fewshot_n:]})
-    return out
-
-
 def split_rows(rows: list[dict], cfg: SplitSettings) -> dict[str, list[dict]]:
+    """In-memory splits of rows with `pair_id` and `prompt`, each split in pair id order (the
+    augment job decides the same splits with the same functions, distributed)."""
+    bounds = None
+    if cfg.exact:
+        keys = {prompt_key(r["prompt"]) for r in rows}
+        bounds = exact_bounds(sorted((prompt_rank(k, cfg), k) for k in keys), len(keys), cfg)
     out: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    exact = assign_exact([r["prompt"] for r in rows], cfg) if cfg.exact else None
     for row in sorted(rows, key=lambda r: r["pair_id"]):
-        out[exact[_key(row["prompt"])] if exact else assign_split(row["prompt"], cfg)].append(row)
+        out[assign_split(row["prompt"], cfg, bounds)].append(row)
     if cfg.share_train_pool:
         out["dpo_train"], out["dpo_val"] = list(out["sft_train"]), list(out["sft_val"])
     return out
