@@ -10,12 +10,14 @@ crash on a filesystem without atomic rename) and leftover temporary files are re
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from persona_ray.core import storage
 
@@ -25,6 +27,17 @@ SHARD_SUFFIX = ".parquet"
 
 def shard_files(folder: str) -> list[str]:
     return storage.list_files(folder, suffixes=(SHARD_SUFFIX,)) if storage.exists(folder) else []
+
+
+def shards_dataset(folder: str, columns: list[str]):
+    """The folder's shards as a Ray dataset read by workers (None when there are none)."""
+    import ray.data
+
+    files = shard_files(folder)
+    if not files:
+        return None
+    fs, _ = storage.filesystem(files[0])
+    return ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs, columns=columns)
 
 
 def _remove_temporary_files(folder: str) -> None:
@@ -53,6 +66,22 @@ def row_keys(table: pa.Table, key_columns: tuple[str, ...]) -> pa.Array:
 def key_of(*parts: str) -> str:
     """The key `row_keys` gives a row with these key values (for checks against `done_keys`)."""
     return KEY_SEPARATOR.join(parts)
+
+
+def committed_rows(folder: str) -> int:
+    """Rows in the folder's shards, from their footers (no row is read). Like done_keys, it first
+    deletes unreadable shards and leftover temporary files, so their rows are recomputed."""
+    if not storage.exists(folder):
+        return 0
+    _remove_temporary_files(folder)
+    rows = 0
+    for uri in shard_files(folder):
+        try:
+            rows += pq.read_metadata(io.BytesIO(storage.read_bytes(uri))).num_rows
+        except Exception as exc:  # noqa: BLE001 - any unreadable shard is redone
+            log.warning("removing unreadable shard %s (%s); its rows will be recomputed", uri, exc)
+            storage.delete(uri)
+    return rows
 
 
 def done_keys(folder: str, key_columns: tuple[str, ...]) -> pa.Array:

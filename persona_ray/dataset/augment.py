@@ -39,7 +39,8 @@ from pydantic import Field
 from persona_ray.core import storage
 from persona_ray.core.persona import validate_persona
 from persona_ray.core.settings import Settings
-from persona_ray.core.shards import shard_files
+from persona_ray.core.groups import group_in_order
+from persona_ray.core.shards import shards_dataset
 from persona_ray.dataset.splits import (SPLITS, ExactBounds, SplitSettings, assign_split, exact_bounds,
                                         prompt_key, prompt_rank)
 from persona_ray.inference.input_pairs import PairSource, read_pairs
@@ -150,22 +151,12 @@ def _with_split(batch: pa.Table, splits: SplitSettings, bounds: ExactBounds | No
 
 def joined_dataset(cfg: AugmentConfig) -> ray.data.Dataset:
     """JOINED_SCHEMA rows, one or more per pair id, in pair id order."""
-    from ray.data.context import ShuffleStrategy
-
-    files = shard_files(_personas_folder(cfg.personas))
-    if not files:
+    personas = shards_dataset(_personas_folder(cfg.personas), ["pair_id", "side", "persona", "valid", "reason"])
+    if personas is None:
         raise FileNotFoundError(f"{cfg.personas}: no persona shards found (run `persona-ray infer` first)")
-    fs, _ = storage.filesystem(files[0])
-    personas = ray.data.read_parquet([storage.filesystem(f)[1] for f in files], filesystem=fs,
-                                     columns=["pair_id", "side", "persona", "valid", "reason"])
     pairs = read_pairs(cfg.pairs).map_batches(_pair_rows, batch_format="pyarrow")
     both = pairs.union(personas.map_batches(_persona_rows, batch_format="pyarrow"))
-    # A sort-based shuffle returns the groups in key order (kept downstream by preserve_order), so
-    # the files come out the same every time; set on this dataset only, not on the process.
-    both.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    both.context.execution_options.preserve_order = True
-    return both.groupby("pair_id").map_groups(_join_group, fn_args=(cfg.splits,),
-                                              batch_format="pyarrow")
+    return group_in_order(both, "pair_id", _join_group, fn_args=(cfg.splits,))
 
 
 def _augmented_only(batch: pa.Table) -> pa.Table:

@@ -1,7 +1,11 @@
 """Persona inference (PI) job: preference pairs in, two persona records per pair out.
 
-    read input -> adapt + validate (bad rows -> quarantine/) -> two PI requests per pair
+    read input -> adapt + validate -> group by pair id with the personas already written (todo.py:
+    bad rows and repeated ids -> quarantine/) -> a PI request per side still to write
     -> engine (vLLM on Ray Data, or an OpenAI-compatible endpoint) -> parse -> personas/ shards
+
+Nothing proportional to the input stays on the driver: the checks, the grouping and the counts
+run in Ray workers; the driver streams the results into shards a batch at a time.
 
 Output folder (local or s3://):
     personas/part-*.parquet     persona records (schema.PERSONA_SCHEMA), each (pair_id, side) once
@@ -21,7 +25,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray.data
 from pydantic import Field
 
 from persona_ray.core import preflight, progress, storage
@@ -32,11 +35,12 @@ from persona_ray.engines.settings import EngineSettings, SamplingSettings
 from persona_ray.inference.parse import guided_regex, parse_persona
 from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query, check_k_shot
 from persona_ray.inference.input_pairs import PairSource, read_pairs
-from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA, SIDES
-from persona_ray.core.shards import ShardWriter, done_keys, read_shards, row_keys
+from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA
+from persona_ray.core.groups import group_in_order
+from persona_ray.core.shards import ShardWriter, committed_rows, shards_dataset
+from persona_ray.inference.todo import of_kind, todo_dataset
 
 log = logging.getLogger(__name__)
-KEY = ("pair_id", "side")
 
 
 class InferConfig(Settings):
@@ -99,29 +103,16 @@ class PromptFits:
         return None
 
 
-def _keep(batch: pa.Table, skip_keys: np.ndarray) -> pa.Table:
-    """Valid rows, less duplicated ids (resolved on the driver) and prompts found too long in pass 1."""
-    mask = pc.and_(batch["valid"], pc.invert(pc.is_in(batch["id_key"], pa.array(skip_keys, pa.int64()))))
-    return batch.filter(mask)
-
-
-def _only_ids(batch: pa.Table, keys: np.ndarray) -> pa.Table:
-    return batch.filter(pc.and_(batch["valid"], pc.is_in(batch["id_key"], pa.array(keys, pa.int64()))))
-
-
-def _expand_requests(batch: pa.Table, done: pa.Array, k_shot: int, exemplars: str | None) -> pa.Table:
-    """Each pair -> one PI request per side not yet written."""
+def _expand_requests(batch: pa.Table, k_shot: int, exemplars: str | None) -> pa.Table:
+    """Each todo pair -> one PI request per side not yet written."""
     rows = []
     for pair in batch.to_pylist():
-        for side in SIDES:
+        for side in pair["sides"].split(",") if pair["sides"] else ():
             rows.append({"pair_id": pair["pair_id"], "side": side,
                          "prompt": build_pi_prompt(pair["prompt"], pair["chosen"], pair["rejected"], side,
                                                    pair["domain"], k_shot, exemplars)})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([("pair_id", pa.string()), ("side", pa.string()),
-                                                         ("prompt", pa.string())]))
-    if len(done):
-        table = table.filter(pc.invert(pc.is_in(row_keys(table, KEY), done)))
-    return table
+    return pa.Table.from_pylist(rows, schema=pa.schema([("pair_id", pa.string()), ("side", pa.string()),
+                                                        ("prompt", pa.string())]))
 
 
 def _to_records(batch: dict[str, np.ndarray], model: str) -> dict[str, Any]:
@@ -146,50 +137,30 @@ def _to_records(batch: dict[str, np.ndarray], model: str) -> dict[str, Any]:
     }
 
 
-def _validate_inputs(prepared: ray.data.Dataset, quarantine_uri: str, shard_size: int):
-    """Pass 1 (cheap, no model): count, quarantine bad rows, and find duplicate pair ids."""
+def _plan(cfg: InferConfig, model_path: str, personas_uri: str, quarantine_uri: str):
+    """Read and check every input row once, meet each pair with its written personas (Ray Data,
+    grouped by pair id), and write the quarantine. Returns the todo rows (materialized: in the
+    object store, spilled to disk when large), input rows, quarantine reasons, sides to write."""
     storage.delete(quarantine_uri)  # recomputed in full on every run: deterministic
-    quarantine = ShardWriter(quarantine_uri, QUARANTINE_SCHEMA, shard_size=max(shard_size, 10_000))
+    planned = todo_dataset(read_pairs(cfg.pairs, PromptFits(cfg, model_path), keep_raw=True), personas_uri)
+    planned = planned.materialize()
+    quarantine = ShardWriter(quarantine_uri, QUARANTINE_SCHEMA, shard_size=max(cfg.shard_size, 10_000))
     reasons: Counter[str] = Counter()
-    id_keys: list[np.ndarray] = []
-    too_long_keys: list[np.ndarray] = [np.array([], np.int64)]  # valid pairs whose prompt is too long
-    total = 0
-    columns = ["pair_id", "valid", "reason", "raw", "id_key"]
-    for batch in prepared.select_columns(columns).iter_batches(batch_format="pyarrow", batch_size=4096):
-        total += batch.num_rows
-        bad = batch.filter(pc.invert(batch["valid"]))
-        too_long_keys.append(bad.filter(pc.not_equal(bad["id_key"], 0))["id_key"].to_numpy())
-        if bad.num_rows:
-            quarantine.add(pa.table({"row_id": bad["pair_id"], "reason": bad["reason"], "raw": bad["raw"]}))
-            reasons.update(bad["reason"].to_pylist())
-        id_keys.append(batch.filter(batch["valid"])["id_key"].to_numpy())
-    keys = np.concatenate(id_keys) if id_keys else np.array([], np.int64)
-    unique, counts = np.unique(keys, return_counts=True)
-    return total, quarantine, reasons, unique[counts > 1], len(unique), np.concatenate(too_long_keys)
+    for batch in planned.map_batches(of_kind, fn_args=("quarantine",), batch_format="pyarrow") \
+            .iter_batches(batch_format="pyarrow", batch_size=4096):
+        quarantine.add(pa.table({"row_id": batch["pair_id"], "reason": batch["reason"], "raw": batch["raw"]}))
+        reasons.update(batch["reason"].to_pylist())
+    quarantine.close()
+    todo = planned.map_batches(of_kind, fn_args=("todo",), batch_format="pyarrow")
+    sides = todo.map_batches(_count_sides, batch_format="pyarrow")
+    valid_pairs = sides.count()
+    to_write = int(sides.sum("n") or 0) if valid_pairs else 0
+    return todo, valid_pairs + sum(reasons.values()), reasons, valid_pairs, to_write
 
 
-def _resolve_duplicates(src: PairSource, dup_keys: np.ndarray, quarantine: ShardWriter,
-                        reasons: Counter) -> list[dict]:
-    """Rows sharing a pair id: keep one per id (smallest content hash), quarantine the rest as written."""
-    if not len(dup_keys):
-        return []
-    rows = read_pairs(src, keep_raw=True).map_batches(_only_ids, fn_args=(dup_keys,), batch_format="pyarrow").take_all()
-    by_id: dict[str, list[dict]] = {}
-    for row in rows:
-        by_id.setdefault(row["pair_id"], []).append(row)
-    kept, dropped = [], []
-    for pair_id, group in by_id.items():
-        group.sort(key=lambda r: r["content_key"])
-        kept.append(group[0])
-        for other in group[1:]:
-            same = other["content_key"] == group[0]["content_key"]
-            reason = (f"field 'pair_id': exact duplicate of pair '{pair_id}'" if same
-                      else f"field 'pair_id': '{pair_id}' used by rows with different content (kept one)")
-            dropped.append({"row_id": pair_id, "reason": reason, "raw": other["raw"]})
-            reasons[reason] += 1
-    if dropped:
-        quarantine.add(pa.Table.from_pylist(dropped, schema=QUARANTINE_SCHEMA))
-    return kept
+def _count_sides(batch: pa.Table) -> pa.Table:
+    n = [len(s.split(",")) if s else 0 for s in batch["sides"].to_pylist()]
+    return pa.table({"n": pa.array(n, pa.int64())})
 
 
 def check_infer(cfg: InferConfig) -> str:
@@ -214,32 +185,20 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     personas_uri = storage.join(cfg.output, "personas")
     quarantine_uri = storage.join(cfg.output, "quarantine")
 
-    already = done_keys(personas_uri, KEY)
-    src = cfg.pairs
-    prepared = read_pairs(src, PromptFits(cfg, model_path))
-    total_rows, quarantine, bad_reasons, dup_keys, unique_ids, too_long = _validate_inputs(
-        prepared, quarantine_uri, cfg.shard_size)
-    kept_duplicates = _resolve_duplicates(src, dup_keys, quarantine, bad_reasons)
-    quarantine.close()
+    already = committed_rows(personas_uri)  # also removes unreadable shards: their rows are redone
+    todo, total_rows, bad_reasons, valid_pairs, expected_new = _plan(cfg, model_path, personas_uri, quarantine_uri)
     validated_at = time.time()
-    valid_pairs = unique_ids
     log.info("input: %d rows, %d valid pairs, %d quarantined, %d personas already written",
-             total_rows, valid_pairs, sum(bad_reasons.values()), len(already),
+             total_rows, valid_pairs, sum(bad_reasons.values()), already,
              extra={"stage": "infer", "rows": total_rows, "valid_pairs": valid_pairs,
-                    "quarantined_by_reason": dict(bad_reasons), "resumed_records": len(already)})
+                    "quarantined_by_reason": dict(bad_reasons), "resumed_records": already})
 
-    # Pass 2 skips the (costly) length check: pass 1 already listed the prompts that are too long.
-    pairs = read_pairs(src).map_batches(_keep, fn_args=(np.concatenate([dup_keys, too_long]),), batch_format="pyarrow")
-    if kept_duplicates:
-        pairs = pairs.union(ray.data.from_items(kept_duplicates))
-    requests = pairs.map_batches(_expand_requests, fn_args=(already, cfg.k_shot, cfg.exemplars),
-                                 batch_format="pyarrow")
+    requests = todo.map_batches(_expand_requests, fn_args=(cfg.k_shot, cfg.exemplars), batch_format="pyarrow")
     regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.engine.guided_decoding else None
     generated = cfg.engine.generate(requests, regex=regex)
     records = generated.map_batches(_to_records, fn_args=(cfg.engine.model,), batch_format="numpy")
 
     writer = ShardWriter(personas_uri, PERSONA_SCHEMA, cfg.shard_size, commit_every_s=cfg.commit_every_s)
-    expected_new = max(2 * valid_pairs - len(already), 0)
     tokens = 0
     last_report = time.time()
     first_result_at = None
@@ -260,7 +219,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     writer.close()
     finished = time.time()
 
-    manifest = _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, len(already),
+    manifest = _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, already,
                          writer.rows_written, tokens, started, validated_at, finished)
     manifest["timings_s"]["first_result"] = round((first_result_at or finished) - validated_at, 3)
     storage.write_json(manifest, storage.join(cfg.output, "manifest.json"))
@@ -271,13 +230,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
 
 def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, resumed, written, tokens,
               started, validated_at, finished) -> dict[str, Any]:
-    table = read_shards(personas_uri, columns=["pair_id", "side", "valid", "reason"])
-    if table is None:
-        table = PERSONA_SCHEMA.empty_table().select(["pair_id", "side", "valid", "reason"])
-    records = table.num_rows
-    keys = row_keys(table, KEY)
-    valid = pc.sum(table["valid"]).as_py() or 0
-    invalid_reasons = Counter(table.filter(pc.invert(table["valid"]))["reason"].to_pylist())
+    records, unique_keys, valid, invalid_reasons = _output_counts(personas_uri)
     generate_s = finished - validated_at
     return {
         "input": cfg.pairs.input, "output": cfg.output, "model": cfg.engine.model, "model_path": model_path,
@@ -287,7 +240,7 @@ def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reason
         "counts": {
             "input_rows": total_rows, "valid_pairs": valid_pairs, "quarantined": sum(bad_reasons.values()),
             "quarantine_reasons": dict(bad_reasons.most_common()), "persona_records": records,
-            "unique_keys": len(pc.unique(keys)), "expected_records": 2 * valid_pairs,
+            "unique_keys": unique_keys, "expected_records": 2 * valid_pairs,
             "resumed_records": resumed, "written_this_run": written, "valid_personas": valid,
             "invalid_personas": records - valid, "invalid_reasons": dict(invalid_reasons.most_common(20)),
         },
@@ -298,6 +251,31 @@ def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reason
                        "valid_pct": round(100.0 * valid / records, 2) if records else 0.0},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
     }
+
+
+def _pair_summary(group: pa.Table) -> pa.Table:
+    """One pair id's written records -> records, distinct sides, valid ones, invalid reasons."""
+    invalid = group.filter(pc.invert(group["valid"]))["reason"].to_pylist()
+    return pa.table({"records": [group.num_rows], "unique": [len(set(group["side"].to_pylist()))],
+                     "valid": [group.num_rows - len(invalid)], "reasons": [invalid]})
+
+
+def _output_counts(personas_uri: str, most_reasons: int = 1000) -> tuple[int, int, int, Counter]:
+    """(records, distinct keys, valid, invalid reasons) over every written record, grouped by pair
+    id in Ray workers: the driver sums one row per pair and keeps at most `most_reasons` reasons."""
+    records = shards_dataset(personas_uri, ["pair_id", "side", "valid", "reason"])
+    totals, reasons = Counter(), Counter()
+    if records is None:
+        return 0, 0, 0, reasons
+    for batch in group_in_order(records, "pair_id", _pair_summary).iter_batches(batch_format="pyarrow"):
+        for name in ("records", "unique", "valid"):
+            totals[name] += pc.sum(batch[name]).as_py() or 0
+        for reason in pc.list_flatten(batch["reasons"]).to_pylist():
+            if reason in reasons or len(reasons) < most_reasons:
+                reasons[reason] += 1
+            else:
+                reasons["(other reasons)"] += 1
+    return totals["records"], totals["unique"], totals["valid"], reasons
 
 
 def _log_summary(manifest: dict[str, Any]) -> None:

@@ -1,0 +1,231 @@
+"""Scale benchmark: the driver's peak memory at a large input ÷ at a small one, per stage, measured
+side by side in one run, and one persona-inference resume after a kill at the large size.
+
+    python jobs/benchmarks/scale.py [--small 20000] [--large 200000] [--index-small 2000]
+                                    [--index-large 20000] [--stages infer,augment,index,resume]
+
+What runs (each job in its own process: the driver whose resident memory is sampled twice a
+second; Ray's workers and the engine are other processes and are not counted):
+  infer    persona inference over N pairs, tiny self-built model on vLLM (CPU), k_shot 0 and a few
+           output tokens: this measures what the job holds, not persona quality (the random model's
+           personas are mostly invalid; that is expected here)
+  augment  the same N pairs with two valid persona records each (written by this script, since the
+           tiny model's personas are not valid sentences) joined and split
+  index    ColBERT (MiniLM checkpoint) index of the training rows of an augmented folder of
+           --index-small / --index-large pairs (ColBERT encoding on 2 CPU cores is ~40 s per 1,000
+           prompts, so the index sizes are smaller than N; say so when quoting the numbers)
+  resume   persona inference at the large size killed (SIGKILL to the driver's process group)
+           once shards are committed, run again: every (pair_id, side) once, and the count right
+The ratios are printed as `ratio <stage> driver peak large/small: X` (target <= 1.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pi_throughput import make_input  # noqa: E402 - a sibling script
+
+RESULT = "BENCH_RESULT "
+REPO = Path(__file__).resolve().parents[2]
+
+
+class DriverPeak:
+    """Peak resident memory of one process (the job's driver), sampled in a background thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        import psutil
+
+        self.process, self.every_s, self.peak, self._stop = psutil.Process(pid), every_s, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                break
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self.thread.join()
+        return self.peak
+
+
+def infer_config(pairs: Path, output: Path):
+    from persona_ray.inference.infer import InferConfig
+
+    return InferConfig(pairs={"input": str(pairs)}, output=str(output), k_shot=0, shard_size=5000,
+                       commit_every_s=20, progress_every_s=60,
+                       engine={"model": "tiny", "guided_decoding": False,
+                               "sampling": {"max_tokens": 4, "temperature": 0.0},
+                               "vllm": {"batch_size": 256, "concurrency": 1, "cpu_kv_cache_gib": 2}})
+
+
+def write_personas(pairs: Path, folder: Path) -> None:
+    """Two valid persona records per input pair (for augment and index)."""
+    from persona_ray.core.schema import PERSONA_SCHEMA
+    from persona_ray.core.shards import ShardWriter
+
+    writer = ShardWriter(str(folder / "personas"), PERSONA_SCHEMA, shard_size=20_000, commit_every_s=None)
+    batch = []
+    with pairs.open() as handle:
+        for line in handle:
+            pair_id = json.loads(line)["id"]
+            for side, trait in (("chosen", "careful"), ("rejected", "hurried")):
+                batch.append({"pair_id": pair_id, "side": side, "raw_text": "", "model": "scale-benchmark",
+                              "persona": f"The user is {trait} and prefers answers that suit a {trait} reader.",
+                              "template_version": "scale", "valid": True, "reason": "",
+                              "num_input_tokens": 0, "num_output_tokens": 0})
+            if len(batch) >= 20_000:
+                writer.add(pa.Table.from_pylist(batch, schema=PERSONA_SCHEMA))
+                batch = []
+    if batch:
+        writer.add(pa.Table.from_pylist(batch, schema=PERSONA_SCHEMA))
+    writer.close()
+
+
+def child(args) -> dict:
+    """One job in this process (the measured driver)."""
+    if args.child == "infer":
+        from persona_ray.inference.infer import run_infer
+
+        counts = run_infer(infer_config(Path(args.input), Path(args.output)))["counts"]
+        return {k: counts[k] for k in ("valid_pairs", "persona_records", "unique_keys", "resumed_records",
+                                       "written_this_run")}
+    if args.child == "augment":
+        from persona_ray.dataset.augment import AugmentConfig, run_augment
+
+        cfg = AugmentConfig(pairs={"input": args.input}, personas=args.personas, output=args.output,
+                            formats=["parquet"])
+        return run_augment(cfg)["counts"]
+    from persona_ray.retrieval.index import IndexConfig, run_index
+
+    manifest = run_index(IndexConfig(data=args.input, output=args.output, force=True))
+    return {"rows": manifest["rows"], "build_seconds": manifest["build_seconds"]}
+
+
+def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None, int, float]:
+    """(result, driver peak RSS in bytes, seconds); with kill_when, the child is killed (SIGKILL to
+    its process group) as soon as kill_when() is true, and the result is None."""
+    command = [sys.executable, __file__, "--child", kind, *extra]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                               start_new_session=True)
+    sampler = DriverPeak(process.pid)
+    if kill_when is not None:
+        while process.poll() is None and not kill_when():
+            time.sleep(1)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        sampler.stop()
+        time.sleep(5)  # Ray's own processes notice their driver is gone
+        return None, 0, time.perf_counter() - started
+    out, _ = process.communicate()
+    peak = sampler.stop()
+    lines = [line for line in out.splitlines() if line.startswith(RESULT)]
+    if process.returncode != 0 or not lines:
+        raise SystemExit(f"{kind} run failed (exit {process.returncode}); rerun it alone: {' '.join(command)}")
+    return json.loads(lines[-1][len(RESULT):]), peak, time.perf_counter() - started
+
+
+def measure(stage: str, runs: dict[str, list[str]]) -> dict:
+    out = {}
+    for size, extra in runs.items():
+        result, peak, seconds = run_child(stage, extra)
+        out[size] = {"result": result, "driver_peak_bytes": peak, "seconds": round(seconds, 1)}
+        print(f"{stage} {size}: driver peak {peak / 2**20:.0f} MiB, {seconds:.0f} s, {json.dumps(result)}", flush=True)
+    ratio = out["large"]["driver_peak_bytes"] / out["small"]["driver_peak_bytes"]
+    print(f"ratio {stage} driver peak large/small: {ratio:.3f}  (target <= 1.2)", flush=True)
+    return {**out, "ratio": ratio}
+
+
+def resume_after_kill(pairs: Path, output: Path, expected_pairs: int) -> dict:
+    """Kill PI once a shard is committed, run it again, check every record is there once."""
+    from persona_ray.core.shards import shard_files
+
+    _, _, killed_after = run_child("infer", ["--input", str(pairs), "--output", str(output)],
+                                   kill_when=lambda: len(shard_files(str(output / "personas"))) >= 2)
+    committed = sum(pa.parquet.read_metadata(f).num_rows for f in shard_files(str(output / "personas")))
+    result, peak, seconds = run_child("infer", ["--input", str(pairs), "--output", str(output)])
+    table = pa.concat_tables([pa.parquet.read_table(f, columns=["pair_id", "side"])
+                              for f in shard_files(str(output / "personas"))])
+    keys = {(p, s) for p, s in zip(table["pair_id"].to_pylist(), table["side"].to_pylist())}
+    summary = {"killed_after_s": round(killed_after, 1), "committed_before_kill": committed,
+               "rerun": result, "rerun_seconds": round(seconds, 1), "records": table.num_rows,
+               "distinct_keys": len(keys), "every_record_once": table.num_rows == len(keys) == 2 * expected_pairs}
+    print(f"resume: killed after {killed_after:.0f} s with {committed} records committed; rerun resumed "
+          f"{result['resumed_records']}, wrote {result['written_this_run']}; {table.num_rows} records, "
+          f"{len(keys)} distinct, expected {2 * expected_pairs}: every record once = {summary['every_record_once']}",
+          flush=True)
+    return summary
+
+
+def main() -> None:
+    import pyarrow.parquet  # noqa: F401 - pa.parquet below
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=20_000)
+    parser.add_argument("--large", type=int, default=200_000)
+    parser.add_argument("--index-small", type=int, default=2_000)
+    parser.add_argument("--index-large", type=int, default=20_000)
+    parser.add_argument("--stages", default="infer,augment,index,resume")
+    parser.add_argument("--workdir", default=str(REPO / "outputs" / "bench-scale"))
+    parser.add_argument("--child", choices=["infer", "augment", "index"])
+    parser.add_argument("--input")
+    parser.add_argument("--personas")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    if args.child:
+        print(RESULT + json.dumps(child(args), default=str), flush=True)
+        return
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    stages = args.stages.split(",")
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    sizes = {"small": args.small, "large": args.large}
+    inputs = {}
+    for size, n in {**sizes, "index-small": args.index_small, "index-large": args.index_large}.items():
+        inputs[size] = work / f"pairs-{size}.jsonl"
+        make_input(inputs[size], n)
+    results: dict = {"args": vars(args)}
+    if "infer" in stages:
+        results["infer"] = measure("infer", {size: ["--input", str(inputs[size]), "--output", str(work / f"pi-{size}")]
+                                             for size in sizes})
+    if "augment" in stages or "index" in stages:
+        for size in ("small", "large", "index-small", "index-large"):
+            write_personas(inputs[size], work / f"personas-{size}")
+        results["augment"] = measure("augment", {
+            size: ["--input", str(inputs[size]), "--personas", str(work / f"personas-{size}"),
+                   "--output", str(work / f"aug-{size}")] for size in sizes})
+    if "index" in stages:
+        for size in ("index-small", "index-large"):
+            run_child("augment", ["--input", str(inputs[size]), "--personas", str(work / f"personas-{size}"),
+                                  "--output", str(work / f"aug-{size}")])
+        results["index"] = measure("index", {
+            size: ["--input", str(work / f"aug-index-{size}"), "--output", str(work / f"index-{size}")]
+            for size in ("small", "large")})
+    if "resume" in stages:
+        results["resume"] = resume_after_kill(inputs["large"], work / "pi-resume", args.large)
+    (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
