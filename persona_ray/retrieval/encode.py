@@ -4,11 +4,12 @@
     embeddings = ShardedEmbeddings("s3://b/index/_encoded", passages=len(prompts))
     embs, doclens = embeddings.encode_passages([0, 1, 2])   # what colbert's CollectionEncoder returns
 
-Encoding is the slow part of indexing (a BERT pass per passage, twice in colbert's own indexer:
-once for the k-means sample and once for everything). Here every passage is encoded once, by
-`workers` actors that each load the checkpoint once; each actor writes what it encodes straight to
-`folder`, one shard per run of consecutive passages in a batch, so the driver never holds the embeddings
-of the collection, only one block's while PLAID compresses it (index.py).
+Encoding is the slow part of indexing: a BERT pass per passage, and colbert's own indexer encodes
+its k-means sample first and then everything (below ~30k passages the sample is every passage).
+Here every passage is encoded once, by `workers` actors that each load the checkpoint once; each
+actor writes what it encodes straight to `folder`, one shard per batch of consecutive passages, so
+the driver never holds the collection's embeddings: PLAID reads them back one colbert chunk
+(at most 25,000 passages) at a time (index.py).
 
 Shard format: <folder>/<first passage id:012d>-<passages>.npz with
     embs     float16 [tokens, dim]   token vectors of the passages, in passage order
