@@ -336,7 +336,8 @@ JOBS = [
         Flag("output"), Flag("judge.model", "judge-model"), Flag("judge.backend", "engine"),
         Flag("judge.openai.base_url"), Flag("limit")]),
     train,
-    job_command("index", IndexConfig, _index, [Flag("data"), Flag("output"), Flag("checkpoint"), Flag("force")]),
+    job_command("index", IndexConfig, _index, [Flag("data"), Flag("output"), Flag("checkpoint"), Flag("encode_workers"),
+                                              Flag("force")]),
     job_command("retrieve", RetrieveConfig, _retrieve, [Flag("index"), Flag("data"), Flag("split"), Flag("output")]),
     job_command("generate", GenerateConfig, _generate, [
         Flag("data"), Flag("output"), MODEL, Flag("model_id"), Flag("mode"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -25,7 +27,7 @@ def _write_jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def big_index(tmp_path_factory):
+def big_index(tmp_path_factory, ray_local):
     """~2,000 distinct real texts: 499 BeaverTails prompts, 60 sample prompts, personas, responses.
     Recall at this size on messy real text is the point, and the bundled data holds only ~1,100
     distinct texts (mostly clauses of a few dozen answers): skipped where the real file is absent."""
@@ -40,11 +42,16 @@ def big_index(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bundled_index(tmp_path_factory):
-    """The 60 bundled prompts with personas: a small index that every clone can build."""
+def bundled_index(tmp_path_factory, ray_local):
+    """The 60 bundled prompts with personas: a small index that every clone can build, encoded by
+    two Ray actors in 4 shards of 16 prompts."""
     rows = [{"pair_id": r["id"], **{k: v for k, v in r.items() if k != "id"}} for r in bundled_persona_rows()]
     folder = tmp_path_factory.mktemp("bundled")
-    manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index")))
+    with pytest.MonkeyPatch.context() as patch:  # both actors up before the first batch: both encode
+        patch.setattr(ray_local.data.DataContext.get_current(), "wait_for_min_actors_s", 300)
+        manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index"),
+                                         encode_workers=2, encode_batch=16))
+    assert not os.path.exists(folder / "index" / "_encoded")  # the shards are gone once PLAID is built
     return rows, manifest, PersonaRetriever.load(str(folder / "index"))
 
 
@@ -66,6 +73,48 @@ def test_recall_on_reworded_bundled_prompts(bundled_index):
     rows, manifest, retriever = bundled_index
     assert manifest["rows"] == len(rows) == len(retriever) == 60
     _assert_recall(retriever, rows)
+
+
+def test_actor_pool_index_finds_what_the_in_process_index_finds(bundled_index, tmp_path):
+    """Encoding on two Ray actors, then PLAID from their shards, is the index colbert builds alone."""
+    rows, manifest, pooled = bundled_index
+    encode = manifest["encode"]
+    assert (encode["mode"], encode["workers"], encode["shards"], encode["passages"]) == ("ray-actors", 2, 4, 60)
+    # Two worker processes wrote the shards, neither of them this one.
+    assert len(encode["processes"]) == 2 and f"{socket.gethostname()}:{os.getpid()}" not in encode["processes"]
+
+    alone = run_index(IndexConfig(data=_write_jsonl(tmp_path / "rows.jsonl", rows), output=str(tmp_path / "index"),
+                                  encode_workers=0))
+    assert alone["encode"] == {"mode": "in-process", "workers": 0}
+    assert alone["fingerprint"] == manifest["fingerprint"]  # how it was encoded is not what it indexes
+    in_process = PersonaRetriever.load(str(tmp_path / "index"))
+    queries = [r["prompt"] for r in rows] + [reword(r["prompt"]) for r in rows]
+    tops = [[[h["row_id"] for h in retriever.search(q, k=5)] for retriever in (pooled, in_process)] for q in queries]
+    assert all(a[0] == b[0] for a, b in tops)
+    # Same top-5 lists (all 120 here); a near tie may flip on another CPU's float rounding.
+    same = sum(a == b for a, b in tops)
+    print(f"identical top-5 lists: {same} of {len(tops)}")
+    assert same >= 0.95 * len(tops)
+
+
+def test_embedding_shards_give_each_passage_its_vectors_and_refuse_gaps(tmp_path):
+    """colbert asks for vectors by passage id, in chunks and as a scattered k-means sample."""
+    from persona_ray.retrieval.encode import ShardedEmbeddings, shard_name, write_shard
+
+    doclens = np.random.default_rng(0).integers(1, 6, size=10).astype(np.int32)
+    vectors = [np.full((n, 4), pid, np.float16) for pid, n in enumerate(doclens)]  # passage p's vectors are p
+    for first, count in ((0, 4), (4, 3), (7, 3)):
+        write_shard(str(tmp_path), first, np.concatenate(vectors[first:first + count]),
+                    doclens[first:first + count], "host:1")
+    pids = [1, 3, 4, 9]
+    embs, lens = ShardedEmbeddings(str(tmp_path), 10).encode_passages(pids)
+    assert lens == [int(doclens[p]) for p in pids] and str(embs.dtype) == "torch.float32"
+    assert embs[:, 0].tolist() == [float(p) for p in pids for _ in range(doclens[p])]
+    with pytest.raises(ValueError, match="cover 10 passages, the collection has 11"):
+        ShardedEmbeddings(str(tmp_path), 11)
+    os.remove(tmp_path / shard_name(4, 3))
+    with pytest.raises(ValueError, match="do not cover passages 4..6"):
+        ShardedEmbeddings(str(tmp_path), 10)
 
 
 def _assert_recall(retriever, rows: list[dict]) -> None:
@@ -132,6 +181,8 @@ def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, 
     first = run_index(IndexConfig(data=data, output=uri))
     assert first["rebuilt"] and first["rows"] == 45  # 5 + 35 + 5, shared pools counted once
     assert storage.exists(f"{uri}/manifest.json") and storage.list_files(f"{uri}/colbert")
+    # The actors wrote their embedding shards to S3 beside the index; they are gone now.
+    assert first["encode"]["mode"] == "ray-actors" and not storage.exists(f"{uri}/_encoded")
     again = run_index(IndexConfig(data=data, output=uri))
     assert not again["rebuilt"] and again["fingerprint"] == first["fingerprint"]
 
