@@ -1,8 +1,8 @@
 """Scale benchmark: the driver's peak memory at a large input ÷ at a small one, per stage, measured
 side by side in one run, and one persona-inference resume after a kill at the large size.
 
-    python jobs/benchmarks/scale.py [--small 20000] [--large 200000] [--index-small 2000]
-                                    [--index-large 20000] [--stages infer,augment,index,resume]
+    python jobs/benchmarks/scale.py [--small 20000] [--large 200000] [--index-small 1000]
+                                    [--index-large 5000] [--stages infer,augment,index] [--kill-after-shards 4]
 
 What runs (each job in its own process: the driver whose resident memory is sampled twice a
 second; Ray's workers and the engine are other processes and are not counted):
@@ -14,8 +14,9 @@ second; Ray's workers and the engine are other processes and are not counted):
   index    ColBERT (MiniLM checkpoint) index of the training rows of an augmented folder of
            --index-small / --index-large pairs (ColBERT encoding on 2 CPU cores is ~40 s per 1,000
            prompts, so the index sizes are smaller than N; say so when quoting the numbers)
-  resume   persona inference at the large size killed (SIGKILL to the driver's process group)
-           once shards are committed, run again: every (pair_id, side) once, and the count right
+The large persona-inference run is also the resume check: it is killed (SIGKILL to the driver's
+process group) once `--kill-after-shards` shards are committed and run again to the end; its
+driver peak is the higher of the two runs', and the output must hold every (pair_id, side) once.
 The ratios are printed as `ratio <stage> driver peak large/small: X` (target <= 1.2).
 """
 
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pi_throughput import make_input  # noqa: E402 - a sibling script
@@ -133,9 +135,9 @@ def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None,
             time.sleep(1)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        sampler.stop()
+        peak = sampler.stop()
         time.sleep(5)  # Ray's own processes notice their driver is gone
-        return None, 0, time.perf_counter() - started
+        return None, peak, time.perf_counter() - started
     out, _ = process.communicate()
     peak = sampler.stop()
     lines = [line for line in out.splitlines() if line.startswith(RESULT)]
@@ -144,47 +146,47 @@ def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None,
     return json.loads(lines[-1][len(RESULT):]), peak, time.perf_counter() - started
 
 
-def measure(stage: str, runs: dict[str, list[str]]) -> dict:
+def measure(stage: str, runs: dict[str, list[str]], kill_large_when=None) -> dict:
+    """Each size's job once, driver peak and seconds; with kill_large_when the large run is killed
+    when it turns true and run again to the end (peak: the higher of the two runs)."""
     out = {}
     for size, extra in runs.items():
+        killed = None
+        if size == "large" and kill_large_when is not None:
+            _, killed_peak, killed_after = run_child(stage, extra, kill_when=kill_large_when)
+            killed = {"driver_peak_bytes": killed_peak, "seconds": round(killed_after, 1)}
+            print(f"{stage} {size}: killed after {killed_after:.0f} s, driver peak {killed_peak / 2**20:.0f} MiB",
+                  flush=True)
         result, peak, seconds = run_child(stage, extra)
-        out[size] = {"result": result, "driver_peak_bytes": peak, "seconds": round(seconds, 1)}
+        out[size] = {"result": result, "driver_peak_bytes": max(peak, killed["driver_peak_bytes"] if killed else 0),
+                     "seconds": round(seconds, 1), "killed_run": killed}
         print(f"{stage} {size}: driver peak {peak / 2**20:.0f} MiB, {seconds:.0f} s, {json.dumps(result)}", flush=True)
     ratio = out["large"]["driver_peak_bytes"] / out["small"]["driver_peak_bytes"]
     print(f"ratio {stage} driver peak large/small: {ratio:.3f}  (target <= 1.2)", flush=True)
     return {**out, "ratio": ratio}
 
 
-def resume_after_kill(pairs: Path, output: Path, expected_pairs: int) -> dict:
-    """Kill PI once a shard is committed, run it again, check every record is there once."""
+def check_once(output: Path, expected_pairs: int) -> dict:
+    """Every (pair_id, side) in the persona shards exactly once, and all of them there."""
     from persona_ray.core.shards import shard_files
 
-    _, _, killed_after = run_child("infer", ["--input", str(pairs), "--output", str(output)],
-                                   kill_when=lambda: len(shard_files(str(output / "personas"))) >= 2)
-    committed = sum(pa.parquet.read_metadata(f).num_rows for f in shard_files(str(output / "personas")))
-    result, peak, seconds = run_child("infer", ["--input", str(pairs), "--output", str(output)])
-    table = pa.concat_tables([pa.parquet.read_table(f, columns=["pair_id", "side"])
+    table = pa.concat_tables([pq.read_table(f, columns=["pair_id", "side"])
                               for f in shard_files(str(output / "personas"))])
     keys = {(p, s) for p, s in zip(table["pair_id"].to_pylist(), table["side"].to_pylist())}
-    summary = {"killed_after_s": round(killed_after, 1), "committed_before_kill": committed,
-               "rerun": result, "rerun_seconds": round(seconds, 1), "records": table.num_rows,
-               "distinct_keys": len(keys), "every_record_once": table.num_rows == len(keys) == 2 * expected_pairs}
-    print(f"resume: killed after {killed_after:.0f} s with {committed} records committed; rerun resumed "
-          f"{result['resumed_records']}, wrote {result['written_this_run']}; {table.num_rows} records, "
-          f"{len(keys)} distinct, expected {2 * expected_pairs}: every record once = {summary['every_record_once']}",
-          flush=True)
-    return summary
+    once = table.num_rows == len(keys) == 2 * expected_pairs
+    print(f"resume: {table.num_rows} records, {len(keys)} distinct, expected {2 * expected_pairs}: "
+          f"every record once = {once}", flush=True)
+    return {"records": table.num_rows, "distinct_keys": len(keys), "every_record_once": once}
 
 
 def main() -> None:
-    import pyarrow.parquet  # noqa: F401 - pa.parquet below
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=200_000)
-    parser.add_argument("--index-small", type=int, default=2_000)
-    parser.add_argument("--index-large", type=int, default=20_000)
-    parser.add_argument("--stages", default="infer,augment,index,resume")
+    parser.add_argument("--index-small", type=int, default=1_000)
+    parser.add_argument("--index-large", type=int, default=5_000)
+    parser.add_argument("--stages", default="infer,augment,index")
+    parser.add_argument("--kill-after-shards", type=int, default=4)
     parser.add_argument("--workdir", default=str(REPO / "outputs" / "bench-scale"))
     parser.add_argument("--child", choices=["infer", "augment", "index"])
     parser.add_argument("--input")
@@ -207,8 +209,14 @@ def main() -> None:
         make_input(inputs[size], n)
     results: dict = {"args": vars(args)}
     if "infer" in stages:
+        from persona_ray.core.shards import shard_files
+
+        def committed() -> bool:
+            return len(shard_files(str(work / "pi-large" / "personas"))) >= args.kill_after_shards
+
         results["infer"] = measure("infer", {size: ["--input", str(inputs[size]), "--output", str(work / f"pi-{size}")]
-                                             for size in sizes})
+                                             for size in sizes}, kill_large_when=committed)
+        results["infer"]["resume"] = check_once(work / "pi-large", args.large)
     if "augment" in stages or "index" in stages:
         for size in ("small", "large", "index-small", "index-large"):
             write_personas(inputs[size], work / f"personas-{size}")
@@ -222,8 +230,6 @@ def main() -> None:
         results["index"] = measure("index", {
             size: ["--input", str(work / f"aug-index-{size}"), "--output", str(work / f"index-{size}")]
             for size in ("small", "large")})
-    if "resume" in stages:
-        results["resume"] = resume_after_kill(inputs["large"], work / "pi-resume", args.large)
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 ROW_FIELDS = ("pair_id", "prompt", "chosen", "rejected", "domain", "source", "chosen_persona", "rejected_persona")
 ROW_SCHEMA = pa.schema([(name, pa.string()) for name in ROW_FIELDS])
 SIDE_FILES = ("invalid_personas", "pairs_without_personas", "orphan_personas")
-ROW_GROUP = 10_000  # rows per Parquet row group: fixed, so the bytes do not depend on batch sizes
+ROW_GROUP = 2_000  # rows per Parquet row group: fixed, so the bytes do not depend on batch sizes
 
 # One dataset for both inputs: a pair row (kind "pair"), an input row that broke the contract
 # ("bad_input") or a persona record ("persona"); the columns the other kind lacks are empty.
