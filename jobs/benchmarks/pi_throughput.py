@@ -83,12 +83,14 @@ def child_pipeline(args) -> dict:
 
 
 class PeakMemory:
-    """Peak summed PSS of a process tree, sampled in a background thread."""
+    """Peak summed PSS of a process tree (or of the one process: tree=False), sampled in a
+    background thread."""
 
-    def __init__(self, pid: int, every_s: float = 0.5):
+    def __init__(self, pid: int, every_s: float = 0.5, tree: bool = True):
         import psutil
 
         self.root, self.every_s, self.peak, self._stop = psutil.Process(pid), every_s, 0, threading.Event()
+        self.tree = tree
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -98,7 +100,7 @@ class PeakMemory:
         while not self._stop.is_set():
             total = 0
             try:
-                processes = [self.root, *self.root.children(recursive=True)]
+                processes = [self.root, *(self.root.children(recursive=True) if self.tree else [])]
             except psutil.Error:
                 break
             for process in processes:

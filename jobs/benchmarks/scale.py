@@ -4,7 +4,7 @@ side by side in one run, and one persona-inference resume after a kill at the la
     python jobs/benchmarks/scale.py [--small 20000] [--large 200000] [--index-small 1000]
                                     [--index-large 5000] [--stages infer,augment,index] [--kill-after-shards 4]
 
-What runs (each job in its own process: the driver whose resident memory is sampled twice a
+What runs (each job in its own process: the driver whose memory (PSS) is sampled twice a
 second; Ray's workers and the engine are other processes and are not counted):
   infer    persona inference over N pairs, tiny self-built model on vLLM (CPU), k_shot 0 and a few
            output tokens: this measures what the job holds, not persona quality (the random model's
@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,36 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pi_throughput import make_input  # noqa: E402 - a sibling script
+from pi_throughput import PeakMemory, make_input  # noqa: E402 - a sibling script
 
 RESULT = "BENCH_RESULT "
 REPO = Path(__file__).resolve().parents[2]
-
-
-class DriverPeak:
-    """Peak resident memory of one process (the job's driver), sampled in a background thread."""
-
-    def __init__(self, pid: int, every_s: float = 0.5):
-        import psutil
-
-        self.process, self.every_s, self.peak, self._stop = psutil.Process(pid), every_s, 0, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.Error:
-                break
-            self._stop.wait(self.every_s)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self.thread.join()
-        return self.peak
 
 
 def infer_config(pairs: Path, output: Path):
@@ -129,7 +102,7 @@ def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None,
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
                                start_new_session=True)
-    sampler = DriverPeak(process.pid)
+    sampler = PeakMemory(process.pid, tree=False)  # the driver alone: Ray's workers are other processes
     if kill_when is not None:
         while process.poll() is None and not kill_when():
             time.sleep(1)
