@@ -11,9 +11,6 @@ cluster a parallel test worker runs.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,88 +21,13 @@ import pytest
 import yaml
 
 from persona_ray.pipeline.run import STAGES
-from tests.conftest import REPO, SAMPLE_PAIRS, free_port
+from tests.conftest import REPO, SAMPLE_PAIRS
+from tests.ray_head import RAY, Head, session_members
 from tests.test_pipeline import TINY
 
-RAY = str(Path(sys.executable).with_name("ray"))
 # A user's runtime env with a variable the engine also sets (VLLM_CPU_KVCACHE_SPACE): it must not
 # conflict with the project's own (Ray refuses same-key env_vars unless told which one wins).
 USER_RUNTIME_ENV = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "PERSONA_RAY_LOG_FORMAT": "json"}}
-
-
-class Head:
-    """A `ray start --head --block` process group, with its address and the client's environment."""
-
-    def __init__(self, work: Path):
-        token = work / "auth_token"
-        token.write_text(secrets.token_hex(16))
-        token.chmod(0o600)
-        # Clients find the head through --address and the token through RAY_AUTH_TOKEN_PATH; nothing
-        # from this test process's own Ray or S3 settings leaks into the head or the jobs.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
-        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        self.token = token.read_text()
-        dashboard = free_port()
-        ports = {"port": free_port(), "dashboard-port": dashboard, "dashboard-agent-listen-port": free_port(),
-                 "dashboard-agent-grpc-port": free_port(), "runtime-env-agent-port": free_port(),
-                 "metrics-export-port": free_port(), "ray-client-server-port": free_port()}
-        self.address = f"http://127.0.0.1:{dashboard}"
-        self.log = work / "head.log"
-        command = [RAY, "start", "--head", "--block", "--num-cpus=4", "--include-dashboard=true",
-                   "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                   f"--temp-dir={work / 'ray'}", *[f"--{name}={port}" for name, port in ports.items()]]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def client(self):
-        from ray.job_submission import JobSubmissionClient
-
-        return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.time() + timeout
-        while True:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                self.client().list_jobs()
-                return
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
-
-    def stop(self) -> None:
-        """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to whatever is
-        still in its session: Ray workers put themselves in process groups of their own."""
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        deadline = time.time() + 20
-        while (left := session_members(self.process.pid)) and time.time() < deadline:
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
-        self.process.wait(timeout=10)
-
-
-def session_members(sid: int) -> list[int]:
-    """Live processes of session `sid` (zombies left unreaped by a container's init are not)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if os.getsid(int(entry.name)) == sid and state != "Z":
-                    members.append(int(entry.name))
-            except (OSError, IndexError):
-                pass
-    return members
 
 
 @pytest.fixture(scope="module")

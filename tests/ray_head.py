@@ -1,0 +1,169 @@
+"""Ray nodes started here for tests of a real cluster: a `ray start --head --block` (job server,
+token auth on, as Ray 2.60 starts it) and worker nodes joined to it, each on 127.0.0.1 with ports
+of its own, each its own session of processes.
+
+Only these nodes are stopped (every process of their session): `ray stop` would also stop the
+local cluster a parallel test worker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session `sid` (zombies left unreaped by a container's init are not)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.getsid(int(entry.name)) == sid and state != "Z":
+                    members.append(int(entry.name))
+            except (OSError, IndexError):
+                pass
+    return members
+
+
+def kill_session(sid: int, timeout: float = 20) -> None:
+    """SIGKILL every process of session `sid` until none is left: Ray workers put themselves in
+    process groups of their own, so the group of `ray start` alone is not all of it."""
+    deadline = time.time() + timeout
+    while (left := session_members(sid)) and time.time() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+
+
+class _Node:
+    process: subprocess.Popen
+    log: Path
+
+    def _start(self, command: list[str], env: dict) -> None:
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def stop(self) -> None:
+        """SIGTERM to `ray start --block` (it stops what it started), then SIGKILL to whatever is
+        still in its session."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        kill_session(self.process.pid)
+        self.process.wait(timeout=10)
+
+    def is_listed(self, listed: dict) -> bool:
+        """Whether `listed` (a node in Ray's state API) is this node."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """The node lost at once, as when its machine dies: SIGKILL to every process of its session."""
+        kill_session(self.process.pid)
+        self.process.wait(timeout=10)
+
+
+def _agent_ports() -> dict[str, int]:
+    """Ports every node opens; the defaults are fixed numbers, taken by any other node here."""
+    return {"dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
+            "runtime-env-agent-port": free_port(), "metrics-export-port": free_port()}
+
+
+class Head(_Node):
+    """A `ray start --head --block` process group, with its address and the client's environment."""
+
+    def __init__(self, work: Path, num_cpus: int = 4, system_config: dict | None = None):
+        token = work / "auth_token"
+        token.write_text(secrets.token_hex(16))
+        token.chmod(0o600)
+        # Clients find the head through --address and the token through RAY_AUTH_TOKEN_PATH; nothing
+        # from this test process's own Ray or S3 settings leaks into the head or the jobs.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        self.token = token.read_text()
+        self.work = work
+        dashboard = free_port()
+        self.gcs_port = free_port()
+        ports = {"port": self.gcs_port, "dashboard-port": dashboard, **_agent_ports(),
+                 "ray-client-server-port": free_port()}
+        self.address = f"http://127.0.0.1:{dashboard}"
+        self.log = work / "head.log"
+        self._start([RAY, "start", "--head", "--block", f"--num-cpus={num_cpus}", "--include-dashboard=true",
+                     "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                     f"--temp-dir={work / 'ray'}", *[f"--{name}={port}" for name, port in ports.items()],
+                     *([f"--system-config={json.dumps(system_config)}"] if system_config else [])], self.env)
+
+    def client(self):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while True:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                self.client().list_jobs()
+                return
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+
+    def state(self, kind: str) -> list[dict]:
+        """Ray's state API (`ray list nodes|actors`) over the dashboard, with the token."""
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.address}/api/v0/{kind}?limit=10000&detail=1",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["data"]["result"]["result"]
+
+    def wait_node(self, node: _Node, timeout: float = 120) -> str:
+        """The id of `node` once the head lists it alive: the state API lists a node some seconds
+        after its job server or raylet answers."""
+        deadline = time.time() + timeout
+        while True:
+            assert node.process.poll() is None, node.log.read_text()[-3000:]
+            listed = [n["node_id"] for n in self.state("nodes") if n["state"] == "ALIVE" and node.is_listed(n)]
+            if listed:
+                return listed[0]
+            assert time.time() < deadline, f"node not listed: {node.log.read_text()[-3000:]}"
+            time.sleep(1)
+
+    def is_listed(self, listed: dict) -> bool:
+        return listed["is_head_node"]
+
+
+class Worker(_Node):
+    """A second node: `ray start --address=<head> --block` with its own ports and temp folder, in a
+    session of its own so that it can be lost alone."""
+
+    def __init__(self, head: Head, name: str, num_cpus: int):
+        self.head, self.name = head, name
+        self.log = head.work / f"{name}.log"
+        # Worker ports from the OS (0): the head's raylet hands out the default range.
+        self._start([RAY, "start", f"--address=127.0.0.1:{head.gcs_port}", "--block", f"--num-cpus={num_cpus}",
+                     f"--node-name={name}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                     f"--temp-dir={head.work / name}",
+                     "--min-worker-port=0", "--max-worker-port=0",
+                     *[f"--{flag}={port}" for flag, port in _agent_ports().items()]], head.env)
+
+    def is_listed(self, listed: dict) -> bool:
+        return listed["node_name"] == self.name
