@@ -2,7 +2,7 @@
 side by side in one run, and one persona-inference resume after a kill at the large size.
 
     python jobs/benchmarks/scale.py [--small 20000] [--large 200000] [--index-small 1000]
-                                    [--index-large 5000] [--stages infer,augment,index] [--kill-after-shards 4]
+                                    [--index-large 5000] [--stages augment,index,infer] [--kill-after-shards 4]
 
 What runs (each job in its own process: the driver whose memory (PSS) is sampled twice a
 second; Ray's workers and the engine are other processes and are not counted):
@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=200_000)
     parser.add_argument("--index-small", type=int, default=1_000)
     parser.add_argument("--index-large", type=int, default=5_000)
-    parser.add_argument("--stages", default="infer,augment,index")
+    parser.add_argument("--stages", default="augment,index,infer")
     parser.add_argument("--kill-after-shards", type=int, default=4)
     parser.add_argument("--workdir", default=str(REPO / "outputs" / "bench-scale"))
     parser.add_argument("--child", choices=["infer", "augment", "index"])
@@ -181,15 +181,6 @@ def main() -> None:
         inputs[size] = work / f"pairs-{size}.jsonl"
         make_input(inputs[size], n)
     results: dict = {"args": vars(args)}
-    if "infer" in stages:
-        from persona_ray.core.shards import shard_files
-
-        def committed() -> bool:
-            return len(shard_files(str(work / "pi-large" / "personas"))) >= args.kill_after_shards
-
-        results["infer"] = measure("infer", {size: ["--input", str(inputs[size]), "--output", str(work / f"pi-{size}")]
-                                             for size in sizes}, kill_large_when=committed)
-        results["infer"]["resume"] = check_once(work / "pi-large", args.large)
     if "augment" in stages or "index" in stages:
         for size in ("small", "large", "index-small", "index-large"):
             write_personas(inputs[size], work / f"personas-{size}")
@@ -203,6 +194,15 @@ def main() -> None:
         results["index"] = measure("index", {
             size: ["--input", str(work / f"aug-index-{size}"), "--output", str(work / f"index-{size}")]
             for size in ("small", "large")})
+    if "infer" in stages:
+        from persona_ray.core.shards import shard_files
+
+        def committed() -> bool:
+            return len(shard_files(str(work / "pi-large" / "personas"))) >= args.kill_after_shards
+
+        results["infer"] = measure("infer", {size: ["--input", str(inputs[size]), "--output", str(work / f"pi-{size}")]
+                                             for size in sizes}, kill_large_when=committed)
+        results["infer"]["resume"] = check_once(work / "pi-large", args.large)
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 

@@ -7,10 +7,25 @@ building a dict on the driver, so the driver's memory does not grow with the dat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pyarrow as pa
 import ray.data
+
+
+PIECE_BYTES = 1 << 20
+
+
+def few_blocks(dataset: ray.data.Dataset) -> ray.data.Dataset:
+    """The dataset materialized and re-cut into about sqrt(size / 1 MiB) blocks, for a sort-based
+    shuffle. Such a shuffle cuts every block into one piece per output block, so M blocks make
+    M² pieces, and Ray keeps a task's results under 100 KB in the memory of the process that
+    owns them: the driver. With M = sqrt(size / 1 MiB) each piece is about 1 MiB and lives in
+    the object store (measured: 100,000 rows in 390 blocks grew the driver by 673 MiB)."""
+    dataset = dataset.materialize()
+    blocks = max(1, math.isqrt(int(dataset.size_bytes() // PIECE_BYTES)))
+    return dataset.repartition(min(blocks, dataset.num_blocks()))
 
 
 def group_in_order(dataset: ray.data.Dataset, key: str, fn: Callable[..., pa.Table], fn_args: tuple = ()) -> ray.data.Dataset:
@@ -21,6 +36,7 @@ def group_in_order(dataset: ray.data.Dataset, key: str, fn: Callable[..., pa.Tab
     dataset (and those derived from it), not on the process."""
     from ray.data.context import ShuffleStrategy
 
+    dataset = few_blocks(dataset)
     dataset.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     dataset.context.execution_options.preserve_order = True
     return dataset.groupby(key).map_groups(fn, fn_args=fn_args, batch_format="pyarrow")

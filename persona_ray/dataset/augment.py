@@ -39,7 +39,7 @@ from pydantic import Field
 from persona_ray.core import storage
 from persona_ray.core.persona import validate_persona
 from persona_ray.core.settings import Settings
-from persona_ray.core.groups import group_in_order
+from persona_ray.core.groups import few_blocks, group_in_order
 from persona_ray.core.shards import shards_dataset
 from persona_ray.dataset.splits import (SPLITS, ExactBounds, SplitSettings, assign_split, exact_bounds,
                                         prompt_key, prompt_rank)
@@ -165,8 +165,8 @@ def _augmented_only(batch: pa.Table) -> pa.Table:
 
 def _exact_bounds(joined: ray.data.Dataset, splits: SplitSettings) -> ExactBounds:
     """The exact-size cut points over the distinct prompts of the augmented rows."""
-    prompts = joined.map_batches(_augmented_only, batch_format="pyarrow").select_columns(["prompt_key", "rank"]) \
-        .groupby("prompt_key").min("rank").rename_columns({"min(rank)": "rank"}).materialize()
+    augmented = joined.map_batches(_augmented_only, batch_format="pyarrow").select_columns(["prompt_key", "rank"])
+    prompts = few_blocks(few_blocks(augmented).groupby("prompt_key").min("rank").rename_columns({"min(rank)": "rank"}))
     ranked = (
         (row["rank"], row["prompt_key"])
         for batch in prompts.sort(["rank", "prompt_key"]).iter_batches(batch_format="pyarrow", batch_size=4096)
