@@ -126,6 +126,19 @@ class Head(_Node):
                     raise
                 time.sleep(1)
 
+    def submit_job(self, client, timeout: float = 120, **job) -> None:
+        """client.submit_job(**job), again while the head's job agent is not up yet: on a loaded
+        machine it registers some seconds after the job server first answers."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                client.submit_job(**job)
+                return
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.time() > deadline:
+                    raise
+                time.sleep(1)
+
     def state(self, kind: str) -> list[dict]:
         """Ray's state API (`ray list nodes|actors`) over the dashboard, with the token."""
         import urllib.request

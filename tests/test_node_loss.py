@@ -1,4 +1,4 @@
-"""Node loss: the Ray worker node that runs the PI engine killed while it answers.
+"""Node loss: a Ray worker node killed mid-job, on a real multi-node cluster.
 
 A head started here (`ray start --head`, token auth, the job server) with too few CPUs for the
 engine, and two worker nodes joined to it, each with room for one engine. PI is submitted as a
@@ -6,6 +6,13 @@ job; once the engine has answered some rows, every process of its node is killed
 when a machine dies). The head sees the node die, Ray restarts the engine actor on the worker
 node left (Ray Data's actors have max_restarts=-1 and retry their tasks; lost blocks are
 recomputed), and the same job finishes with every (pair_id, side) exactly once: no resubmission.
+
+The same for the ColBERT index (jobs/index.py): its passages are encoded by a pool of Ray Data actors
+(1 CPU each) on the worker nodes, the head has no CPU for them; once some embedding shards are
+written, the node of an encode actor is killed. The other actor takes the queued batches; Ray
+restarts the lost actor on the node left and retries the batches it had in flight there (a batch's
+shard is named by its passages and written whole, so a rerun replaces it), and the same job builds
+PLAID from every passage once.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ import pytest
 import yaml
 
 from persona_ray.core.shards import read_shards
-from tests.conftest import REPO
+from persona_ray.retrieval.encode import SHARD_SUFFIX
+from persona_ray.retrieval.recall import corpus_rows
+from persona_ray.retrieval.search import PersonaRetriever
+from tests.conftest import REPO, bundled_persona_rows
 from tests.ray_head import Head, Worker, session_members
 from tests.test_infer_faults import committed_rows, many_pairs
 from tests.test_job_submit import wait_for
@@ -110,3 +120,114 @@ def test_worker_node_killed_during_pi_job_finishes_with_every_record_once(tiny_m
     assert counts["persona_records"] == counts["unique_keys"] == counts["expected_records"] == 2 * PAIRS
     assert counts["written_this_run"] == 2 * PAIRS
     shutil.rmtree(work, ignore_errors=True)  # kept when the test fails: the nodes' logs are in it
+
+
+INDEX_PROMPTS, ENCODE_BATCH = 240, 4  # 60 shards: seconds of encoding on a quiet machine, minutes here
+INDEX_WORKER_CPUS = 2  # each worker node has room for both encode actors: the one left takes them all
+
+
+def encode_actors(head: Head) -> list[dict]:
+    """The index job's encode actors (Ray Data's map workers of _EncodeActor), any state."""
+    return [a for a in head.state("actors") if "_EncodeActor" in (a.get("class_name") or "")]
+
+
+def written_shards(folder: Path) -> int:
+    """Embedding shards written whole (a shard being written is a hidden temporary file)."""
+    return sum(1 for p in folder.glob(f"*{SHARD_SUFFIX}") if not p.name.startswith("."))
+
+
+def index_rows(count: int) -> list[dict]:
+    """`count` rows with distinct texts as prompts (the bundled prompts, personas and sentences of
+    responses, as in the retrieval tests): an indexed prompt's own row is its nearest."""
+    base = bundled_persona_rows()
+    return corpus_rows(base, [row[f] for row in base for f in ("pt_dpo_response", "dpo_response")], size=count)
+
+
+@pytest.mark.slow
+def test_worker_node_killed_during_index_encoding_job_finishes_with_the_index_complete(tmp_path):
+    output = tmp_path / "index"
+    rows = index_rows(INDEX_PROMPTS)
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = tmp_path / "index.yaml"
+    config.write_text(yaml.safe_dump({"data": str(source), "output": str(output), "encode_workers": 2,
+                                      "encode_batch": ENCODE_BATCH}))
+    shards = output / "_encoded"
+    expected_shards = -(-INDEX_PROMPTS // ENCODE_BATCH)
+
+    work = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+    started = time.time()
+    # No CPU on the head: the encode actors can only run on the worker nodes; the job's driver (a
+    # process of the job's supervisor actor, 0 CPUs) runs on the head and builds PLAID there.
+    head = Head(work, num_cpus=0, system_config=HEALTH_CHECKS)
+    nodes = [head]
+    try:
+        head.wait_ready()
+        # The worker nodes join before the job is submitted: on a loaded machine a node that
+        # registers while the head takes in a job can miss `ray start`'s 30 s deadline.
+        nodes += [Worker(head, name, INDEX_WORKER_CPUS) for name in ("w1", "w2")]
+        workers = {head.wait_node(worker): worker for worker in nodes[1:]}
+        head_id = head.wait_node(head)
+        client = head.client()
+        head.submit_job(client, submission_id="index", entrypoint=f"{sys.executable} jobs/index.py --config {config}",
+                        runtime_env={"working_dir": str(REPO)})
+
+        deadline = time.time() + 600
+
+        def running() -> None:
+            assert client.get_job_status("index") in {"PENDING", "RUNNING"}, client.get_job_logs("index")[-3000:]
+            assert time.time() < deadline, "encoding never started"
+
+        # Both encode actors up (checkpoint loaded); the node of the most of them is the one lost.
+        while len(alive := [a for a in encode_actors(head) if a["state"] == "ALIVE"]) < 2:
+            running()
+            time.sleep(0.5)
+        on_node = {node: [a for a in alive if a["node_id"] == node] for node in {a["node_id"] for a in alive}}
+        lost = max(on_node, key=lambda node: len(on_node[node]))
+        assert lost in workers, "an encode actor is on the head"
+        (survivor,) = set(workers) - {lost}
+        lost_actors = {a["actor_id"] for a in on_node[lost]}
+        # Once its actors have written some shards (not all), the node is lost.
+        while written_shards(shards) < 2:
+            running()
+            time.sleep(0.05)
+        assert {a["actor_id"] for a in encode_actors(head) if a["state"] == "ALIVE" and a["node_id"] == lost} \
+            == lost_actors, "the encode actors moved before the kill"
+        before = written_shards(shards)
+        workers[lost].kill()
+        killed_at = time.time()
+        print(f"worker node killed {killed_at - started:.0f} s in, {len(lost_actors)} encode actor(s) on it, "
+              f"{before} of {expected_shards} shards written")
+        assert before < expected_shards, "encoding was done before the node was lost"
+
+        status = wait_for(client, "index", timeout=600)
+        print(f"job {status} {time.time() - killed_at:.0f} s after the kill")
+        logs = client.get_job_logs("index")
+        driver_node = client.get_job_info("index").driver_node_id
+        dead = [n["node_id"] for n in head.state("nodes") if n["state"] == "DEAD"]
+        actors = encode_actors(head)
+    finally:
+        for worker in nodes[1:]:
+            worker.kill()
+        head.stop()
+        assert all(session_members(node.process.pid) == [] for node in nodes), "processes of a node outlived it"
+
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert driver_node == head_id and dead == [lost]
+    # The lost actors were restarted once each, on the worker node left, and encoded there.
+    restarted = [a for a in actors if a["actor_id"] in lost_actors]
+    assert len(actors) == 2 and all(a["node_id"] == survivor and a["num_restarts"] == "1" for a in restarted), actors
+    manifest = json.loads((output / "manifest.json").read_text())
+    encode = manifest["encode"]
+    print("encode:", {k: v for k, v in encode.items() if k != "processes"}, "processes:", encode["processes"])
+    assert manifest["rows"] == encode["passages"] == len({row["prompt"] for row in rows}) == INDEX_PROMPTS
+    assert encode["mode"] == "ray-actors" and encode["shards"] == expected_shards
+    assert {f"{a['pid']}" for a in restarted} <= {p.rsplit(":", 1)[1] for p in encode["processes"]}
+    assert not shards.exists()
+    # Every passage's vectors are its own prompt's: a prompt finds its own row, whichever actor
+    # (before or after the kill) encoded it.
+    retriever = PersonaRetriever.load(str(output))
+    for row in rows[::INDEX_PROMPTS // 8]:
+        (hit,) = retriever.search(row["prompt"], k=1)
+        assert hit["row_id"] == row["pair_id"], (row["prompt"], hit["prompt"])
+    shutil.rmtree(work, ignore_errors=True)
