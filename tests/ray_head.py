@@ -139,14 +139,24 @@ class Head(_Node):
                     raise
                 time.sleep(1)
 
-    def state(self, kind: str) -> list[dict]:
-        """Ray's state API (`ray list nodes|actors`) over the dashboard, with the token."""
+    def state(self, kind: str, retry_s: float = 90) -> list[dict]:
+        """Ray's state API (`ray list nodes|actors`) over the dashboard, with the token; asked again
+        while the dashboard refuses connections (on a loaded machine it can restart, or answer
+        some seconds after the job server)."""
+        import urllib.error
         import urllib.request
 
         request = urllib.request.Request(f"{self.address}/api/v0/{kind}?limit=10000&detail=1",
                                          headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())["data"]["result"]["result"]
+        deadline = time.time() + retry_s
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return json.loads(response.read())["data"]["result"]["result"]
+            except (urllib.error.URLError, ConnectionError) as exc:
+                if isinstance(exc, urllib.error.HTTPError) or time.time() > deadline:
+                    raise
+                time.sleep(2)
 
     def wait_node(self, node: _Node, timeout: float = 120) -> str:
         """The id of `node` once the head lists it alive: the state API lists a node some seconds
