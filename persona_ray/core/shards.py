@@ -68,35 +68,31 @@ def key_of(*parts: str) -> str:
     return KEY_SEPARATOR.join(parts)
 
 
-def committed_rows(folder: str) -> int:
-    """Rows in the folder's shards, from their footers (no row is read). Like done_keys, it first
-    deletes unreadable shards and leftover temporary files, so their rows are recomputed."""
+def _read_each_shard(folder: str, read) -> list:
+    """read(uri) for every shard of the folder. Leftover temporary files and shards that cannot be
+    read (a crash on a filesystem without atomic rename) are deleted, so their rows are recomputed."""
     if not storage.exists(folder):
-        return 0
+        return []
     _remove_temporary_files(folder)
-    rows = 0
+    results = []
     for uri in shard_files(folder):
         try:
-            rows += pq.read_metadata(io.BytesIO(storage.read_bytes(uri))).num_rows
+            results.append(read(uri))
         except Exception as exc:  # noqa: BLE001 - any unreadable shard is redone
             log.warning("removing unreadable shard %s (%s); its rows will be recomputed", uri, exc)
             storage.delete(uri)
-    return rows
+    return results
+
+
+def committed_rows(folder: str) -> int:
+    """Rows in the folder's readable shards, from their footers (no row is read)."""
+    return sum(_read_each_shard(folder, lambda uri: pq.read_metadata(io.BytesIO(storage.read_bytes(uri))).num_rows))
 
 
 def done_keys(folder: str, key_columns: tuple[str, ...]) -> pa.Array:
-    """Keys of rows already written. Each shard is read once: unreadable ones (a crash on a
-    filesystem without atomic rename) are deleted, so their rows are recomputed."""
-    if not storage.exists(folder):
-        return pa.array([], pa.string())
-    _remove_temporary_files(folder)
-    keys = []
-    for uri in shard_files(folder):
-        try:
-            keys.append(row_keys(storage.read_parquet(uri, columns=list(key_columns)), key_columns))
-        except Exception as exc:  # noqa: BLE001 - any unreadable shard is redone
-            log.warning("removing unreadable shard %s (%s); its rows will be recomputed", uri, exc)
-            storage.delete(uri)
+    """Keys of rows already written, each readable shard read once."""
+    keys = _read_each_shard(folder, lambda uri: row_keys(storage.read_parquet(uri, columns=list(key_columns)),
+                                                           key_columns))
     return pa.chunked_array(keys, pa.string()).combine_chunks() if keys else pa.array([], pa.string())
 
 
