@@ -106,7 +106,7 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
            "runtime_env": {"working_dir": str(REPO), "excludes": [".venv/", ".cache/", "outputs/"]}}
 
     # First submission: stopped (as `ray job stop` does) once PT-DPO training has started.
-    client.submit_job(submission_id="pipeline-first", **job)
+    head.submit_job(client, submission_id="pipeline-first", **job)
     deadline = time.time() + 1200
     while not (out / "runs" / "pt-dpo").exists():
         assert client.get_job_status("pipeline-first") in {"PENDING", "RUNNING"}, \
@@ -118,7 +118,7 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     assert (out / "stages" / "sft.json").exists() and not (out / "stages" / "dpo.json").exists()
 
     # Resubmitted: every finished stage is skipped, the rest runs to the report.
-    client.submit_job(submission_id="pipeline-second", **job)
+    head.submit_job(client, submission_id="pipeline-second", **job)
     status = wait_for(client, "pipeline-second")
     logs = client.get_job_logs("pipeline-second")
     assert status == "SUCCEEDED", logs[-3000:]

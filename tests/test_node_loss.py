@@ -68,8 +68,8 @@ def test_worker_node_killed_during_pi_job_finishes_with_every_record_once(tiny_m
     try:
         head.wait_ready()
         client = head.client()
-        client.submit_job(submission_id="pi", entrypoint=f"{sys.executable} jobs/infer.py --config {config}",
-                          runtime_env={"working_dir": str(REPO)})
+        head.submit_job(client, submission_id="pi", entrypoint=f"{sys.executable} jobs/infer.py --config {config}",
+                        runtime_env={"working_dir": str(REPO)})
         # Two worker nodes join while the job checks its input on the head; the engine waits for one.
         nodes += [Worker(head, name, WORKER_CPUS) for name in ("w1", "w2")]
         workers = {head.wait_node(worker): worker for worker in nodes[1:]}

@@ -84,31 +84,52 @@ def child_pipeline(args) -> dict:
 
 class PeakMemory:
     """Peak summed PSS of a process tree (or of the one process: tree=False), sampled in a
-    background thread."""
+    background thread; `peaks` also holds the peak of each part of it (Linux smaps_rollup):
+    `anon` (the process's own heap), `file` (mapped files: libraries, memory-mapped data) and
+    `shmem` (shared memory, where Ray's object store lives: pages of objects a process reads
+    are mapped into it, and counted in its PSS, while those objects live)."""
+
+    PARTS = {"Pss:": "pss", "Pss_Anon:": "anon", "Pss_File:": "file", "Pss_Shmem:": "shmem"}
 
     def __init__(self, pid: int, every_s: float = 0.5, tree: bool = True):
         import psutil
 
-        self.root, self.every_s, self.peak, self._stop = psutil.Process(pid), every_s, 0, threading.Event()
+        self.root, self.every_s, self._stop = psutil.Process(pid), every_s, threading.Event()
         self.tree = tree
+        self.peaks = dict.fromkeys(self.PARTS.values(), 0)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    @property
+    def peak(self) -> int:
+        return self.peaks["pss"]
+
+    @classmethod
+    def parts(cls, pid: int) -> dict[str, int]:
+        """The process's PSS and its parts, in bytes (zeros for a process gone)."""
+        found = dict.fromkeys(cls.PARTS.values(), 0)
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                name, _, rest = line.partition(" ")
+                if name in cls.PARTS:
+                    found[cls.PARTS[name]] = int(rest.split()[0]) * 1024
+        except (OSError, ValueError):
+            pass
+        return found
 
     def _run(self) -> None:
         import psutil
 
         while not self._stop.is_set():
-            total = 0
             try:
                 processes = [self.root, *(self.root.children(recursive=True) if self.tree else [])]
             except psutil.Error:
                 break
+            total = dict.fromkeys(self.PARTS.values(), 0)
             for process in processes:
-                try:
-                    total += process.memory_full_info().pss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                for part, value in self.parts(process.pid).items():
+                    total[part] += value
+            self.peaks = {part: max(self.peaks[part], total[part]) for part in total}
             self._stop.wait(self.every_s)
 
     def stop(self) -> int:

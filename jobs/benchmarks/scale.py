@@ -95,9 +95,10 @@ def child(args) -> dict:
     return {"rows": manifest["rows"], "build_seconds": manifest["build_seconds"]}
 
 
-def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None, int, float]:
-    """(result, driver peak RSS in bytes, seconds); with kill_when, the child is killed (SIGKILL to
-    its process group) as soon as kill_when() is true, and the result is None."""
+def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None, dict[str, int], float]:
+    """(result, the driver's peak PSS and parts in bytes (PeakMemory.peaks), seconds); with
+    kill_when, the child is killed (SIGKILL to its process group) as soon as kill_when() is true,
+    and the result is None."""
     command = [sys.executable, __file__, "--child", kind, *extra]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
@@ -108,35 +109,41 @@ def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None,
             time.sleep(1)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        peak = sampler.stop()
+        sampler.stop()
         time.sleep(5)  # Ray's own processes notice their driver is gone
-        return None, peak, time.perf_counter() - started
+        return None, sampler.peaks, time.perf_counter() - started
     out, _ = process.communicate()
-    peak = sampler.stop()
+    sampler.stop()
     lines = [line for line in out.splitlines() if line.startswith(RESULT)]
     if process.returncode != 0 or not lines:
         raise SystemExit(f"{kind} run failed (exit {process.returncode}); rerun it alone: {' '.join(command)}")
-    return json.loads(lines[-1][len(RESULT):]), peak, time.perf_counter() - started
+    return json.loads(lines[-1][len(RESULT):]), sampler.peaks, time.perf_counter() - started
+
+
+def mib(peaks: dict[str, int]) -> str:
+    return ", ".join(f"{part} {value / 2**20:.0f}" for part, value in peaks.items()) + " MiB"
 
 
 def measure(stage: str, runs: dict[str, list[str]], kill_large_when=None) -> dict:
-    """Each size's job once, driver peak and seconds; with kill_large_when the large run is killed
-    when it turns true and run again to the end (peak: the higher of the two runs)."""
+    """Each size's job once, the driver's peaks and seconds; with kill_large_when the large run is
+    killed when it turns true and run again to the end (peaks: the higher of the two runs')."""
     out = {}
     for size, extra in runs.items():
         killed = None
+        peaks = {}
         if size == "large" and kill_large_when is not None:
-            _, killed_peak, killed_after = run_child(stage, extra, kill_when=kill_large_when)
-            killed = {"driver_peak_bytes": killed_peak, "seconds": round(killed_after, 1)}
-            print(f"{stage} {size}: killed after {killed_after:.0f} s, driver peak {killed_peak / 2**20:.0f} MiB",
-                  flush=True)
-        result, peak, seconds = run_child(stage, extra)
-        out[size] = {"result": result, "driver_peak_bytes": max(peak, killed["driver_peak_bytes"] if killed else 0),
-                     "seconds": round(seconds, 1), "killed_run": killed}
-        print(f"{stage} {size}: driver peak {peak / 2**20:.0f} MiB, {seconds:.0f} s, {json.dumps(result)}", flush=True)
-    ratio = out["large"]["driver_peak_bytes"] / out["small"]["driver_peak_bytes"]
-    print(f"ratio {stage} driver peak large/small: {ratio:.3f}  (target <= 1.2)", flush=True)
-    return {**out, "ratio": ratio}
+            _, peaks, killed_after = run_child(stage, extra, kill_when=kill_large_when)
+            killed = {"driver_peaks": peaks, "seconds": round(killed_after, 1)}
+            print(f"{stage} {size}: killed after {killed_after:.0f} s, driver peak {mib(peaks)}", flush=True)
+        result, run_peaks, seconds = run_child(stage, extra)
+        peaks = {part: max(value, peaks.get(part, 0)) for part, value in run_peaks.items()}
+        out[size] = {"result": result, "driver_peaks": peaks, "seconds": round(seconds, 1), "killed_run": killed}
+        print(f"{stage} {size}: driver peak {mib(run_peaks)}, {seconds:.0f} s, {json.dumps(result)}", flush=True)
+    ratios = {part: out["large"]["driver_peaks"][part] / max(out["small"]["driver_peaks"][part], 1)
+              for part in ("pss", "anon")}
+    print(f"ratio {stage} driver peak large/small: PSS {ratios['pss']:.3f}, own heap (anon) {ratios['anon']:.3f}"
+          f"  (target <= 1.2)", flush=True)
+    return {**out, "ratios": ratios}
 
 
 def check_once(output: Path, expected_pairs: int) -> dict:
