@@ -252,3 +252,29 @@ def test_unusable_rows_are_quarantined_with_field_and_reason():
         (4, "split: test rows are never indexed"),
         (5, "line 6: not JSON (Expecting value)"),
     ]
+
+
+def test_code_assignment_in_small_batches_gives_colbert_codes_with_bounded_scores(monkeypatch):
+    """The PLAID build's code assignment, patched to score at most CODES_SCORES_BYTES at a time,
+    gives each token vector its nearest centroid (colbert's argmax), here over many batches."""
+    import torch
+
+    from persona_ray.retrieval import colbert_compat
+
+    colbert_compat.apply()
+    from colbert.indexing.codecs.residual import ResidualCodec
+
+    generator = torch.Generator().manual_seed(0)
+    codec = ResidualCodec.__new__(ResidualCodec)  # only what compress_into_codes reads
+    codec.use_gpu, codec.centroids = False, torch.randn(300, colbert_compat.DIM, generator=generator)
+    embs = torch.randn(5000, colbert_compat.DIM, generator=generator)
+    expected = (codec.centroids @ embs.T).max(dim=0).indices
+
+    monkeypatch.setattr(colbert_compat, "CODES_SCORES_BYTES", 4 * 300 * 128)  # 128 tokens a batch: 40 batches
+    calls = []
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(tuple(b.shape)) or real_matmul(a, b))
+    codes = codec.compress_into_codes(embs, out_device="cpu")
+
+    assert torch.equal(codes, expected)
+    assert len(calls) == 40 and max(shape[1] for shape in calls) == 128

@@ -14,10 +14,12 @@ second; Ray's workers and the engine are other processes and are not counted):
   index    ColBERT (MiniLM checkpoint) index of the training rows of an augmented folder of
            --index-small / --index-large pairs (ColBERT encoding on 2 CPU cores is ~40 s per 1,000
            prompts, so the index sizes are smaller than N; say so when quoting the numbers)
-The large persona-inference run is also the resume check: it is killed (SIGKILL to the driver's
-process group) once `--kill-after-shards` shards are committed and run again to the end; its
+The large persona-inference run is also the resume check: it is killed (SIGKILL to the driver and
+every process under it) once `--kill-after-shards` shards are committed and run again to the end; its
 driver peak is the higher of the two runs', and the output must hold every (pair_id, side) once.
-The ratios are printed as `ratio <stage> driver peak large/small: X` (target <= 1.2).
+The ratios are printed as `ratio <stage> driver peak large/small: PSS X, own heap (anon) Y` (target
+<= 1.2): PSS is all the driver maps (its heap, libraries, Ray's object-store pages it reads), anon
+its own heap alone.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -97,7 +100,7 @@ def child(args) -> dict:
 
 def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None, dict[str, int], float]:
     """(result, the driver's peak PSS and parts in bytes (PeakMemory.peaks), seconds); with
-    kill_when, the child is killed (SIGKILL to its process group) as soon as kill_when() is true,
+    kill_when, the child is killed (SIGKILL to it and every process under it) as soon as kill_when() is true,
     and the result is None."""
     command = [sys.executable, __file__, "--child", kind, *extra]
     started = time.perf_counter()
@@ -107,10 +110,17 @@ def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None,
     if kill_when is not None:
         while process.poll() is None and not kill_when():
             time.sleep(1)
+        # As when the machine dies: the driver and every process it started (Ray's workers and the
+        # vLLM engine are in sessions of their own, and an engine process outlives its Ray worker).
+        descendants = psutil.Process(process.pid).children(recursive=True)
         os.killpg(process.pid, signal.SIGKILL)
+        for child_process in descendants:
+            try:
+                child_process.kill()
+            except psutil.Error:
+                pass
         process.wait()
         sampler.stop()
-        time.sleep(5)  # Ray's own processes notice their driver is gone
         return None, sampler.peaks, time.perf_counter() - started
     out, _ = process.communicate()
     sampler.stop()

@@ -4,6 +4,7 @@ colbert-ai's `HF_ColBERT.__init__` calls `init_weights()` directly. In transform
 attribute that method needs (`all_tied_weights_keys`) is only set by `post_init()`, which itself
 calls `init_weights()`. `apply()` wraps the classes colbert builds so that the attribute is set
 before anything reads it: at construction and again when `from_pretrained` loads weights. It
+also bounds the memory of the PLAID build's code assignment (`_bound_code_assignment`). It
 patches colbert's own module attributes at run time; installed files are never edited.
 
 Everything that touches colbert imports it through `colbert_modules()`, so the patch is in place
@@ -36,7 +37,7 @@ def _ensure_environment() -> None:
 
 @functools.lru_cache(maxsize=None)
 def apply() -> None:
-    """Install the transformers-5 fix into colbert (idempotent)."""
+    """Install the transformers-5 fix and the bounded code assignment into colbert (idempotent)."""
     _ensure_environment()
     import colbert.modeling.base_colbert as base_colbert
     import colbert.modeling.hf_colbert as hf_colbert
@@ -66,6 +67,36 @@ def apply() -> None:
 
     hf_colbert.class_factory = class_factory
     base_colbert.class_factory = class_factory  # imported there by name
+    _bound_code_assignment()
+
+
+CODES_SCORES_BYTES = 64 << 20  # centroid scores held at once while token vectors get their codes
+
+
+def _bound_code_assignment() -> None:
+    """colbert's ResidualCodec.compress_into_codes scores token vectors against every centroid in
+    batches of 2^29 / centroids tokens: a float32 score matrix of up to 2 GiB on CPU, and it grows
+    with the collection (more tokens and more centroids) until it reaches that. The same argmax in
+    batches of 64 MiB of scores: the codes are identical (each token's code is its own column's
+    argmax), the build's memory no longer grows with the index (measured: 3,200 prompts peaked at
+    1,954 MiB of heap in the PLAID build before)."""
+    import torch
+    from colbert.indexing.codecs.residual import ResidualCodec
+
+    if getattr(ResidualCodec.compress_into_codes, "bounded", False):
+        return
+    original = ResidualCodec.compress_into_codes
+
+    def compress_into_codes(self, embs, out_device):
+        if self.use_gpu:
+            return original(self, embs, out_device)
+        batch = max(1, CODES_SCORES_BYTES // (4 * self.centroids.size(0)))
+        centroids = self.centroids.float()
+        codes = [(centroids @ part.T.float()).max(dim=0).indices.to(device=out_device) for part in embs.split(batch)]
+        return torch.cat(codes) if codes else torch.empty(0, dtype=torch.long, device=out_device)
+
+    compress_into_codes.bounded = True
+    ResidualCodec.compress_into_codes = compress_into_codes
 
 
 def colbert_modules():
