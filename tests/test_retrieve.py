@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from persona_ray.core import storage
+from persona_ray.retrieval import index as index_module
 from persona_ray.retrieval.index import IndexConfig, run_index, select_rows
 from persona_ray.retrieval.recall import corpus_rows, recall_at, reword
 from persona_ray.retrieval.batch import RetrieveConfig, run_retrieve
@@ -44,14 +45,16 @@ def big_index(tmp_path_factory, ray_local):
 @pytest.fixture(scope="module")
 def bundled_index(tmp_path_factory, ray_local):
     """The 60 bundled prompts with personas: a small index that every clone can build, encoded by
-    two Ray actors in 4 shards of 16 prompts."""
+    two Ray actors in 4 shards of 16 prompts, PLAID built in 3 chunks of 25, 25 and 10 prompts."""
     rows = [{"pair_id": r["id"], **{k: v for k, v in r.items() if k != "id"}} for r in bundled_persona_rows()]
     folder = tmp_path_factory.mktemp("bundled")
     with pytest.MonkeyPatch.context() as patch:  # both actors up before the first batch: both encode
         patch.setattr(ray_local.data.DataContext.get_current(), "wait_for_min_actors_s", 300)
+        patch.setattr(index_module, "PLAID_CHUNK_PASSAGES", 25)
         manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index"),
                                          encode_workers=2, encode_batch=16))
     assert not os.path.exists(folder / "index" / "_encoded")  # the shards are gone once PLAID is built
+    assert sorted(p.name for p in (folder / "index" / "colbert").glob("*.codes.pt")) == [f"{i}.codes.pt" for i in range(3)]
     return rows, manifest, PersonaRetriever.load(str(folder / "index"))
 
 
@@ -87,6 +90,7 @@ def test_actor_pool_index_finds_what_the_in_process_index_finds(bundled_index, t
                                   encode_workers=0))
     assert alone["encode"] == {"mode": "in-process", "workers": 0}
     assert alone["fingerprint"] == manifest["fingerprint"]  # how it was encoded is not what it indexes
+    assert [p.name for p in (tmp_path / "index" / "colbert").glob("*.codes.pt")] == ["0.codes.pt"]  # colbert's own
     in_process = PersonaRetriever.load(str(tmp_path / "index"))
     queries = [r["prompt"] for r in rows] + [reword(r["prompt"]) for r in rows]
     tops = [[[h["row_id"] for h in retriever.search(q, k=5)] for retriever in (pooled, in_process)] for q in queries]

@@ -47,6 +47,9 @@ from persona_ray.retrieval import colbert_compat
 log = logging.getLogger(__name__)
 INDEX_VERSION = "persona-index-v1"
 ROW_COLUMNS = ("row_id", "prompt", "chosen_persona", "rejected_persona", "split", "domain")
+# Passages per PLAID chunk when building from the encoded shards: the chunk's token vectors are held
+# (float32) while it is compressed, so smaller chunks keep the build's memory flat as the index grows.
+PLAID_CHUNK_PASSAGES = 5_000
 
 
 class IndexConfig(Settings):
@@ -167,13 +170,17 @@ def _precomputed_indexer(embeddings: Any):
     from colbert.indexing.index_saver import IndexSaver
     from colbert.infra.launcher import Launcher
 
+    class PassageIds(Collection):
+        def get_chunksize(self):  # colbert's is 25,000 passages: their float32 vectors are held at once
+            return min(PLAID_CHUNK_PASSAGES, super().get_chunksize())
+
     class PrecomputedCollectionIndexer(CollectionIndexer):
         def __init__(self, config, collection, verbose=2):  # no model: only the parts run() uses
             self.verbose, self.config = verbose, config
             self.rank, self.nranks = config.rank, config.nranks
             self.use_gpu = config.total_visible_gpus > 0
             # colbert hands the encoder what the collection holds: here the passage ids.
-            self.collection = Collection(data=range(len(collection)))
+            self.collection = PassageIds(data=range(len(collection)))
             self.encoder, self.saver = embeddings, IndexSaver(config)
 
     def encode(config, collection, shared_lists, shared_queues, verbose=3):
