@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from functools import lru_cache
@@ -166,6 +167,25 @@ def write_bytes(uri: str, data: bytes, retry_s: float | None = None) -> None:
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def upload_file(local_path: str, uri: str, retry_s: float | None = None) -> None:
+    """Copy a local file to `uri` (local or s3://) in pieces, never all of it in memory; readers
+    see all of it or nothing, as with write_bytes."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        def attempt() -> None:  # a multipart upload: the object appears when it completes
+            pafs.copy_files(local_path, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+        _with_retries("write", uri, attempt, retry_s)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    shutil.copyfile(local_path, tmp)
+    with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 

@@ -249,8 +249,7 @@ def _publish(scratch: Path, cfg: AugmentConfig) -> None:
     names += [f"{n}.jsonl" for n in SPLITS if "jsonl" in cfg.formats]
     names += [f"{n}.jsonl" for n in SIDE_FILES]
     for name in names:
-        with (scratch / name).open("rb") as handle:
-            storage.write_bytes(storage.join(cfg.output, name), handle.read())
+        storage.upload_file(str(scratch / name), storage.join(cfg.output, name))
     if "hf" in cfg.formats:
         storage.copy_dir(str(scratch / "hf"), storage.join(cfg.output, "hf"))
 
