@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -72,12 +73,28 @@ def committed_rows(folder: Path) -> int:
     return total
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """The job and everything it started (its local Ray cluster, the engine)."""
+def descendants(process: subprocess.Popen) -> list:
+    """Every process the job started so far (psutil), wherever its session or group."""
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_group(process: subprocess.Popen, started: list = ()) -> None:
+    """The job and everything it started (its local Ray cluster, the engine): its process group,
+    the processes it has started now, and `started` (its descendants seen earlier: a vLLM engine
+    process outlives its Ray worker, under init, and would keep its memory for the rest of the run)."""
+    leftovers = [*started, *descendants(process)]
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for leftover in leftovers:
+        try:
+            leftover.kill()
+        except psutil.Error:
+            pass
     process.wait(timeout=60)
 
 
@@ -168,6 +185,7 @@ def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_loca
     job = subprocess.Popen(cli(config), cwd=REPO, env=local_env(), start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: list[int] = []
+    started: list = []
     try:
         while job.poll() is None:
             rows = committed_rows(output / "personas")
@@ -177,6 +195,7 @@ def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_loca
                 break
             time.sleep(0.1)
         finished_before_kill = job.poll() is not None
+        started = descendants(job)
         if not finished_before_kill:
             os.kill(job.pid, signal.SIGKILL)  # the driver only, as `kill -9 <pid>` would: Ray helpers may linger
             job.wait(timeout=60)
@@ -185,7 +204,7 @@ def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_loca
         # The rerun starts its own local Ray beside whatever the killed driver left behind.
         rerun = subprocess.run(cli(config), cwd=REPO, env=local_env(), capture_output=True, text=True, timeout=600)
     finally:
-        kill_group(job)  # now clean up the killed job's leftovers
+        kill_group(job, started)  # now clean up the killed job's leftovers
     assert not finished_before_kill, f"the job finished before {target:.0%} was committed; commits seen: {seen}"
     print(f"killed with {committed}/{2 * pairs} records committed; commits seen: {seen}")
     assert 0.3 * 2 * pairs <= committed < 2 * pairs

@@ -141,6 +141,8 @@ def _plan(cfg: InferConfig, model_path: str, personas_uri: str, quarantine_uri: 
     """Read and check every input row once, meet each pair with its written personas (Ray Data,
     grouped by pair id), and write the quarantine. Returns the todo rows (materialized: in the
     object store, spilled to disk when large), input rows, quarantine reasons, sides to write."""
+    from ray.data.aggregate import Count, Sum
+
     storage.delete(quarantine_uri)  # recomputed in full on every run: deterministic
     planned = todo_dataset(read_pairs(cfg.pairs, PromptFits(cfg, model_path), keep_raw=True), personas_uri)
     planned = planned.materialize()
@@ -152,9 +154,8 @@ def _plan(cfg: InferConfig, model_path: str, personas_uri: str, quarantine_uri: 
         reasons.update(batch["reason"].to_pylist())
     quarantine.close()
     todo = planned.map_batches(of_kind, fn_args=("todo",), batch_format="pyarrow")
-    sides = todo.map_batches(_count_sides, batch_format="pyarrow")
-    valid_pairs = sides.count()
-    to_write = int(sides.sum("n") or 0) if valid_pairs else 0
+    totals = todo.map_batches(_count_sides, batch_format="pyarrow").aggregate(Count(), Sum("n"))  # one pass
+    valid_pairs, to_write = int(totals["count()"]), int(totals["sum(n)"] or 0)
     return todo, valid_pairs + sum(reasons.values()), reasons, valid_pairs, to_write
 
 
