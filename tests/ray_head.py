@@ -191,6 +191,26 @@ class Head(_Node):
         return listed["is_head_node"]
 
 
+def start_head(work: Path, attempts: int = 3, ready_s: float = 150, **settings) -> Head:
+    """A Head (settings as Head's) that runs jobs, started again with new ports when it does not
+    get there. Its ports are free when picked but not held until `ray start` binds them, so a Ray
+    cluster starting beside it (a parallel test worker's) can take one first: the head then
+    talks to that cluster's agent and gets "Invalid authentication token", or none at all."""
+    for attempt in range(1, attempts + 1):
+        folder = work / str(attempt)  # short: Ray's socket paths must stay under 107 characters
+        folder.mkdir()
+        head = Head(folder, **settings)
+        try:
+            head.wait_ready(timeout=ready_s)
+            return head
+        except Exception as exc:  # noqa: BLE001 - any way of not becoming ready
+            head.stop()
+            if attempt == attempts:
+                raise
+            print(f"head not ready ({str(exc)[:300]}); starting it again with other ports")
+    raise AssertionError("unreachable")
+
+
 class Worker(_Node):
     """A second node: `ray start --address=<head> --block` with its own ports and temp folder, in a
     session of its own so that it can be lost alone."""

@@ -22,7 +22,7 @@ import yaml
 
 from persona_ray.pipeline.run import STAGES
 from tests.conftest import REPO, SAMPLE_PAIRS
-from tests.ray_head import RAY, Head, session_members
+from tests.ray_head import RAY, Head, session_members, start_head
 from tests.test_pipeline import TINY
 
 # A user's runtime env with a variable the engine also sets (VLLM_CPU_KVCACHE_SPACE): it must not
@@ -34,9 +34,8 @@ USER_RUNTIME_ENV = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "PERSONA_RAY_LOG
 def head():
     # Short: Ray's socket paths under --temp-dir must stay under the OS limit (107 characters).
     work = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
-    started = Head(work)
+    started = start_head(work)
     try:
-        started.wait_ready()
         yield started
     finally:
         started.stop()

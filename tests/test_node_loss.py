@@ -32,7 +32,7 @@ from persona_ray.retrieval.encode import SHARD_SUFFIX
 from persona_ray.retrieval.recall import corpus_rows
 from persona_ray.retrieval.search import PersonaRetriever
 from tests.conftest import REPO, bundled_persona_rows
-from tests.ray_head import Head, Worker, session_members
+from tests.ray_head import Head, Worker, session_members, start_head
 from tests.test_infer_faults import committed_rows, many_pairs
 from tests.test_job_submit import wait_for
 
@@ -63,10 +63,9 @@ def test_worker_node_killed_during_pi_job_finishes_with_every_record_once(tiny_m
     # Short: Ray's socket paths under --temp-dir must stay under the OS limit (107 characters).
     work = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
     started = time.time()
-    head = Head(work, num_cpus=HEAD_CPUS, system_config=HEALTH_CHECKS)
+    head = start_head(work, num_cpus=HEAD_CPUS, system_config=HEALTH_CHECKS)
     nodes = [head]
     try:
-        head.wait_ready()
         client = head.client()
         head.submit_job(client, submission_id="pi", entrypoint=f"{sys.executable} jobs/infer.py --config {config}",
                         runtime_env={"working_dir": str(REPO)})
@@ -159,10 +158,9 @@ def test_worker_node_killed_during_index_encoding_job_finishes_with_the_index_co
     started = time.time()
     # No CPU on the head: the encode actors can only run on the worker nodes; the job's driver (a
     # process of the job's supervisor actor, 0 CPUs) runs on the head and builds PLAID there.
-    head = Head(work, num_cpus=0, system_config=HEALTH_CHECKS)
+    head = start_head(work, num_cpus=0, system_config=HEALTH_CHECKS)
     nodes = [head]
     try:
-        head.wait_ready()
         # The worker nodes join before the job is submitted: on a loaded machine a node that
         # registers while the head takes in a job can miss `ray start`'s 30 s deadline.
         nodes += [Worker(head, name, INDEX_WORKER_CPUS) for name in ("w1", "w2")]
