@@ -117,8 +117,8 @@ class Head(_Node):
     def wait_ready(self, timeout: float = 240) -> None:
         """Until the head runs jobs: its job server answers, then a probe job (`true`) is taken and
         succeeds. The job server answers before the head's job agent registers (on a loaded
-        machine, tens of seconds before), and a job submitted in between is refused; a probe that
-        fails (its supervisor actor did not start in time on a loaded machine) is sent again."""
+        machine, tens of seconds before), and a job submitted in between is refused. A failed
+        probe is an error: `start_head` starts the head again."""
         deadline = time.time() + timeout
         while True:
             assert self.process.poll() is None, self.log.read_text()[-3000:]
@@ -130,18 +130,12 @@ class Head(_Node):
                     raise
                 time.sleep(1)
         client = self.client()
-        while True:
-            probe = f"ready-{secrets.token_hex(4)}"
-            self.submit_job(client, timeout=max(deadline - time.time(), 1), submission_id=probe, entrypoint="true")
-            while (status := client.get_job_status(probe)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-                assert time.time() < deadline, f"the probe job is still {status}"
-                time.sleep(0.5)
-            if status == "SUCCEEDED":
-                return
-            message = client.get_job_info(probe).message
-            assert time.time() < deadline, f"the probe job {status}: {message}"
-            print(f"probe job {status} ({message}); sending another")
-            time.sleep(2)
+        probe = f"ready-{secrets.token_hex(4)}"
+        self.submit_job(client, timeout=max(deadline - time.time(), 1), submission_id=probe, entrypoint="true")
+        while (status := client.get_job_status(probe)) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
+            assert time.time() < deadline, f"the probe job is still {status}"
+            time.sleep(0.5)
+        assert status == "SUCCEEDED", f"the probe job {status}: {client.get_job_info(probe).message}"
 
     def submit_job(self, client, timeout: float = 120, **job) -> None:
         """client.submit_job(**job), again while the head's job agent is not up yet: on a loaded
