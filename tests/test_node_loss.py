@@ -151,13 +151,13 @@ def test_worker_node_killed_during_index_encoding_job_finishes_with_the_index_co
     config = tmp_path / "index.yaml"
     config.write_text(yaml.safe_dump({"data": str(source), "output": str(output), "encode_workers": 2,
                                       "encode_batch": ENCODE_BATCH}))
-    shards = output / "_encoded"
+    shards = output / "_staging" / "_encoded"
     expected_shards = -(-INDEX_PROMPTS // ENCODE_BATCH)
 
     work = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
     started = time.time()
-    # No CPU on the head: the encode actors can only run on the worker nodes; the job's driver (a
-    # process of the job's supervisor actor, 0 CPUs) runs on the head and builds PLAID there.
+    # No CPU on the head: the encode actors and the PLAID build task can only run on the worker
+    # nodes; the job's driver (a process of the job's supervisor actor, 0 CPUs) runs on the head.
     head = start_head(work, num_cpus=0, system_config=HEALTH_CHECKS)
     nodes = [head]
     try:

@@ -8,11 +8,13 @@ import socket
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from persona_ray.core import storage
 from persona_ray.retrieval import index as index_module
-from persona_ray.retrieval.index import IndexConfig, run_index, select_rows
+from persona_ray.retrieval.index import IndexConfig, run_index
+from persona_ray.retrieval.rows import ROW_COLUMNS, write_index_rows
 from persona_ray.retrieval.recall import corpus_rows, recall_at, reword
 from persona_ray.retrieval.batch import RetrieveConfig, run_retrieve
 from persona_ray.retrieval.search import MAX_QUERY_CHARS, PersonaRetriever, QueryError
@@ -53,7 +55,7 @@ def bundled_index(tmp_path_factory, ray_local):
         patch.setattr(index_module, "PLAID_CHUNK_PASSAGES", 25)
         manifest = run_index(IndexConfig(data=_write_jsonl(folder / "rows.jsonl", rows), output=str(folder / "index"),
                                          encode_workers=2, encode_batch=16))
-    assert not os.path.exists(folder / "index" / "_encoded")  # the shards are gone once PLAID is built
+    assert not os.path.exists(folder / "index" / "_staging")  # the shards are gone once PLAID is built
     assert sorted(p.name for p in (folder / "index" / "colbert").glob("*.codes.pt")) == [f"{i}.codes.pt" for i in range(3)]
     return rows, manifest, PersonaRetriever.load(str(folder / "index"))
 
@@ -186,7 +188,7 @@ def test_s3_round_trip_idempotent_rebuild_and_no_test_rows(tmp_path, s3_bucket, 
     assert first["rebuilt"] and first["rows"] == 45  # 5 + 35 + 5, shared pools counted once
     assert storage.exists(f"{uri}/manifest.json") and storage.list_files(f"{uri}/colbert")
     # The actors wrote their embedding shards to S3 beside the index; they are gone now.
-    assert first["encode"]["mode"] == "ray-actors" and not storage.exists(f"{uri}/_encoded")
+    assert first["encode"]["mode"] == "ray-actors" and not storage.exists(f"{uri}/_staging")
     again = run_index(IndexConfig(data=data, output=uri))
     assert not again["rebuilt"] and again["fingerprint"] == first["fingerprint"]
 
@@ -237,25 +239,75 @@ def test_index_config_refuses_the_test_split():
         IndexConfig(data="d", output="o", splits=["sft_train", "test"])
 
 
-def test_unusable_rows_are_quarantined_with_field_and_reason():
-    raw = [
-        {"pair_id": "a", "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "train"},
-        {"pair_id": "b", "prompt": "", "chosen_persona": "c", "rejected_persona": "r", "split": "train"},
-        {"pair_id": "c", "prompt": "p", "chosen_persona": None, "rejected_persona": "r", "split": "train"},
-        {"id": 7, "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "train"},
-        {"pair_id": "t", "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "test"},
-        {"_error": "line 6: not JSON (Expecting value)", "split": "train"},
-        {"pair_id": "a", "prompt": "p", "chosen_persona": "c", "rejected_persona": "r", "split": "dpo_train"},
+def _index_rows(data, tmp_path, splits=("sft_train", "dpo_train")):
+    import hashlib
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    digest = hashlib.sha256()
+    rows = write_index_rows(str(data), list(splits), str(folder), digest)
+    kept = pa.parquet.read_table(rows.rows_path).to_pylist()
+    quarantine = [json.loads(x) for x in open(rows.quarantine_path)]
+    return rows, kept, sorted(quarantine, key=lambda q: int(q["where"].rsplit(":", 1)[1])), digest.hexdigest()
+
+
+def test_unusable_rows_are_quarantined_with_where_field_and_reason(tmp_path, ray_local):
+    good = {"prompt": "p", "chosen_persona": "c", "rejected_persona": "r"}
+    lines = [json.dumps(r) for r in [
+        {"pair_id": "a", **good, "split": "train"},
+        {"pair_id": "b", **good, "prompt": "", "split": "train"},
+        {"pair_id": "c", **good, "chosen_persona": None, "split": "train"},
+        {"id": 7, **good, "split": "train"},
+        {"pair_id": "t", **good, "split": "test"},
+    ]] + ["{not json", "[1, 2]", json.dumps({"pair_id": "a", **good, "prompt": "other", "split": "dpo_train"}),
+          json.dumps({"id": "0-first", **good, "domain": "hhh"})]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    rows, kept, quarantine, _ = _index_rows(data, tmp_path)
+    # Sorted by id; of the two rows with id "a" the first in the file is kept; no split: "train".
+    assert [(r["row_id"], r["prompt"], r["split"], r["domain"]) for r in kept] == [
+        ("0-first", "p", "train", "hhh"), ("a", "p", "train", "unknown")]
+    assert [(q["where"], q["row_id"], q["reason"]) for q in quarantine] == [
+        ("rows.jsonl:2", "b", "prompt: missing, empty or not a string"),
+        ("rows.jsonl:3", "c", "chosen_persona: missing, empty or not a string"),
+        ("rows.jsonl:4", "7", "pair_id/id: missing or not a string"),
+        ("rows.jsonl:5", "t", "split: test rows are never indexed"),
+        ("rows.jsonl:6", None, "not JSON (Expecting property name enclosed in double quotes)"),
+        ("rows.jsonl:7", None, "not a JSON object"),
     ]
-    rows, quarantine = select_rows(raw)
-    assert [r["row_id"] for r in rows] == ["a"] and rows[0]["split"] == "train"
-    assert [(q["row"], q["reason"]) for q in quarantine] == [
-        (1, "prompt: missing, empty or not a string"),
-        (2, "chosen_persona: missing, empty or not a string"),
-        (3, "pair_id/id: missing or not a string"),
-        (4, "split: test rows are never indexed"),
-        (5, "line 6: not JSON (Expecting value)"),
-    ]
+    assert (rows.rows, rows.quarantined, rows.splits) == (2, 6, ["train"])
+
+
+def test_index_rows_of_a_folder_keep_the_first_split_and_hash_like_a_list(tmp_path, ray_local):
+    """SFT and DPO splits share rows: each id once, from the first configured split, in id order,
+    over many Ray blocks; the digest is the rows' JSON lines in that order."""
+    import hashlib
+
+    folder = tmp_path / "augmented"
+    folder.mkdir()
+    shared = [{"pair_id": f"p{i:04d}", "prompt": f"prompt {i}", "chosen_persona": "c", "rejected_persona": "r",
+               "domain": "hhh"} for i in range(1500)]
+    pa.parquet.write_table(pa.Table.from_pylist(shared[::-1]), folder / "dpo_train.parquet", row_group_size=100)
+    extra = [{**r, "pair_id": f"s{i}"} for i, r in enumerate(shared[:3])]
+    pa.parquet.write_table(pa.Table.from_pylist(shared[700:] + extra + [{**shared[0], "prompt": " "}]),
+                           folder / "sft_train.parquet", row_group_size=100)
+    rows, kept, quarantine, digest = _index_rows(folder, tmp_path, splits=("dpo_train", "sft_train"))
+    assert [r["row_id"] for r in kept] == sorted([r["pair_id"] for r in shared] + ["s0", "s1", "s2"])
+    assert {r["split"] for r in kept if r["row_id"].startswith("p")} == {"dpo_train"}
+    assert {r["split"] for r in kept if r["row_id"].startswith("s")} == {"sft_train"}
+    assert quarantine == [{"where": "sft_train.parquet:804", "row_id": "p0000",
+                           "reason": "prompt: missing, empty or not a string"}]
+    expected = hashlib.sha256()
+    for row in kept:
+        expected.update(json.dumps([row[c] for c in ROW_COLUMNS]).encode() + b"\n")
+    assert digest == expected.hexdigest() and rows.splits == ["dpo_train", "sft_train"]
+
+
+def test_an_input_with_no_indexable_row_is_an_error(tmp_path, ray_local):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"pair_id": "x", "prompt": ""}) + "\n")
+    with pytest.raises(ValueError, match="no indexable training rows \\(1 quarantined\\)"):
+        run_index(IndexConfig(data=str(data), output=str(tmp_path / "index")))
 
 
 def test_code_assignment_in_small_batches_gives_colbert_codes_with_bounded_scores(monkeypatch):

@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from retrieval import corpus, require_real_data
 
 
@@ -48,8 +51,10 @@ def main() -> None:
         started = time.perf_counter()
         encode_texts(load_encoder(checkpoint, 128), prompts)
         seconds["encode_in_process"] = time.perf_counter() - started
+        passages = os.path.join(tmp, "passages.parquet")
+        pq.write_table(pa.table({"prompt": prompts}), passages)
         started = time.perf_counter()
-        pool = encode_on_ray(prompts, "minilm", doc_maxlen=128, folder=os.path.join(tmp, "shards"),
+        pool = encode_on_ray(passages, "prompt", "minilm", doc_maxlen=128, folder=os.path.join(tmp, "shards"),
                              workers=args.workers, batch_size=100)
         seconds["encode_pool"] = time.perf_counter() - started
 

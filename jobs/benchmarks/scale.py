@@ -13,7 +13,8 @@ second; Ray's workers and the engine are other processes and are not counted):
            tiny model's personas are not valid sentences) joined and split
   index    ColBERT (MiniLM checkpoint) index of the training rows of an augmented folder of
            --index-small / --index-large pairs (ColBERT encoding on 2 CPU cores is ~40 s per 1,000
-           prompts, so the index sizes are smaller than N; say so when quoting the numbers)
+           prompts, so the index sizes are smaller than N; say so when quoting the numbers); the
+           PLAID build's Ray task reports its own peak beside the driver's
 The large persona-inference run is also the resume check: it is killed (SIGKILL to the driver and
 every process under it) once `--kill-after-shards` shards are committed and run again to the end; its
 driver peak is the higher of the two runs', and the output must hold every (pair_id, side) once.
@@ -95,7 +96,10 @@ def child(args) -> dict:
     from persona_ray.retrieval.index import IndexConfig, run_index
 
     manifest = run_index(IndexConfig(data=args.input, output=args.output, force=True))
-    return {"rows": manifest["rows"], "build_seconds": manifest["build_seconds"]}
+    # The PLAID build runs in a Ray task: its process's peak (ru_maxrss, which also counts any Ray
+    # Data task that process ran before) is reported beside the driver's.
+    return {"rows": manifest["rows"], "build_seconds": manifest["build_seconds"],
+            "build_task_peak_rss_mib": manifest["encode"].get("build_peak_rss_mib")}
 
 
 def run_child(kind: str, extra: list[str], kill_when=None) -> tuple[dict | None, dict[str, int], float]:

@@ -18,6 +18,7 @@ import os
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
 from ray.data.datasource import FileBasedDatasource
 
@@ -66,6 +67,30 @@ class JsonLinesDatasource(FileBasedDatasource):
             yield pa.table(rows)
 
 
+class ParquetRowsDatasource(FileBasedDatasource):
+    """Parquet rows, each with LINE_WHERE ("file:row", counted from 1) so a bad row can be named.
+
+    Ray's read_parquet does not tell a row's place in its file; here a file is read in batches of
+    its row groups (random access, never the whole file at once) and the rows are counted.
+    """
+
+    def _open_input_source(self, filesystem, path: str, **open_args) -> "pa.NativeFile":
+        return filesystem.open_input_file(path)  # Parquet's footer is at the end: not a stream
+
+    def _read_stream(self, f: "pa.NativeFile", path: str) -> Iterator[pa.Table]:
+        name, first = os.path.basename(path), 1
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=LINES_PER_BLOCK):
+            table = pa.Table.from_batches([batch])
+            where = pa.array([f"{name}:{first + i}" for i in range(table.num_rows)], pa.string())
+            yield table.append_column(LINE_WHERE, where)
+            first += table.num_rows
+
+
+def where_number(where: str) -> int:
+    """The line or row number of a LINE_WHERE value ("file:17" -> 17)."""
+    return int(where.rsplit(":", 1)[1])
+
+
 def _is_saved_hf_dataset(uri: str) -> bool:
     return not storage.is_s3(uri) and os.path.isdir(uri) and any(
         os.path.exists(os.path.join(uri, marker)) for marker in _HF_MARKERS
@@ -86,7 +111,8 @@ def _from_huggingface(uri: str, split: str) -> ray.data.Dataset:
     return ray.data.from_huggingface(data)
 
 
-def read_input(uri: str, split: str = "train") -> ray.data.Dataset:
+def read_input(uri: str, split: str = "train", located: bool = False) -> ray.data.Dataset:
+    """The rows of `uri` (see the module docstring); `located`: Parquet rows also carry LINE_WHERE."""
     if uri.startswith("hf://") or _is_saved_hf_dataset(uri):
         return _from_huggingface(uri, split)
     files = storage.list_files(uri, suffixes=(*_JSON_SUFFIXES, ".parquet"))
@@ -98,5 +124,7 @@ def read_input(uri: str, split: str = "train") -> ray.data.Dataset:
     fs, _ = storage.filesystem(uri)
     paths = [storage.filesystem(f)[1] for f in files]
     if kinds == {"parquet"}:
+        if located:
+            return ray.data.read_datasource(ParquetRowsDatasource(paths, filesystem=fs))
         return ray.data.read_parquet(paths, filesystem=fs)
     return ray.data.read_datasource(JsonLinesDatasource(paths, filesystem=fs))

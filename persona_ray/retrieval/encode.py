@@ -1,15 +1,16 @@
 """ColBERT passage embeddings computed on a Ray actor pool, stored as shards for the PLAID build.
 
-    summary = encode_on_ray(prompts, "minilm", doc_maxlen=128, folder="s3://b/index/_encoded", workers=8)
-    embeddings = ShardedEmbeddings("s3://b/index/_encoded", passages=len(prompts))
+    summary = encode_on_ray("s3://b/rows.parquet", "prompt", "minilm", doc_maxlen=128,
+                            folder="s3://b/index/_encoded", workers=8, batch_size=1000)
+    embeddings = ShardedEmbeddings("s3://b/index/_encoded", passages=summary["passages"])
     embs, doclens = embeddings.encode_passages([0, 1, 2])   # what colbert's CollectionEncoder returns
 
 Encoding is the slow part of indexing: a BERT pass per passage, and colbert's own indexer encodes
 its k-means sample first and then everything (below ~30k passages the sample is every passage).
 Here every passage is encoded once, by `workers` actors that each load the checkpoint once; each
 actor writes what it encodes straight to `folder`, one shard per batch of consecutive passages, so
-the driver never holds the collection's embeddings: PLAID reads them back one colbert chunk
-(at most 25,000 passages) at a time (index.py).
+the driver never holds the collection's embeddings: the PLAID build reads them back one chunk
+(index.PLAID_CHUNK_PASSAGES) at a time (index.py).
 
 Shard format: <folder>/<first passage id:012d>-<passages>.npz with
     embs     float16 [tokens, dim]   token vectors of the passages, in passage order
@@ -153,25 +154,37 @@ def consecutive_runs(pids: list[int]) -> list[tuple[int, int]]:
     return list(zip([0, *breaks], [*breaks, len(pids)]))
 
 
-def encode_on_ray(texts: list[str], checkpoint: str, *, doc_maxlen: int, folder: str, workers: int,
-                  batch_size: int) -> dict[str, Any]:
-    """Encode `texts` (passage id = position) into shards in `folder` on `workers` Ray actors.
+def _passage_batch(batch: dict, column: str) -> dict:
+    """Rows of the passages file (with LINE_WHERE) -> {"pid": row number from 0, "text"}."""
+    from persona_ray.inference.readers import LINE_WHERE, where_number
 
-    `checkpoint` is the config's name ('minilm' or a folder); each actor resolves it on its own
-    node and refuses to run unless it is the same model the driver resolved. Returns
-    {"shards", "passages", "tokens", "processes"} (processes: distinct worker processes that wrote
-    shards, "<host>:<pid>" each).
+    return {"pid": np.array([where_number(w) - 1 for w in batch[LINE_WHERE]], dtype=np.int64),
+            "text": batch[column]}
+
+
+def encode_on_ray(passages: str, column: str, checkpoint: str, *, doc_maxlen: int, folder: str, workers: int,
+                  batch_size: int) -> dict[str, Any]:
+    """Encode the texts in `column` of the Parquet file `passages` (passage id = row number from 0)
+    into shards in `folder`, on `workers` Ray actors.
+
+    The file is read by Ray Data tasks, so the texts never pass through this process; it and
+    `folder` must be reachable from every node. `checkpoint` is the config's name ('minilm' or a
+    folder); each actor resolves it on its own node and refuses to run unless it is the same model
+    the driver resolved. Returns {"shards", "passages", "tokens", "processes"} (processes: distinct
+    worker processes that wrote shards, "<host>:<pid>" each).
     """
     import ray
 
     from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.inference.readers import read_input
 
     ensure_ray()
     storage.delete(folder)  # shards of an earlier, interrupted build
     digest = colbert_compat.folder_digest(colbert_compat.resolve_checkpoint(checkpoint))
-    # Blocks of at most batch_size consecutive passages; each block is one actor batch (batch_size=None).
-    items = [{"pid": pid, "text": text} for pid, text in enumerate(texts)]
-    written = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size)).map_batches(
+    # Blocks of at most batch_size passages (streamed, in order); each block is one actor batch.
+    blocks = read_input(passages, located=True).map_batches(_passage_batch, fn_args=(column,), batch_format="numpy")
+    blocks = blocks.repartition(target_num_rows_per_block=batch_size, strict=True)
+    written = blocks.map_batches(
         _EncodeActor, fn_constructor_kwargs={"checkpoint": checkpoint, "checkpoint_digest": digest,
                                              "doc_maxlen": doc_maxlen, "folder": folder},
         compute=ray.data.ActorPoolStrategy(size=workers), batch_size=None, batch_format="numpy",

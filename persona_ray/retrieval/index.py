@@ -15,14 +15,16 @@ Data contract
               checkpoint/     the ColBERT checkpoint that encoded it (queries need the same one)
               quarantine.jsonl  rows that could not be indexed, with field and reason
               manifest.json   written last: an index without it is incomplete
-              _encoded/       only during a build with encode_workers > 0: the workers' embedding
-                              shards (encode.py), deleted when the build ends
+              _staging/       only during a build: the rows the encode actors read, their embedding
+                              shards (encode.py) and the new PLAID index, deleted when the build ends
 Rebuilding is idempotent: when the manifest's fingerprint (rows + checkpoint + settings) matches,
-nothing is rebuilt; otherwise the index is rebuilt in a scratch folder and then copied over.
+nothing is rebuilt; otherwise the index is rebuilt in _staging and then copied over.
 
-With encode_workers > 0 the passages are encoded on a Ray actor pool (encode.py) and colbert's
-PLAID build (centroids, compression, inverted lists) runs here on those embeddings instead of
-running the model itself; with 0 colbert's Indexer encodes everything in this process.
+The rows are checked, deduplicated and sorted by Ray Data and streamed through this process
+(rows.py). With encode_workers > 0 the passages are encoded on a Ray actor pool (encode.py) and
+colbert's PLAID build (centroids, compression, inverted lists) runs on those embeddings in a Ray
+task, so this process holds nothing that grows with the data; with 0 colbert's Indexer encodes
+and builds everything in this process (small indexes).
 """
 
 from __future__ import annotations
@@ -35,18 +37,17 @@ import tempfile
 import time
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from persona_ray.core import storage
-from persona_ray.core.schema import row_id
 from persona_ray.core.settings import Settings
-from persona_ray.dataset.splits import TEST_SPLIT, TRAINING_SPLITS, read_table, split_uri
+from persona_ray.dataset.splits import TEST_SPLIT, TRAINING_SPLITS
 from persona_ray.retrieval import colbert_compat
+from persona_ray.retrieval.rows import IndexRows, write_index_rows
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = "persona-index-v1"
-ROW_COLUMNS = ("row_id", "prompt", "chosen_persona", "rejected_persona", "split", "domain")
 # Passages per PLAID chunk when building from the encoded shards: the chunk's token vectors are held
 # (float32) while it is compressed, so smaller chunks keep the build's memory flat as the index grows.
 PLAID_CHUNK_PASSAGES = 5_000
@@ -66,8 +67,9 @@ class IndexConfig(Settings):
     kmeans_niters: int = Field(4, ge=1, description="k-means iterations for the centroids")
     encode_workers: int = Field(
         2, ge=0, description="Ray actors (1 CPU each, checkpoint loaded once per actor) that encode the prompts; "
-        "PLAID is then built here from the embedding shards they write under <output>/_encoded (so a multi-node "
-        "cluster needs an s3:// output). 0: colbert encodes in this process, its k-means sample a second time. "
+        "PLAID is then built in a Ray task from the embedding shards they write under <output>/_staging (so a "
+        "multi-node cluster needs an s3:// output). 0: colbert encodes and builds in this process, its k-means "
+        "sample a second time. "
         "2 is faster than 0 even on a 2-core machine (no prompt is encoded twice); on a cluster, one per spare CPU")
     encode_batch: int = Field(1000, ge=1, description="prompts per actor batch, at most (one embedding shard each)")
     force: bool = Field(False, description="rebuild even when the fingerprint matches")
@@ -82,66 +84,16 @@ class IndexConfig(Settings):
         return splits
 
 
-def read_training_rows(cfg: IndexConfig) -> list[dict]:
-    """Rows of the configured training splits, each tagged with its split (file rows: their own)."""
-    if storage.is_dir(cfg.data):
-        rows = []
-        for split in cfg.splits:
-            path = split_uri(cfg.data, split)
-            if not storage.exists(path):
-                raise FileNotFoundError(f"{cfg.data}: no {split}.parquet (splits to index: {cfg.splits})")
-            rows.extend({**row, "split": split} for row in read_table(path))
-        return rows
-    if not storage.exists(cfg.data):
-        raise FileNotFoundError(f"{cfg.data}: no such file or folder")
-    return [{**row, "split": row.get("split") or "train"} for row in read_table(cfg.data)]
-
-
-def check_row(row: dict) -> tuple[dict | None, str | None]:
-    """(index row, None) or (None, reason naming the field)."""
-    if "_error" in row:
-        return None, row["_error"]
-    rid = row_id(row)
-    if not isinstance(rid, str) or not rid.strip():
-        return None, "pair_id/id: missing or not a string"
-    for field in ("prompt", "chosen_persona", "rejected_persona"):
-        value = row.get(field)
-        if not isinstance(value, str) or not value.strip():
-            return None, f"{field}: missing, empty or not a string"
-    domain = row.get("domain")
-    return {"row_id": rid, "prompt": row["prompt"].strip(), "chosen_persona": row["chosen_persona"].strip(),
-            "rejected_persona": row["rejected_persona"].strip(), "split": str(row["split"]),
-            "domain": domain if isinstance(domain, str) and domain else "unknown"}, None
-
-
-def select_rows(raw: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Valid training rows, once each (SFT and DPO share rows), sorted by id; plus the quarantine."""
-    kept: dict[str, dict] = {}
-    quarantine = []
-    for number, row in enumerate(raw):
-        if row.get("split") == TEST_SPLIT:
-            quarantine.append({"row": number, "row_id": row_id(row),
-                               "reason": "split: test rows are never indexed"})
-            continue
-        checked, reason = check_row(row)
-        if checked is None:
-            quarantine.append({"row": number, "row_id": row_id(row), "reason": reason})
-            continue
-        kept.setdefault(checked["row_id"], checked)
-    return [kept[key] for key in sorted(kept)], quarantine
-
-
-def fingerprint(rows: list[dict], checkpoint_digest: str, cfg: IndexConfig) -> str:
+def new_fingerprint(checkpoint_digest: str, cfg: IndexConfig):
+    """The index's fingerprint so far (a sha256): version, checkpoint, settings; the rows go in next."""
     digest = hashlib.sha256(INDEX_VERSION.encode())
     digest.update(checkpoint_digest.encode())
     digest.update(json.dumps([cfg.nbits, cfg.doc_maxlen, cfg.kmeans_niters]).encode())
-    for row in rows:
-        digest.update(json.dumps([row[c] for c in ROW_COLUMNS]).encode() + b"\n")
-    return digest.hexdigest()
+    return digest
 
 
-def build_colbert_index(prompts: list[str], checkpoint: str, folder: str, cfg: IndexConfig,
-                        embeddings: Any = None) -> None:
+def build_colbert_index(prompts: Any, checkpoint: str, folder: str, cfg: IndexConfig,
+                        embeddings: Any = None, chunk_passages: int = PLAID_CHUNK_PASSAGES) -> None:
     """PLAID index of `prompts` (passage id = list position) written into `folder`.
 
     `embeddings`: an object with colbert's `encode_passages(passage ids)` (encode.ShardedEmbeddings)
@@ -152,12 +104,12 @@ def build_colbert_index(prompts: list[str], checkpoint: str, folder: str, cfg: I
     with Run().context(RunConfig(nranks=1, root=root, experiment="persona_ray", avoid_fork_if_possible=True)):
         config = ColBERTConfig(nbits=cfg.nbits, doc_maxlen=cfg.doc_maxlen, kmeans_niters=cfg.kmeans_niters,
                                checkpoint=checkpoint, index_path=folder, gpus=0, avoid_fork_if_possible=True)
-        indexer = (Indexer if embeddings is None else _precomputed_indexer(embeddings))(
+        indexer = (Indexer if embeddings is None else _precomputed_indexer(embeddings, chunk_passages))(
             checkpoint=checkpoint, config=config, verbose=0)
         indexer.index(name=os.path.basename(folder), collection=prompts, overwrite="force_silent_overwrite")
 
 
-def _precomputed_indexer(embeddings: Any):
+def _precomputed_indexer(embeddings: Any, chunk_passages: int):
     """colbert's Indexer whose CollectionIndexer asks `embeddings` for passage vectors (by id).
 
     Everything else is colbert's own: the same seeded k-means sample, centroids, residual codec,
@@ -172,7 +124,7 @@ def _precomputed_indexer(embeddings: Any):
 
     class PassageIds(Collection):
         def get_chunksize(self):  # colbert's is 25,000 passages: their float32 vectors are held at once
-            return min(PLAID_CHUNK_PASSAGES, super().get_chunksize())
+            return min(chunk_passages, super().get_chunksize())
 
     class PrecomputedCollectionIndexer(CollectionIndexer):
         def __init__(self, config, collection, verbose=2):  # no model: only the parts run() uses
@@ -193,62 +145,108 @@ def _precomputed_indexer(embeddings: Any):
     return PrecomputedIndexer
 
 
-def encode_and_build(prompts: list[str], checkpoint: str, folder: str, cfg: IndexConfig) -> dict[str, Any]:
-    """Encode on the Ray actor pool, build PLAID from the shards here; the manifest's `encode` entry."""
-    from persona_ray.retrieval.encode import ShardedEmbeddings, encode_on_ray
+class PassageCount:
+    """What the precomputed build hands colbert as its collection: only its length is read
+    (passage ids are 0..n-1); `provenance` is what colbert writes of it into the index's metadata."""
 
-    shards = storage.join(cfg.output, "_encoded")
+    def __init__(self, passages: int):
+        self.passages = passages
+
+    def __len__(self) -> int:
+        return self.passages
+
+    def provenance(self) -> str:
+        return f"{self.passages} passages, encoded on Ray actors"
+
+
+def build_from_shards(passages: int, checkpoint: str, checkpoint_digest: str, shards: str, target: str,
+                      cfg: IndexConfig, chunk_passages: int) -> dict[str, Any]:
+    """PLAID index of the embedding shards in `shards`, built in a scratch folder here and copied to
+    `target` (local or s3://); returns where it ran and its peak memory. Runs as a Ray task: the
+    build holds colbert's k-means sample (every passage up to ~30k, then 16*sqrt(120*N)), which
+    belongs on a worker sized for it, not on the driver."""
+    import resource
+    import socket
+
+    from persona_ray.retrieval.encode import ShardedEmbeddings
+
+    local = colbert_compat.resolve_checkpoint(checkpoint)
+    if colbert_compat.folder_digest(local) != checkpoint_digest:
+        raise RuntimeError(f"checkpoint {checkpoint!r} on {socket.gethostname()} ({local}) is not the one the "
+                           "driver indexes with: give a folder every node has the same copy of")
+    with tempfile.TemporaryDirectory(prefix="persona-plaid-") as scratch:
+        folder = os.path.join(scratch, "colbert")
+        embeddings = ShardedEmbeddings(shards, passages)
+        build_colbert_index(PassageCount(passages), local, folder, cfg, embeddings, chunk_passages)
+        storage.delete(target)
+        storage.copy_dir(folder, target)
+    return {"build_process": f"{socket.gethostname()}:{os.getpid()}",
+            "build_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+
+
+def encode_and_build(rows: IndexRows, checkpoint: str, staging: str, cfg: IndexConfig) -> dict[str, Any]:
+    """Encode on the Ray actor pool, then build PLAID from the shards in a Ray task, into
+    <staging>/colbert; the manifest's `encode` entry."""
+    import ray
+
+    from persona_ray.retrieval.encode import encode_on_ray
+
+    passages, shards = storage.join(staging, "rows.parquet"), storage.join(staging, "_encoded")
+    storage.upload_file(rows.rows_path, passages)  # the actors, on any node, read the prompts from here
     started = time.perf_counter()
-    try:
-        summary = encode_on_ray(prompts, cfg.checkpoint, doc_maxlen=cfg.doc_maxlen, folder=shards,
-                                workers=cfg.encode_workers, batch_size=cfg.encode_batch)
-        encode_seconds = time.perf_counter() - started
-        build_colbert_index(prompts, checkpoint, folder, cfg, embeddings=ShardedEmbeddings(shards, len(prompts)))
-    finally:
-        storage.delete(shards)
+    summary = encode_on_ray(passages, "prompt", cfg.checkpoint, doc_maxlen=cfg.doc_maxlen, folder=shards,
+                            workers=cfg.encode_workers, batch_size=cfg.encode_batch)
+    encode_seconds = time.perf_counter() - started
+    digest = colbert_compat.folder_digest(checkpoint)
+    build = ray.get(ray.remote(max_retries=2)(build_from_shards).remote(
+        rows.rows, cfg.checkpoint, digest, shards, storage.join(staging, "colbert"), cfg, PLAID_CHUNK_PASSAGES))
     return {"mode": "ray-actors", "workers": cfg.encode_workers, "batch": cfg.encode_batch,
-            "encode_seconds": round(encode_seconds, 2), **summary}
+            "encode_seconds": round(encode_seconds, 2), **summary, **build}
 
 
 def run_index(cfg: IndexConfig) -> dict[str, Any]:
     """Build (or confirm) the index at cfg.output; returns the manifest."""
     checkpoint = colbert_compat.resolve_checkpoint(cfg.checkpoint)
-    rows, quarantine = select_rows(read_training_rows(cfg))
-    if not rows:
-        raise ValueError(f"{cfg.data}: no indexable training rows ({len(quarantine)} quarantined)")
-    digest = fingerprint(rows, colbert_compat.folder_digest(checkpoint), cfg)
-    manifest_uri = storage.join(cfg.output, "manifest.json")
-    if not cfg.force and storage.exists(manifest_uri):
-        existing = storage.read_json(manifest_uri)
-        if existing.get("fingerprint") == digest:
-            log.info("index: %s is up to date (%d rows), nothing to do", cfg.output, existing["rows"])
-            return {**existing, "rebuilt": False}
-
-    started = time.perf_counter()
+    manifest_uri, staging = storage.join(cfg.output, "manifest.json"), storage.join(cfg.output, "_staging")
     with tempfile.TemporaryDirectory(prefix="persona-index-") as scratch:
-        prompts, colbert_folder = [r["prompt"] for r in rows], os.path.join(scratch, "colbert")
-        if cfg.encode_workers:
-            encode = encode_and_build(prompts, checkpoint, colbert_folder, cfg)
-        else:
-            build_colbert_index(prompts, checkpoint, colbert_folder, cfg)
-            encode = {"mode": "in-process", "workers": 0}
-        build_seconds = time.perf_counter() - started
-        if storage.exists(manifest_uri):
-            storage.delete(manifest_uri)  # the old index is incomplete from here until the new manifest
-        for part, source in (("colbert", os.path.join(scratch, "colbert")), ("checkpoint", checkpoint)):
-            storage.delete(storage.join(cfg.output, part))
-            storage.copy_dir(source, storage.join(cfg.output, part))
-    table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in ROW_COLUMNS]))
-    storage.write_parquet(table, storage.join(cfg.output, "rows.parquet"))
-    storage.write_bytes(storage.join(cfg.output, "quarantine.jsonl"),
-                        "".join(json.dumps(q, default=str) + "\n" for q in quarantine).encode())
+        digest = new_fingerprint(colbert_compat.folder_digest(checkpoint), cfg)
+        rows = write_index_rows(cfg.data, cfg.splits, scratch, digest)
+        if not rows.rows:
+            raise ValueError(f"{cfg.data}: no indexable training rows ({rows.quarantined} quarantined)")
+        fingerprint = digest.hexdigest()
+        if not cfg.force and storage.exists(manifest_uri):
+            existing = storage.read_json(manifest_uri)
+            if existing.get("fingerprint") == fingerprint:
+                log.info("index: %s is up to date (%d rows), nothing to do", cfg.output, existing["rows"])
+                return {**existing, "rebuilt": False}
+
+        started = time.perf_counter()
+        storage.delete(staging)  # what an interrupted build left
+        try:
+            if cfg.encode_workers:
+                encode = encode_and_build(rows, checkpoint, staging, cfg)
+            else:  # colbert encodes here: every prompt in this process's memory (small indexes)
+                prompts = pq.read_table(rows.rows_path, columns=["prompt"]).column("prompt").to_pylist()
+                build_colbert_index(prompts, checkpoint, os.path.join(scratch, "colbert"), cfg)
+                storage.copy_dir(os.path.join(scratch, "colbert"), storage.join(staging, "colbert"))
+                encode = {"mode": "in-process", "workers": 0}
+            build_seconds = time.perf_counter() - started
+            if storage.exists(manifest_uri):
+                storage.delete(manifest_uri)  # the old index is incomplete from here until the new manifest
+            for part, source in (("colbert", storage.join(staging, "colbert")), ("checkpoint", checkpoint)):
+                storage.delete(storage.join(cfg.output, part))
+                storage.copy_dir(source, storage.join(cfg.output, part))
+        finally:
+            storage.delete(staging)
+        storage.upload_file(rows.rows_path, storage.join(cfg.output, "rows.parquet"))
+        storage.upload_file(rows.quarantine_path, storage.join(cfg.output, "quarantine.jsonl"))
     manifest = {
-        "version": INDEX_VERSION, "fingerprint": digest, "rows": len(rows), "quarantined": len(quarantine),
-        "splits": sorted({r["split"] for r in rows}), "checkpoint": cfg.checkpoint, "nbits": cfg.nbits,
+        "version": INDEX_VERSION, "fingerprint": fingerprint, "rows": rows.rows, "quarantined": rows.quarantined,
+        "splits": rows.splits, "checkpoint": cfg.checkpoint, "nbits": cfg.nbits,
         "doc_maxlen": cfg.doc_maxlen, "build_seconds": round(build_seconds, 2), "encode": encode,
     }
     storage.write_json(manifest, manifest_uri)
-    log.info("index: %d prompts indexed in %.1f s into %s (%d rows quarantined)", len(rows), build_seconds,
-             cfg.output, len(quarantine),
-             extra={"stage": "index", "rows": len(rows), "quarantined": len(quarantine), "seconds": build_seconds})
+    log.info("index: %d prompts indexed in %.1f s into %s (%d rows quarantined)", rows.rows, build_seconds,
+             cfg.output, rows.quarantined,
+             extra={"stage": "index", "rows": rows.rows, "quarantined": rows.quarantined, "seconds": build_seconds})
     return {**manifest, "rebuilt": True}
