@@ -100,7 +100,7 @@ def judge_all(requests: list[dict], judge: JudgeSettings) -> tuple[list[dict], i
     return ask_judge(requests, parse=parse_choice, judge=judge, choice=guided)
 
 
-def _accuracy(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
+def _accuracy_requests(rows_by_model: dict[str, list[dict]]) -> list[dict]:
     requests = []
     for model, rows in rows_by_model.items():
         for row in rows:
@@ -109,7 +109,10 @@ def _accuracy(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
                                              row[f"{side}_persona"], side):
                     requests.append({**req, "pi_model": model, "domain": row["domain"],
                                      "judge_key": key_of("acc", model, req["pair_id"], side, req["order"])})
-    answered, retried = judge_all(requests, judge)
+    return requests
+
+
+def _accuracy(answered: list[dict]) -> list[dict]:
     verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
     meta = {}
     for row in answered:
@@ -118,10 +121,10 @@ def _accuracy(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
         meta[key] = row["domain"]
     scored = [{"model": k[0], "domain": meta[k], "side": k[2],
                **score_persona(v.get("own_first"), v.get("own_second"))} for k, v in sorted(verdicts.items())]
-    return aggregate_accuracy(scored), answered, retried
+    return aggregate_accuracy(scored)
 
 
-def _preference(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
+def _preference_requests(rows_by_model: dict[str, list[dict]]) -> list[dict]:
     requests = []
     for model, rows in rows_by_model.items():
         for row in rows:
@@ -129,14 +132,17 @@ def _preference(rows_by_model: dict[str, list[dict]], judge: JudgeSettings):
                                            row["rejected_persona"]):
                 requests.append({**req, "pi_model": model,
                                  "judge_key": key_of("pref", model, req["pair_id"], req["order"])})
-    answered, retried = judge_all(requests, judge)
+    return requests
+
+
+def _preference(answered: list[dict]) -> dict[str, dict]:
     verdicts: dict[tuple, dict[str, Any]] = defaultdict(dict)
     for row in answered:
         verdicts[(row["pi_model"], row["pair_id"])][row["order"]] = row["verdict"]
     outcomes: dict[str, list[str]] = defaultdict(list)
     for (model, _), v in sorted(verdicts.items()):
         outcomes[model].append(score_preference(v.get("chosen_first"), v.get("rejected_first")))
-    return {model: aggregate_preference(items) for model, items in outcomes.items()}, answered, retried
+    return {model: aggregate_preference(items) for model, items in outcomes.items()}
 
 
 def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
@@ -150,17 +156,18 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
     ensure_ray()
     rows_by_model = {label: load_rows(path, cfg.split, cfg.limit) for label, path in cfg.data.items()}
 
-    accuracy, acc_answers, acc_retried = _accuracy(rows_by_model, cfg.judge)
-    preference, pref_answers, pref_retried = ({}, [], 0)
-    if cfg.persona_preference:
-        preference, pref_answers, pref_retried = _preference(rows_by_model, cfg.judge)
+    # Both questions in one judge run: one engine start (minutes on a cluster) instead of two.
+    acc_requests = _accuracy_requests(rows_by_model)
+    pref_requests = _preference_requests(rows_by_model) if cfg.persona_preference else []
+    answers, retried = judge_all(acc_requests + pref_requests, cfg.judge)
+    accuracy = _accuracy(answers[:len(acc_requests)])
+    preference = _preference(answers[len(acc_requests):]) if pref_requests else {}
 
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     saliency = word_saliency([r["chosen_persona"] for r in all_rows], [r["rejected_persona"] for r in all_rows],
                              min_count=cfg.saliency_min_count, top_k=cfg.saliency_top_k, method=cfg.saliency_method)
     traits = top_traits([r[f"{s}_persona"] for r in all_rows for s in SIDES])
 
-    answers = acc_answers + pref_answers
     verdict_columns = ("judge_key", "pi_model", "pair_id", "order", "answer", "error")
     storage.write_parquet(pa.Table.from_pylist(
         [{**{c: str(r.get(c) or "") for c in verdict_columns}, "choice": r["verdict"]} for r in answers]),
@@ -169,7 +176,7 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
     judge = cfg.judge
     summary = {"judge_model": judge.model, "engine": judge.backend, "guided_decoding": judge.guided_decoding,
                "requests": len(answers), "unparseable_after_retries": unparseable,
-               "retried": acc_retried + pref_retried}
+               "retried": retried}
     storage.write_json({"summary": summary, "accuracy": accuracy}, storage.join(cfg.output, "pi_accuracy.json"))
     storage.write_json(preference, storage.join(cfg.output, "persona_preference.json"))
     storage.write_json({"saliency": saliency, "traits": traits}, storage.join(cfg.output, "saliency.json"))
