@@ -147,3 +147,53 @@ def s3_bucket(s3_server):
     name = f"bucket-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
     return name
+
+
+def orphaned_engine_processes() -> list[int]:
+    """vLLM engine processes of this test worker whose parent is gone (re-parented to init). A job
+    killed or failed under a test can leave its engine's worker process behind, holding gigabytes
+    and CPU that slow every test after it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            if parent != 1:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if not cmdline.read().startswith(b"VLLM::"):
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if f"PYTEST_XDIST_WORKER={worker}".encode() in environ.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_orphaned_engines():
+    yield
+    import signal
+
+    for pid in orphaned_engine_processes():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# The longest test files (minutes each, measured in CI) go first: with `--dist loadfile` each
+# worker takes the next file when it is free, so long files started last would leave one worker
+# running alone at the end.
+LONGEST_FIRST = ("test_job_submit.py", "test_infer_faults.py", "test_smollm2.py", "test_train.py", "test_world.py",
+                 "test_node_loss.py", "test_serve.py", "test_retrieve.py", "test_generate_judge.py",
+                 "test_pi_eval.py", "test_openai_engine.py", "test_infer.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
