@@ -95,3 +95,27 @@ def test_quarantine_holds_exactly_the_planted_rows(s3_run):
     # The 60 good pairs all got both personas: nothing valid was dropped.
     good_ids = {json.loads(line)["id"] for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()}
     assert {pid for pid, _ in personas_by_key(cfg.output)} == good_ids
+
+
+class _EngineMustNotStart:
+    """Stands in for the engine's actor: starting it fails the job, as an engine start is what is tested."""
+
+    def __init__(self):
+        raise AssertionError("the rerun started the generation step's actor (an engine)")
+
+    def __call__(self, batch):
+        return batch
+
+
+def test_a_rerun_with_nothing_to_write_starts_no_engine(s3_run, monkeypatch):
+    """Every persona of the run above is written: a rerun resumes all of them, writes nothing, and
+    never runs the generation step, so no vLLM engine starts (minutes of a cluster's GPUs for a
+    large model). The engine is replaced by an actor that fails the job if it ever starts."""
+    cfg, first = s3_run
+    import ray
+
+    monkeypatch.setattr(type(cfg.engine), "generate", lambda self, requests, **kwargs: requests.map_batches(
+        _EngineMustNotStart, compute=ray.data.ActorPoolStrategy(size=1)))
+    counts = run_infer(cfg)["counts"]
+    assert counts["resumed_records"] == first["counts"]["persona_records"] == 120
+    assert counts["written_this_run"] == 0 and counts["persona_records"] == 120

@@ -203,7 +203,9 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     tokens = 0
     last_report = time.time()
     first_result_at = None
-    for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
+    # Nothing left to write (a rerun of a finished job): no engine is started at all.
+    batches = records.iter_batches(batch_format="pyarrow", batch_size=None) if expected_new else ()
+    for batch in batches:
         first_result_at = first_result_at or time.time()  # roughly: when the engines were up
         writer.add(batch)
         progress.update(writer.rows_written + writer.buffered, expected_new, "personas")
