@@ -32,8 +32,8 @@ demo: setup
 	$(BIN)/persona-ray pipeline --config cluster/jobs/demo.yaml
 
 test: setup
-	@# Two workers, one test file each at a time: most tests wait on engine and Ray start-up, not CPU.
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	@# Two workers, one test file each at a time, the longest files first (tests/conftest.py).
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 benchmark: setup
 	$(BIN)/python jobs/benchmarks/pi_throughput.py

@@ -183,7 +183,9 @@ def encode_on_ray(passages: str, column: str, checkpoint: str, *, doc_maxlen: in
     digest = colbert_compat.folder_digest(colbert_compat.resolve_checkpoint(checkpoint))
     # Blocks of at most batch_size passages (streamed, in order); each block is one actor batch.
     blocks = read_input(passages, located=True).map_batches(_passage_batch, fn_args=(column,), batch_format="numpy")
-    blocks = blocks.repartition(target_num_rows_per_block=batch_size, strict=True)
+    # Materialized (in the object store) before the pool starts: the actors may hold every CPU of a
+    # small cluster, and the read and the repartition, left to run beside them, would never get one.
+    blocks = blocks.repartition(target_num_rows_per_block=batch_size, strict=True).materialize()
     written = blocks.map_batches(
         _EncodeActor, fn_constructor_kwargs={"checkpoint": checkpoint, "checkpoint_digest": digest,
                                              "doc_maxlen": doc_maxlen, "folder": folder},
