@@ -125,15 +125,20 @@ class ShardedEmbeddings:
         return torch.from_numpy(np.concatenate(parts)).float(), doclens
 
 
+def same_checkpoint(checkpoint: str, checkpoint_digest: str) -> str:
+    """`checkpoint` resolved on this node; refuses to go on unless it is the model the driver resolved."""
+    local = colbert_compat.resolve_checkpoint(checkpoint)
+    if colbert_compat.folder_digest(local) != checkpoint_digest:
+        raise RuntimeError(f"checkpoint {checkpoint!r} on {socket.gethostname()} ({local}) is not the one the "
+                           "driver indexes with: give a folder every node has the same copy of")
+    return local
+
+
 class _EncodeActor:
     """Ray Data map_batches callable: loads the checkpoint once, writes one shard per batch."""
 
     def __init__(self, checkpoint: str, checkpoint_digest: str, doc_maxlen: int, folder: str):
-        local = colbert_compat.resolve_checkpoint(checkpoint)
-        if colbert_compat.folder_digest(local) != checkpoint_digest:
-            raise RuntimeError(f"checkpoint {checkpoint!r} on {socket.gethostname()} ({local}) is not the one the "
-                               "driver indexes with: give a folder every node has the same copy of")
-        self.encoder = load_encoder(local, doc_maxlen)
+        self.encoder = load_encoder(same_checkpoint(checkpoint, checkpoint_digest), doc_maxlen)
         self.folder = folder
 
     def __call__(self, batch: dict) -> dict:

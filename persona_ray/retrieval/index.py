@@ -166,21 +166,17 @@ def build_from_shards(passages: int, checkpoint: str, checkpoint_digest: str, sh
     build holds colbert's k-means sample (every passage up to ~30k, then 16*sqrt(120*N)), which
     belongs on a worker sized for it, not on the driver."""
     import resource
-    import socket
 
-    from persona_ray.retrieval.encode import ShardedEmbeddings
+    from persona_ray.retrieval.encode import ShardedEmbeddings, same_checkpoint, worker_name
 
-    local = colbert_compat.resolve_checkpoint(checkpoint)
-    if colbert_compat.folder_digest(local) != checkpoint_digest:
-        raise RuntimeError(f"checkpoint {checkpoint!r} on {socket.gethostname()} ({local}) is not the one the "
-                           "driver indexes with: give a folder every node has the same copy of")
+    local = same_checkpoint(checkpoint, checkpoint_digest)
     with tempfile.TemporaryDirectory(prefix="persona-plaid-") as scratch:
         folder = os.path.join(scratch, "colbert")
         embeddings = ShardedEmbeddings(shards, passages)
         build_colbert_index(PassageCount(passages), local, folder, cfg, embeddings, chunk_passages)
         storage.delete(target)
         storage.copy_dir(folder, target)
-    return {"build_process": f"{socket.gethostname()}:{os.getpid()}",
+    return {"build_process": worker_name(),
             "build_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
 
