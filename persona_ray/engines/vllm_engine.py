@@ -13,6 +13,7 @@ from typing import Any
 
 import ray.data
 
+from persona_ray.core.hardware import cpu_has_native_bf16
 from persona_ray.engines.settings import SamplingSettings, VLLMSettings
 
 
@@ -35,13 +36,22 @@ def sampling_params(sampling: SamplingSettings, regex: str | None, choice: list[
     return params
 
 
+def engine_dtype(cfg: VLLMSettings) -> str:
+    """vLLM's `auto` casts float32 weights to bfloat16, which a CPU without bfloat16 instructions
+    emulates, ~3x slower than float32 (core/hardware.py): there `auto` means float32. Checked on the
+    driver: the CPUs of a CPU cluster are taken to be of one kind."""
+    if cfg.dtype != "auto" or cfg.gpu:
+        return cfg.dtype
+    return "auto" if cpu_has_native_bf16() else "float32"
+
+
 def engine_kwargs(cfg: VLLMSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "max_model_len": cfg.max_model_len,
         "enable_prefix_caching": cfg.enable_prefix_caching,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "enforce_eager": (not cfg.gpu) if cfg.enforce_eager is None else cfg.enforce_eager,
-        "dtype": cfg.dtype,
+        "dtype": engine_dtype(cfg),
     }
     if cfg.gpu:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 
 from persona_ray.core.errors import UserError
 from persona_ray.core import storage
+from persona_ray.core.hardware import native_bf16
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
 from persona_ray.core.tracking import TrackingSettings, tracking_field
@@ -74,8 +75,9 @@ class TrainConfig(Settings):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel)")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs per worker; also a CPU worker's torch threads")
     use_gpu: bool = Field(False, description="one GPU per worker")
-    bf16: bool = Field(False, description="bfloat16 mixed precision (autocast); on CPU it pays only where the CPU "
-                       "has bf16 instructions (avx512_bf16, AMX): measure with jobs/benchmarks/dtype.py")
+    bf16: bool | Literal["auto"] = Field(
+        False, description="bfloat16 mixed precision (autocast); auto: on where the worker's device has bf16 "
+        "instructions (GPU: Ampere or later; CPU: avx512_bf16, AMX), off elsewhere, where it is slower")
     max_length: int = Field(512, ge=2, description="tokens per example; the prompt is cut from the left")
     learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
     lr_scheduler: str = Field("linear", description="any transformers scheduler name")
@@ -212,6 +214,11 @@ def check_splits(cfg: TrainConfig, method: TrainingMethod, tokenizer) -> int:
     return rows
 
 
+def use_bf16(cfg: TrainConfig) -> bool:
+    """`bf16: auto` decided where the worker runs (core/hardware.py)."""
+    return native_bf16(cfg.use_gpu) if cfg.bf16 == "auto" else cfg.bf16
+
+
 def trl_arguments(cfg: TrainConfig, plan: WorkerPlan, output_dir: str) -> dict[str, Any]:
     """TrainingArguments shared by SFTConfig and DPOConfig (set explicitly: TRL 1.16 defaults to
     bf16=True, even on CPU, and to gradient_checkpointing=True). Steps come from the driver's
@@ -223,7 +230,7 @@ def trl_arguments(cfg: TrainConfig, plan: WorkerPlan, output_dir: str) -> dict[s
         output_dir=output_dir, per_device_train_batch_size=cfg.per_device_batch_size,
         per_device_eval_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
-        max_steps=max_steps, max_length=cfg.max_length, seed=cfg.seed, bf16=cfg.bf16, use_cpu=not cfg.use_gpu,
+        max_steps=max_steps, max_length=cfg.max_length, seed=cfg.seed, bf16=use_bf16(cfg), use_cpu=not cfg.use_gpu,
         gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=plan.save_steps, save_total_limit=1, report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, ddp_find_unused_parameters=False, **evaluation,
