@@ -68,6 +68,44 @@ def apply() -> None:
     hf_colbert.class_factory = class_factory
     base_colbert.class_factory = class_factory  # imported there by name
     _bound_code_assignment()
+    _build_cpu_extensions()
+
+
+# colbert's C++ extensions for CPU: (module under colbert/, source file). colbert compiles each on
+# first use, one after another, at different stages (index, then search): about a minute each.
+CPU_EXTENSIONS = {
+    "segmented_maxsim_cpp": ("modeling", "segmented_maxsim.cpp"),
+    "segmented_lookup_cpp": ("search", "segmented_lookup.cpp"),
+    "filter_pids_cpp": ("search", "filter_pids.cpp"),
+    "decompress_residuals_cpp": ("search", "decompress_residuals.cpp"),
+}
+
+
+def _build_cpu_extensions() -> None:
+    """Compile the extensions not yet built, all at once (one compiler per extension, as many in
+    parallel as there are cores), with colbert's own name, source and flags: colbert's later
+    `load` of each finds it built. On GPU machines colbert does not load them."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    import colbert
+    from torch.utils.cpp_extension import load
+
+    root = Path(colbert.__file__).parent
+    build_root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    missing = [name for name in CPU_EXTENSIONS if not list((build_root / name).glob(f"{name}*.so"))]
+    if len(missing) < 2:
+        return  # nothing to gain over colbert compiling it when needed
+
+    def build(name: str) -> None:
+        folder, source = CPU_EXTENSIONS[name]
+        load(name=name, sources=[str(root / folder / source)], extra_cflags=["-O3"], verbose=False)
+
+    with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+        list(pool.map(build, missing))
 
 
 CODES_SCORES_BYTES = 64 << 20  # centroid scores held at once while token vectors get their codes
