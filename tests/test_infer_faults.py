@@ -168,7 +168,7 @@ def test_bad_input_output_k_shot_and_endpoints_fail_in_one_line_before_any_engin
 
 @pytest.mark.slow
 def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_local, tmp_path):
-    pairs = 150
+    pairs = 80
     source = tmp_path / "pairs.jsonl"
     many_pairs(source, pairs)
     # Commits by time, not by count; at most 2 batches of 8 rows in flight, so the kill point is sharp.

@@ -320,33 +320,3 @@ def test_bf16_on_cpu_means_autocast_and_a_model_folder_that_does_not_load_is_rej
         check_sft_job(SFTJobConfig(data=str(tmp_path), output="o", model=str(broken), val_split=None))
     assert err.value.field == "model"
 
-
-def test_auto_dtypes_follow_the_cpus_bf16_instructions(tmp_path, monkeypatch):
-    """`dtype: auto` (vLLM) and `bf16: auto` (training) mean bf16 only where the CPU computes it
-    natively; emulated bf16 is slower than fp32 (core/hardware.py)."""
-    from types import SimpleNamespace
-
-    from persona_ray.core import hardware
-    from persona_ray.engines import vllm_engine
-    from persona_ray.engines.settings import VLLMSettings
-    from persona_ray.tailoring import SFTJobConfig
-    from persona_ray.tailoring import base
-
-    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
-    avx2.write_text("processor : 0\nflags : fpu sse2 avx avx2 fma\n")
-    bf16.write_text("processor : 0\nflags : fpu sse2 avx avx2 avx512f avx512_bf16\n")
-    assert not hardware.cpu_has_native_bf16(str(avx2)) and hardware.cpu_has_native_bf16(str(bf16))
-    assert not hardware.cpu_has_native_bf16(str(tmp_path / "missing"))
-
-    plan = SimpleNamespace(max_steps=4, save_steps=2, eval_steps=None)
-    for has_bf16, dtype in [(False, "float32"), (True, "auto")]:
-        monkeypatch.setattr(vllm_engine, "cpu_has_native_bf16", lambda: has_bf16)
-        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: has_bf16)
-        assert vllm_engine.engine_kwargs(VLLMSettings())["dtype"] == dtype
-        assert vllm_engine.engine_kwargs(VLLMSettings(dtype="bfloat16"))["dtype"] == "bfloat16"  # asked for: kept
-        assert vllm_engine.engine_kwargs(VLLMSettings(gpu=True))["dtype"] == "auto"
-        auto = base.trl_arguments(SFTJobConfig(data="d", output="o", bf16="auto"), plan, str(tmp_path))
-        assert auto["bf16"] is has_bf16
-        assert base.trl_arguments(SFTJobConfig(data="d", output="o"), plan, str(tmp_path))["bf16"] is False
-    with pytest.raises(ValueError, match="bf16"):
-        SFTJobConfig(data="d", output="o", bf16="sometimes")

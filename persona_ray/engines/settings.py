@@ -54,7 +54,8 @@ class VLLMSettings(Settings):
                        "has bfloat16 instructions (avx512_bf16, AMX), where vLLM's auto (bfloat16) is faster")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="share of GPU memory vLLM may use")
     cpu_kv_cache_gib: int = Field(1, gt=0, description="CPU engines: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
-    cpus_per_engine: int = Field(1, gt=0, description="CPU engines: Ray CPUs reserved per engine worker")
+    cpus_per_engine: int = Field(1, gt=0, description="CPU engines: Ray CPUs reserved per engine worker; with 1, "
+                                 "vLLM keeps the model in its engine process (one process fewer to start)")
     max_num_seqs: int | None = Field(None, description="most sequences an engine batches at once")
     engine_kwargs: dict = Field(default_factory=dict, description="passed to vLLM as is, after everything else")
 
