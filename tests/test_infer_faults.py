@@ -259,7 +259,9 @@ def _run_with_pause(command, env, server, client, pause_s: float, after_shards: 
     try:
         while job.poll() is None and _shards_on_s3(client) <= after_shards:
             time.sleep(0.2)
-        assert job.poll() is None, "the job ended before it wrote a shard"
+        if job.poll() is not None:
+            out, err = job.communicate()
+            raise AssertionError(f"the job ended (rc {job.returncode}) before it wrote a shard: {err[-3000:]}")
         os.kill(server.pid, signal.SIGSTOP)
         time.sleep(pause_s)
         os.kill(server.pid, signal.SIGCONT)
