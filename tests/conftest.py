@@ -190,9 +190,9 @@ def _no_orphaned_engines():
 # worker takes the next file when it is free, so long files started last would leave one worker
 # running alone at the end. `make test` passes --no-loadscope-reorder: xdist would otherwise
 # order the files by their number of tests, which put the two longest files last.
-LONGEST_FIRST = ("test_job_submit.py", "test_infer_faults.py", "test_train.py", "test_node_loss.py",
-                 "test_retrieve.py", "test_generate_judge.py", "test_pi_eval.py", "test_world.py", "test_smollm2.py",
-                 "test_openai_engine.py", "test_serve.py", "test_infer.py")
+LONGEST_FIRST = ("test_job_submit.py", "test_infer_faults.py", "test_smollm2.py", "test_train.py", "test_world.py",
+                 "test_node_loss.py", "test_serve.py", "test_retrieve.py", "test_generate_judge.py",
+                 "test_pi_eval.py", "test_openai_engine.py", "test_infer.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -209,15 +209,41 @@ class Worker(_Node):
     """A second node: `ray start --address=<head> --block` with its own ports and temp folder, in a
     session of its own so that it can be lost alone."""
 
-    def __init__(self, head: Head, name: str, num_cpus: int):
+    def __init__(self, head: Head, name: str, num_cpus: int, attempt: int = 1):
         self.head, self.name = head, name
-        self.log = head.work / f"{name}.log"
+        self.log = head.work / f"{name}-{attempt}.log"
         # Worker ports from the OS (0): the head's raylet hands out the default range.
         self._start([RAY, "start", f"--address=127.0.0.1:{head.gcs_port}", "--block", f"--num-cpus={num_cpus}",
                      f"--node-name={name}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                     f"--temp-dir={head.work / name}",
+                     f"--temp-dir={head.work / f'{name}-{attempt}'}",
                      "--min-worker-port=0", "--max-worker-port=0",
                      *[f"--{flag}={port}" for flag, port in _agent_ports().items()]], head.env)
 
     def is_listed(self, listed: dict) -> bool:
         return listed["node_name"] == self.name
+
+
+def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: int = 3) -> dict[str, Worker]:
+    """Worker nodes joined to `head`, by node id. Ray 2.60 gives a starting node 30 s (a constant in
+    ray/_private/node.py) to register with the GCS; on a loaded 2-core machine a node can miss that
+    and its `ray start` exits: such a node is started again (a node that is still running and not
+    listed fails the test). On failure every worker started here is stopped."""
+    workers = {name: Worker(head, name, num_cpus) for name in names}
+    joined: dict[str, Worker] = {}
+    try:
+        for name in names:
+            for attempt in range(1, attempts + 1):
+                try:
+                    joined[head.wait_node(workers[name])] = workers[name]
+                    break
+                except AssertionError:
+                    if workers[name].process.poll() is None or attempt == attempts:
+                        raise
+                    workers[name].stop()
+                    print(f"worker {name} exited before it registered; starting it again")
+                    workers[name] = Worker(head, name, num_cpus, attempt=attempt + 1)
+    except BaseException:
+        for worker in workers.values():
+            worker.stop()
+        raise
+    return joined

@@ -251,24 +251,35 @@ def _shards_on_s3(client) -> int:
     return sum(1 for item in listing.get("Contents", []) if item["Key"].endswith(".parquet"))
 
 
-def _run_with_pause(command, env, server, client, pause_s: float, after_shards: int = 0) -> subprocess.CompletedProcess:
+# Ray 2.60 gives a starting node 30 s (a constant) to register; a loaded 2-core machine can miss it.
+RAY_START_TIMEOUT = "The current node timed out during startup"
+
+
+def _run_with_pause(command, env, server, client, pause_s: float, after_shards: int = 0,
+                    attempts: int = 2) -> subprocess.CompletedProcess:
     """Run the job; once it has written a shard (more than `after_shards` on S3), pause the
-    server for pause_s seconds, while the job is still writing."""
-    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        while job.poll() is None and _shards_on_s3(client) <= after_shards:
-            time.sleep(0.2)
-        if job.poll() is not None:
-            out, err = job.communicate()
-            raise AssertionError(f"the job ended (rc {job.returncode}) before it wrote a shard: {err[-3000:]}")
-        os.kill(server.pid, signal.SIGSTOP)
-        time.sleep(pause_s)
-        os.kill(server.pid, signal.SIGCONT)
-        out, err = job.communicate(timeout=600)
-    finally:
-        kill_group(job)
-    return subprocess.CompletedProcess(command, job.returncode, out, err)
+    server for pause_s seconds, while the job is still writing. A job whose local Ray did not
+    start (RAY_START_TIMEOUT, before any work) is run again, once."""
+    for attempt in range(1, attempts + 1):
+        job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            while job.poll() is None and _shards_on_s3(client) <= after_shards:
+                time.sleep(0.2)
+            if job.poll() is not None:
+                out, err = job.communicate()
+                if RAY_START_TIMEOUT in err and attempt < attempts:
+                    print("the job's local Ray did not start in time; running it again")
+                    continue
+                raise AssertionError(f"the job ended (rc {job.returncode}) before it wrote a shard: {err[-3000:]}")
+            os.kill(server.pid, signal.SIGSTOP)
+            time.sleep(pause_s)
+            os.kill(server.pid, signal.SIGCONT)
+            out, err = job.communicate(timeout=600)
+        finally:
+            kill_group(job)
+        return subprocess.CompletedProcess(command, job.returncode, out, err)
+    raise AssertionError("unreachable")
 
 
 @pytest.mark.slow

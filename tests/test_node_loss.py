@@ -32,7 +32,7 @@ from persona_ray.retrieval.encode import SHARD_SUFFIX
 from persona_ray.retrieval.recall import corpus_rows
 from persona_ray.retrieval.search import PersonaRetriever
 from tests.conftest import REPO, bundled_persona_rows
-from tests.ray_head import Head, Worker, session_members, start_head
+from tests.ray_head import Head, join_workers, session_members, start_head
 from tests.test_infer_faults import committed_rows, many_pairs
 from tests.test_job_submit import wait_for
 
@@ -70,8 +70,8 @@ def test_worker_node_killed_during_pi_job_finishes_with_every_record_once(tiny_m
         head.submit_job(client, submission_id="pi", entrypoint=f"{sys.executable} jobs/infer.py --config {config}",
                         runtime_env={"working_dir": str(REPO)})
         # Two worker nodes join while the job checks its input on the head; the engine waits for one.
-        nodes += [Worker(head, name, WORKER_CPUS) for name in ("w1", "w2")]
-        workers = {head.wait_node(worker): worker for worker in nodes[1:]}
+        workers = join_workers(head, ("w1", "w2"), WORKER_CPUS)
+        nodes += list(workers.values())
 
         deadline = time.time() + 600  # a loaded 2-core machine takes minutes to start an engine
 
@@ -163,8 +163,8 @@ def test_worker_node_killed_during_index_encoding_job_finishes_with_the_index_co
     try:
         # The worker nodes join before the job is submitted: on a loaded machine a node that
         # registers while the head takes in a job can miss `ray start`'s 30 s deadline.
-        nodes += [Worker(head, name, INDEX_WORKER_CPUS) for name in ("w1", "w2")]
-        workers = {head.wait_node(worker): worker for worker in nodes[1:]}
+        workers = join_workers(head, ("w1", "w2"), INDEX_WORKER_CPUS)
+        nodes += list(workers.values())
         head_id = head.wait_node(head)
         client = head.client()
         head.submit_job(client, submission_id="index", entrypoint=f"{sys.executable} jobs/index.py --config {config}",

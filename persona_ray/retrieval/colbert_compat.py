@@ -82,8 +82,8 @@ CPU_EXTENSIONS = {
 
 
 def _build_cpu_extensions() -> None:
-    """Compile the extensions not yet built, all at once (one compiler per extension, as many in
-    parallel as there are cores), with colbert's own name, source and flags: colbert's later
+    """Compile the extensions not yet built, together (one compiler per extension, at most one per
+    core), with colbert's own name, source and flags: colbert's later
     `load` of each finds it built. On GPU machines colbert does not load them."""
     import torch
 
@@ -104,7 +104,7 @@ def _build_cpu_extensions() -> None:
         folder, source = CPU_EXTENSIONS[name]
         load(name=name, sources=[str(root / folder / source)], extra_cflags=["-O3"], verbose=False)
 
-    with ThreadPoolExecutor(max_workers=len(missing)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1)) as pool:
         list(pool.map(build, missing))
 
 
