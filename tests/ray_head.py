@@ -223,10 +223,14 @@ class Worker(_Node):
         return listed["node_name"] == self.name
 
 
+# Ray 2.60 gives a starting node 30 s (a constant in ray/_private/node.py) to register with the GCS;
+# a node on a loaded 2-core machine can miss that, and then exits with this message.
+RAY_START_TIMEOUT = "The current node timed out during startup"
+
+
 def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: int = 3) -> dict[str, Worker]:
-    """Worker nodes joined to `head`, by node id. Ray 2.60 gives a starting node 30 s (a constant in
-    ray/_private/node.py) to register with the GCS; on a loaded 2-core machine a node can miss that
-    and its `ray start` exits: such a node is started again (a node that is still running and not
+    """Worker nodes joined to `head`, by node id. A node that misses Ray's registration deadline
+    (RAY_START_TIMEOUT) exits: it is started again (a node that is still running and not
     listed fails the test). On failure every worker started here is stopped."""
     workers = {name: Worker(head, name, num_cpus) for name in names}
     joined: dict[str, Worker] = {}

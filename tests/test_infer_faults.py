@@ -26,6 +26,7 @@ from persona_ray.core.shards import read_shards
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.testing.hostile import HOSTILE, good_ids, hostile_file_bytes
 from tests.conftest import REPO, SAMPLE_PAIRS, free_port
+from tests.ray_head import RAY_START_TIMEOUT
 
 ENGINE = {"model": "tiny", "guided_decoding": True, "sampling": {"max_tokens": 96}, "vllm": {"batch_size": 8}}
 SETTINGS = {"engine": ENGINE, "max_attribute_chars": 30, "max_preference_chars": 50}
@@ -249,10 +250,6 @@ def pausable_s3():
 def _shards_on_s3(client) -> int:
     listing = client.list_objects_v2(Bucket="pause-test", Prefix="out/personas/")
     return sum(1 for item in listing.get("Contents", []) if item["Key"].endswith(".parquet"))
-
-
-# Ray 2.60 gives a starting node 30 s (a constant) to register; a loaded 2-core machine can miss it.
-RAY_START_TIMEOUT = "The current node timed out during startup"
 
 
 def _run_with_pause(command, env, server, client, pause_s: float, after_shards: int = 0,

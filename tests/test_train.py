@@ -319,4 +319,3 @@ def test_bf16_on_cpu_means_autocast_and_a_model_folder_that_does_not_load_is_rej
     with pytest.raises(TrainConfigError, match="cannot load model") as err:
         check_sft_job(SFTJobConfig(data=str(tmp_path), output="o", model=str(broken), val_split=None))
     assert err.value.field == "model"
-
