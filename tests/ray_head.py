@@ -228,26 +228,30 @@ class Worker(_Node):
 RAY_START_TIMEOUT = "The current node timed out during startup"
 
 
-def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: int = 3) -> dict[str, Worker]:
-    """Worker nodes joined to `head`, by node id. A node that misses Ray's registration deadline
-    (RAY_START_TIMEOUT) exits: it is started again (a node that is still running and not
-    listed fails the test). On failure every worker started here is stopped."""
-    workers = {name: Worker(head, name, num_cpus) for name in names}
+def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: int = 5) -> dict[str, Worker]:
+    """Worker nodes joined to `head`, by node id, one after another (two nodes starting at once on
+    a loaded 2-core machine made each other miss the deadline). A node that misses Ray's
+    registration deadline (RAY_START_TIMEOUT) exits: it is started again after a pause that grows
+    with each try, so that a burst of load can pass (a node that is still running and not listed
+    fails the test). On failure every worker started here is stopped."""
     joined: dict[str, Worker] = {}
+    started: list[Worker] = []
     try:
         for name in names:
             for attempt in range(1, attempts + 1):
+                worker = Worker(head, name, num_cpus, attempt=attempt)
+                started.append(worker)
                 try:
-                    joined[head.wait_node(workers[name])] = workers[name]
+                    joined[head.wait_node(worker)] = worker
                     break
                 except AssertionError:
-                    if workers[name].process.poll() is None or attempt == attempts:
+                    if worker.process.poll() is None or attempt == attempts:
                         raise
-                    workers[name].stop()
+                    worker.stop()
                     print(f"worker {name} exited before it registered; starting it again")
-                    workers[name] = Worker(head, name, num_cpus, attempt=attempt + 1)
+                    time.sleep(10 * attempt)
     except BaseException:
-        for worker in workers.values():
+        for worker in started:
             worker.stop()
         raise
     return joined
