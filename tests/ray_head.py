@@ -228,12 +228,18 @@ class Worker(_Node):
 RAY_START_TIMEOUT = "The current node timed out during startup"
 
 
+def pause_before_retry(attempt: int) -> None:
+    """Before starting again a node or job that missed that deadline: longer after each try, so
+    that a burst of load can pass."""
+    time.sleep(10 * attempt)
+
+
 def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: int = 5) -> dict[str, Worker]:
     """Worker nodes joined to `head`, by node id, one after another (two nodes starting at once on
     a loaded 2-core machine made each other miss the deadline). A node that misses Ray's
-    registration deadline (RAY_START_TIMEOUT) exits: it is started again after a pause that grows
-    with each try, so that a burst of load can pass (a node that is still running and not listed
-    fails the test). On failure every worker started here is stopped."""
+    registration deadline (RAY_START_TIMEOUT) exits: it is started again after
+    `pause_before_retry` (a node that is still running and not listed fails the test). On failure
+    every worker started here is stopped."""
     joined: dict[str, Worker] = {}
     started: list[Worker] = []
     try:
@@ -249,7 +255,7 @@ def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: in
                         raise
                     worker.stop()
                     print(f"worker {name} exited before it registered; starting it again")
-                    time.sleep(10 * attempt)
+                    pause_before_retry(attempt)
     except BaseException:
         for worker in started:
             worker.stop()

@@ -26,7 +26,7 @@ from persona_ray.core.shards import read_shards
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.testing.hostile import HOSTILE, good_ids, hostile_file_bytes
 from tests.conftest import REPO, SAMPLE_PAIRS, free_port
-from tests.ray_head import RAY_START_TIMEOUT
+from tests.ray_head import RAY_START_TIMEOUT, pause_before_retry
 
 ENGINE = {"model": "tiny", "guided_decoding": True, "sampling": {"max_tokens": 96}, "vllm": {"batch_size": 8}}
 SETTINGS = {"engine": ENGINE, "max_attribute_chars": 30, "max_preference_chars": 50}
@@ -211,7 +211,7 @@ def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_loca
             if rerun.returncode == 0 or RAY_START_TIMEOUT not in rerun.stderr or attempt == 3:
                 break
             print("the rerun's local Ray did not start in time; running it again")
-            time.sleep(10 * attempt)
+            pause_before_retry(attempt)
     finally:
         kill_group(job, started)  # now clean up the killed job's leftovers
     assert not finished_before_kill, f"the job finished before {target:.0%} was committed; commits seen: {seen}"
@@ -264,7 +264,7 @@ def _run_with_pause(command, env, server, client, pause_s: float, after_shards: 
                     attempts: int = 3) -> subprocess.CompletedProcess:
     """Run the job; once it has written a shard (more than `after_shards` on S3), pause the
     server for pause_s seconds, while the job is still writing. A job whose local Ray did not
-    start (RAY_START_TIMEOUT, before any work) is run again, after a pause that grows each time."""
+    start (RAY_START_TIMEOUT, before any work) is run again, after `pause_before_retry`."""
     for attempt in range(1, attempts + 1):
         job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -275,7 +275,7 @@ def _run_with_pause(command, env, server, client, pause_s: float, after_shards: 
                 out, err = job.communicate()
                 if RAY_START_TIMEOUT in err and attempt < attempts:
                     print("the job's local Ray did not start in time; running it again")
-                    time.sleep(10 * attempt)
+                    pause_before_retry(attempt)
                     continue
                 raise AssertionError(f"the job ended (rc {job.returncode}) before it wrote a shard: {err[-3000:]}")
             os.kill(server.pid, signal.SIGSTOP)
