@@ -219,7 +219,7 @@ def test_worker_node_killed_during_index_encoding_job_finishes_with_the_index_co
     encode = manifest["encode"]
     print("encode:", {k: v for k, v in encode.items() if k != "processes"}, "processes:", encode["processes"])
     assert manifest["rows"] == encode["passages"] == len({row["prompt"] for row in rows}) == INDEX_PROMPTS
-    assert encode["mode"] == "ray-actors" and encode["shards"] == expected_shards
+    assert encode["mode"] == "ray-actors" and encode["shards"] == expected_shards, encode  # a batch, a shard
     assert {f"{a['pid']}" for a in restarted} <= {p.rsplit(":", 1)[1] for p in encode["processes"]}
     assert not shards.exists()
     # Every passage's vectors are its own prompt's: a prompt finds its own row, whichever actor

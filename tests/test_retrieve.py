@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 import numpy as np
@@ -121,6 +122,36 @@ def test_embedding_shards_give_each_passage_its_vectors_and_refuse_gaps(tmp_path
     os.remove(tmp_path / shard_name(4, 3))
     with pytest.raises(ValueError, match="do not cover passages 4..6"):
         ShardedEmbeddings(str(tmp_path), 10)
+
+
+def test_passage_blocks_are_consecutive_passages_in_order_when_read_blocks_finish_out_of_order(
+        tmp_path, ray_local, monkeypatch):
+    """Each encode batch is one shard, so a batch must hold consecutive passages. Ray Data cuts the
+    read into blocks of its own; here the first of them is made to finish last, which (without
+    preserve_order) let the repartition fill 10 of 286 blocks from two places far apart."""
+    import time
+
+    from persona_ray.retrieval import encode
+
+    passages, batch = 2000, 7
+    source = tmp_path / "rows.parquet"
+    pa.parquet.write_table(pa.table({"prompt": [f"prompt {i}" for i in range(passages)]}), source)
+    original = encode._passage_batch
+
+    def first_block_last(block, column):
+        out = original(block, column)
+        if 0 in out["pid"]:
+            time.sleep(3)
+        return out
+
+    monkeypatch.setattr(encode, "_passage_batch", first_block_last)
+    blocks = encode.passage_blocks(str(source), "prompt", batch)
+    pids = [ray_local.get(ref)["pid"].to_numpy() for ref in blocks.get_internal_block_refs()]
+    # The read was cut into blocks mapped by tasks of their own, so they could finish out of order.
+    assert int(re.search(r"MapBatches\(first_block_last\): (\d+) tasks", blocks.stats()).group(1)) > 1
+    assert all((np.diff(p) == 1).all() for p in pids), [p.tolist() for p in pids if not (np.diff(p) == 1).all()]
+    assert [len(p) for p in pids] == [batch] * (passages // batch) + [passages % batch]
+    assert np.concatenate(pids).tolist() == list(range(passages))
 
 
 def _assert_recall(retriever, rows: list[dict]) -> None:

@@ -144,7 +144,7 @@ class _EncodeActor:
     def __call__(self, batch: dict) -> dict:
         pids, texts = [int(p) for p in batch["pid"]], [str(t) for t in batch["text"]]
         out: dict[str, list] = {"first": [], "passages": [], "tokens": [], "worker": []}
-        for start, end in consecutive_runs(pids):  # one run unless Ray Data joined blocks out of order
+        for start, end in consecutive_runs(pids):  # one run: passage_blocks keeps them in order
             embs, doclens = encode_texts(self.encoder, texts[start:end])
             write_shard(self.folder, pids[start], embs, doclens, worker_name())
             for key, value in (("first", pids[start]), ("passages", end - start), ("tokens", len(embs)),
@@ -167,6 +167,24 @@ def _passage_batch(batch: dict, column: str) -> dict:
             "text": batch[column]}
 
 
+def passage_blocks(passages: str, column: str, batch_size: int):
+    """The passages as a materialized Ray dataset of {"pid", "text"} blocks: batch_size consecutive
+    passages each (the last may have fewer), in passage order; each block is one actor batch.
+
+    Ray Data cuts the read into blocks of its own size and, left to itself, hands them on in the
+    order their tasks finish; the repartition then fills a block from the end of one and the start
+    of another, which puts passages far apart in one batch (seen: 61 shards for 60 batches).
+    preserve_order keeps them in passage order, so the blocks are cut in order too."""
+    from persona_ray.inference.readers import read_input
+
+    read = read_input(passages, located=True)
+    read.context.execution_options.preserve_order = True  # copied to the datasets derived from it
+    blocks = read.map_batches(_passage_batch, fn_args=(column,), batch_format="numpy")
+    # Materialized (in the object store) before the pool starts: the actors may hold every CPU of a
+    # small cluster, and the read and the repartition, left to run beside them, would never get one.
+    return blocks.repartition(target_num_rows_per_block=batch_size, strict=True).materialize()
+
+
 def encode_on_ray(passages: str, column: str, checkpoint: str, *, doc_maxlen: int, folder: str, workers: int,
                   batch_size: int) -> dict[str, Any]:
     """Encode the texts in `column` of the Parquet file `passages` (passage id = row number from 0)
@@ -181,17 +199,11 @@ def encode_on_ray(passages: str, column: str, checkpoint: str, *, doc_maxlen: in
     import ray
 
     from persona_ray.core.ray_runtime import ensure_ray
-    from persona_ray.inference.readers import read_input
 
     ensure_ray()
     storage.delete(folder)  # shards of an earlier, interrupted build
     digest = colbert_compat.folder_digest(colbert_compat.resolve_checkpoint(checkpoint))
-    # Blocks of at most batch_size passages (streamed, in order); each block is one actor batch.
-    blocks = read_input(passages, located=True).map_batches(_passage_batch, fn_args=(column,), batch_format="numpy")
-    # Materialized (in the object store) before the pool starts: the actors may hold every CPU of a
-    # small cluster, and the read and the repartition, left to run beside them, would never get one.
-    blocks = blocks.repartition(target_num_rows_per_block=batch_size, strict=True).materialize()
-    written = blocks.map_batches(
+    written = passage_blocks(passages, column, batch_size).map_batches(
         _EncodeActor, fn_constructor_kwargs={"checkpoint": checkpoint, "checkpoint_digest": digest,
                                              "doc_maxlen": doc_maxlen, "folder": folder},
         compute=ray.data.ActorPoolStrategy(size=workers), batch_size=None, batch_format="numpy",
