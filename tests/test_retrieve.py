@@ -149,7 +149,8 @@ def test_passage_blocks_are_consecutive_passages_in_order_when_read_blocks_finis
     pids = [ray_local.get(ref)["pid"].to_numpy() for ref in blocks.get_internal_block_refs()]
     # The read was cut into blocks mapped by tasks of their own, so they could finish out of order.
     assert int(re.search(r"MapBatches\(first_block_last\): (\d+) tasks", blocks.stats()).group(1)) > 1
-    assert all((np.diff(p) == 1).all() for p in pids), [p.tolist() for p in pids if not (np.diff(p) == 1).all()]
+    apart = [p.tolist() for p in pids if not (np.diff(p) == 1).all()]
+    assert not apart, apart
     assert [len(p) for p in pids] == [batch] * (passages // batch) + [passages % batch]
     assert np.concatenate(pids).tolist() == list(range(passages))
 
