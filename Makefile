@@ -8,7 +8,7 @@ export PERSONA_RAY_CACHE ?= $(CURDIR)/.cache/persona_ray
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_TRAIN_ENABLE_PRINT_PATCH ?= 0
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test test-fast benchmark clean
 
 setup: $(STAMP)
 
@@ -29,14 +29,24 @@ $(STAMP): pyproject.toml
 	@# colbert's four C++ extensions, compiled now, together, into the project cache (~2.5 min on
 	@# 2 cores), rather than inside the first index build, where they would compete with the job.
 	$(BIN)/python -c "from persona_ray.retrieval.colbert_compat import apply; apply()"
+	@# SmolLM2 converted once into the project cache (~30-70 s), for the demo and the tests alike.
+	$(BIN)/python -c "from persona_ray.core.models import resolve_model; resolve_model('smollm2')"
 	touch $@
 
 demo: setup
 	$(BIN)/persona-ray pipeline --config cluster/jobs/demo.yaml
 
-test: setup
-	@# Two workers, one test file each at a time, the longest files first (tests/conftest.py).
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+# Two workers, one test file each at a time, the longest files first (tests/conftest.py).
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# Tests that start no Ray, engine, Serve app or process of their own: minutes, run them often.
+test-fast: setup
+	$(PYTEST) -m "not slow"
+
+# The full suite: the fast tier, then the slow one (the 25 slowest tests printed). The fast tier runs
+# alone so that a test starting Ray unmarked fails there, with no Ray left by another test to reuse.
+test: test-fast
+	$(PYTEST) -m slow --durations=25
 
 benchmark: setup
 	$(BIN)/python jobs/benchmarks/pi_throughput.py

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -221,6 +221,17 @@ class Worker(_Node):
 
     def is_listed(self, listed: dict) -> bool:
         return listed["node_name"] == self.name
+
+
+def wait_for(client, submission_id: str, timeout: float = 1800) -> str:
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    while (status := client.get_job_status(submission_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                                  JobStatus.STOPPED}:
+        assert time.time() < deadline, f"{submission_id} still {status}"
+        time.sleep(2)
+    return status
 
 
 # Ray 2.60 gives a starting node 30 s (a constant in ray/_private/node.py) to register with the GCS;

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from persona_ray.inference.adapters import adapt_row, detect_format, split_dialogue
 from persona_ray.core.schema import ContractError, check_pair
-from tests.conftest import SAMPLE_PAIRS, read_jsonl
+from tests.helpers import SAMPLE_PAIRS, read_jsonl
 
-FIXTURES = Path(__file__).parent / "fixtures" / "adapters"
+from tests.helpers import FIXTURES
 
 
 @pytest.mark.parametrize(

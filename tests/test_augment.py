@@ -12,7 +12,7 @@ from persona_ray.dataset.augment import AugmentConfig, join_group, run_augment
 from persona_ray.dataset.splits import SplitSettings, assign_split, split_rows
 from persona_ray.core.schema import PERSONA_SCHEMA
 from persona_ray.core.shards import ShardWriter
-from tests.conftest import SAMPLE_PAIRS, read_jsonl
+from tests.helpers import SAMPLE_PAIRS, read_jsonl
 
 
 def _persona_records(pair_ids, invalid=(), skip=(), orphans=()):
@@ -176,6 +176,7 @@ def test_augment_reads_and_writes_s3(s3_bucket, tmp_path):
     assert total == 20
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_augment_job_exact_sizes_match_the_in_memory_splits_and_counts_bad_rows(tmp_path):
     """The job decides exact-size splits from cut points found over the distinct prompts (Ray Data
     sorts them): the same splits as split_rows in memory. A row that breaks the contract and a

@@ -12,7 +12,7 @@ import pytest
 from persona_ray.quality.saliency import persona_words, preference_part, top_traits, word_saliency
 from persona_ray.core.report import write_report
 
-from .conftest import read_jsonl
+from tests.helpers import read_jsonl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,7 @@ from persona_ray.evaluation.pairwise import parse_verdict, result_regex
 from persona_ray.core.shards import ShardWriter, read_shards
 from persona_ray.evaluation.generate import RESPONSE_SCHEMA
 
-from .conftest import bundled_persona_rows
+from tests.helpers import bundled_persona_rows
 
 SYSTEM = "The user is a busy parent and prefers short, practical answers."
 
@@ -199,7 +199,7 @@ def test_generate_two_models_two_sources_then_guided_judge_and_report(ray_local,
     report = open(result["report"]).read()
     assert "PT-DPO vs DPO" in report and "retr-rejected" in report and "ΔPQ" in report
     # The win rates and ΔPQ of each (comparison, source) are the tracked run's metrics.
-    from tests.test_tracking import mlflow_runs
+    from tests.helpers import mlflow_runs
 
     (run,) = mlflow_runs(cfg.tracking.uri)
     assert run.info.run_name == "judge-test" and run.data.params["n_boot"] == "200"

@@ -9,12 +9,15 @@ import math
 import subprocess
 import sys
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers import REPO
 
 BLOCKED = "import sys, runpy\nfor m in ('ray', 'vllm'): sys.modules[m] = None\n" \
           "sys.argv = ['gpu_check.py'] + sys.argv[1:]\nrunpy.run_path({script!r}, run_name='__main__')\n"
 
 
+@pytest.mark.slow  # the script in a process of its own
 def test_gpu_check_times_sft_and_dpo_steps_without_ray_or_vllm(tiny_model, tmp_path):
     script = str(REPO / "jobs" / "benchmarks" / "gpu_check.py")
     out = tmp_path / "gpu_check.json"

@@ -12,7 +12,7 @@ from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.inference.prompt import TEMPLATE_VERSION
 from persona_ray.inference.parse import guided_regex
 from persona_ray.core.shards import read_shards
-from tests.conftest import SAMPLE_PAIRS
+from tests.helpers import SAMPLE_PAIRS
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -25,7 +24,7 @@ from persona_ray.core import storage
 from persona_ray.core.shards import read_shards
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.testing.hostile import HOSTILE, good_ids, hostile_file_bytes
-from tests.conftest import REPO, SAMPLE_PAIRS, free_port
+from tests.helpers import REPO, SAMPLE_PAIRS, committed_rows, free_port, many_pairs
 from tests.ray_head import RAY_START_TIMEOUT, pause_before_retry
 
 ENGINE = {"model": "tiny", "guided_decoding": True, "sampling": {"max_tokens": 96}, "vllm": {"batch_size": 8}}
@@ -47,31 +46,11 @@ def local_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
 
-def many_pairs(path: Path, pairs: int) -> None:
-    """`pairs` distinct pairs: the sample pairs with numbered prompt variants."""
-    rows = [json.loads(line) for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()]
-    with path.open("w") as handle:
-        for i in range(pairs):
-            row = dict(rows[i % len(rows)], id=f"many-{i:05d}")
-            row["prompt"] = f"{row['prompt']} (case {i})"
-            handle.write(json.dumps(row) + "\n")
-
-
 def records_by_key(output: str) -> dict[tuple[str, str], dict]:
     rows = read_shards(storage.join(output, "personas")).to_pylist()
     keys = [(r["pair_id"], r["side"]) for r in rows]
     assert len(keys) == len(set(keys)), "a (pair_id, side) appears twice"
     return {key: {f: row[f] for f in FIELDS} for key, row in zip(keys, rows)}
-
-
-def committed_rows(folder: Path) -> int:
-    total = 0
-    for shard in folder.glob("part-*.parquet"):
-        try:
-            total += pq.read_metadata(shard).num_rows
-        except OSError:
-            pass  # renamed into place a moment ago by another process: counted next time
-    return total
 
 
 def descendants(process: subprocess.Popen) -> list:
@@ -141,6 +120,7 @@ def _one_line_failure(command: list[str], field: str, env: dict, limit_s: float 
     return lines[0]
 
 
+@pytest.mark.slow  # six `persona-ray infer` processes
 def test_bad_input_output_k_shot_and_endpoints_fail_in_one_line_before_any_engine(tmp_path):
     good = {"pairs": {"input": str(SAMPLE_PAIRS)}, "output": str(tmp_path / "out"), **SETTINGS}
     a_file = tmp_path / "a-file"

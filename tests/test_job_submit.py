@@ -21,9 +21,8 @@ import pytest
 import yaml
 
 from persona_ray.pipeline.run import STAGES
-from tests.conftest import REPO, SAMPLE_PAIRS
-from tests.ray_head import RAY, Head, session_members, start_head
-from tests.test_pipeline import TINY
+from tests.helpers import REPO, SAMPLE_PAIRS, TINY, mlflow_runs
+from tests.ray_head import RAY, Head, session_members, start_head, wait_for
 
 # A user's runtime env with a variable the engine also sets (VLLM_CPU_KVCACHE_SPACE): it must not
 # conflict with the project's own (Ray refuses same-key env_vars unless told which one wins).
@@ -84,17 +83,6 @@ def test_pi_job_through_the_ray_cli_then_resubmitted_resumes_and_writes_nothing_
     assert persona_files(output) == before  # not one shard written again
 
 
-def wait_for(client, submission_id: str, timeout: float = 1800) -> str:
-    from ray.job_submission import JobStatus
-
-    deadline = time.time() + timeout
-    while (status := client.get_job_status(submission_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                                  JobStatus.STOPPED}:
-        assert time.time() < deadline, f"{submission_id} still {status}"
-        time.sleep(2)
-    return status
-
-
 def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(head, tiny_model, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "pipeline.yaml"
@@ -145,8 +133,6 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
 
     # One tracked experiment run: the pipeline's parent run (kept across the stop and the
     # resubmission) with a child run per stage and per training.
-    from tests.test_tracking import mlflow_runs
-
     parent_id = json.loads((out / "tracking.json").read_text())["parent_run_id"]
     runs = mlflow_runs(tracking["uri"])
     (parent,) = [r for r in runs if r.info.run_id == parent_id]

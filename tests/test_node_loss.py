@@ -31,10 +31,8 @@ from persona_ray.core.shards import read_shards
 from persona_ray.retrieval.encode import SHARD_SUFFIX
 from persona_ray.retrieval.recall import corpus_rows
 from persona_ray.retrieval.search import PersonaRetriever
-from tests.conftest import REPO, bundled_persona_rows
-from tests.ray_head import Head, join_workers, session_members, start_head
-from tests.test_infer_faults import committed_rows, many_pairs
-from tests.test_job_submit import wait_for
+from tests.helpers import REPO, bundled_persona_rows, committed_rows, many_pairs
+from tests.ray_head import Head, join_workers, session_members, start_head, wait_for
 
 PAIRS, ENGINE_BATCH = 100, 8
 ENGINE_BATCHES = -(-2 * PAIRS // ENGINE_BATCH)  # a request per side of a pair

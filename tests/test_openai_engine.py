@@ -20,7 +20,7 @@ from persona_ray.engines.openai_engine import EngineAuthError, EngineConnectionE
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.inference.parse import guided_regex
 from persona_ray.core.shards import read_shards
-from tests.conftest import SAMPLE_PAIRS, free_port
+from tests.helpers import SAMPLE_PAIRS, free_port
 
 
 class _Scripted(BaseHTTPRequestHandler):
@@ -151,7 +151,7 @@ def test_unguided_judge_retries_then_counts_unparseable_verdicts(vllm_server, ra
     """Over HTTP without guided decoding the random tiny judge rarely answers "1" or "2":
     unparseable verdicts are re-asked a bounded number of times, then counted, never dropped."""
     from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
-    from tests.test_pi_eval import paper_rows, write_jsonl
+    from tests.helpers import paper_rows, write_jsonl
 
     data = {"gold": write_jsonl(tmp_path / "gold.jsonl", paper_rows("", n=4))}
     cfg = PIEvalConfig(data=data, output=str(tmp_path / "eval"), persona_preference=False, saliency_min_count=1,

@@ -16,7 +16,7 @@ from persona_ray.core.persona import (
     validate_persona,
 )
 from persona_ray.inference.parse import guided_regex, parse_persona
-from tests.conftest import read_jsonl
+from tests.helpers import read_jsonl
 
 def real_persona_texts(path) -> list[str]:
     """The 998 real personas (chosen and rejected of each row) of the paper's file."""

@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from persona_ray.quality.pi_eval import PIEvalConfig, run_pi_eval
-from tests.conftest import bundled_persona_rows
+from tests.helpers import paper_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
-
-
-def paper_rows(persona_prefix: str, n: int = 12) -> list[dict]:
-    """Rows shaped like the paper's BeaverTails outputs, from bundled data (the pipeline's
-    mechanics are under test, not the tiny judge's accuracy); the two model responses (PT-DPO
-    and DPO) stand in for the chosen and rejected responses."""
-    rows = bundled_persona_rows()[:n]
-    return [{"pair_id": r["id"], "prompt": r["prompt"], "chosen": r["pt_dpo_response"],
-             "rejected": r["dpo_response"], "domain": "safety_qa",
-             "chosen_persona": r[f"{persona_prefix}chosen_persona"],
-             "rejected_persona": r[f"{persona_prefix}rejected_persona"]} for r in rows]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

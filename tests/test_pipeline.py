@@ -7,21 +7,6 @@ import pytest
 
 from persona_ray.pipeline.display import stage_line
 from persona_ray.pipeline.run import STAGES, PipelineConfig, plan
-from tests.conftest import SAMPLE_PAIRS
-
-TRAIN = {"max_steps": 2, "per_device_batch_size": 2, "max_length": 256, "evaluate": False, "save_steps": 2}
-TINY = {
-    "pairs": {"input": str(SAMPLE_PAIRS)},
-    # A random model: sampling (seeded) gives varied words where greedy decoding repeats one token,
-    # which the persona rules refuse as degenerate.
-    "engine": {"model": "tiny", "sampling": {"max_tokens": 192, "temperature": 1.0, "seed": 0},
-               "vllm": {"batch_size": 32}},
-    "judge": {"model": "tiny"},
-    "infer": {"k_shot": 1, "max_attribute_chars": 60, "max_preference_chars": 100},
-    "sft": TRAIN, "dpo": TRAIN,
-    "generation": {"max_tokens": 16}, "judge_sampling": {"max_tokens": 64}, "max_feedback_chars": 40,
-}
-
 
 def test_plan_runs_what_is_not_done_or_what_was_asked():
     done = {"infer", "augment", "pi-eval"}

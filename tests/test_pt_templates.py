@@ -17,7 +17,7 @@ from persona_ray.tailoring.templates import (
     tokenize_dpo,
     tokenize_sft,
 )
-from tests.conftest import SAMPLE_PAIRS
+from tests.helpers import SAMPLE_PAIRS
 
 ROW = {
     "pair_id": "p1",

@@ -10,8 +10,8 @@ import pytest
 
 from persona_ray.core import storage
 from persona_ray.inference.readers import JSON_LINE, InputError, read_input
-from tests.conftest import read_jsonl
-from tests.test_adapters import FIXTURES
+from tests.helpers import read_jsonl
+from tests.helpers import FIXTURES
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

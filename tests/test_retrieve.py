@@ -20,7 +20,7 @@ from persona_ray.retrieval.recall import corpus_rows, recall_at, reword
 from persona_ray.retrieval.batch import RetrieveConfig, run_retrieve
 from persona_ray.retrieval.search import MAX_QUERY_CHARS, PersonaRetriever, QueryError
 
-from .conftest import SAMPLE_PAIRS, bundled_persona_rows, read_jsonl, shared_data
+from tests.helpers import SAMPLE_PAIRS, bundled_persona_rows, read_jsonl, shared_data
 
 pytestmark = pytest.mark.slow
 

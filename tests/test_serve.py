@@ -16,7 +16,7 @@ import pytest
 
 from persona_ray.retrieval.index import IndexConfig, run_index
 
-from .conftest import bundled_persona_rows, free_port
+from tests.helpers import bundled_persona_rows, free_port
 
 pytestmark = pytest.mark.slow
 KEY = "pr-test-" + secrets.token_hex(12)

@@ -172,7 +172,7 @@ def test_pi_with_smollm2_writes_valid_varied_personas(ray_local, model_dir, tmp_
     """Real language: guided PI with SmolLM2 on 10 sample pairs, judged by the full persona rules."""
     from persona_ray.inference.infer import InferConfig, run_infer
     from persona_ray.core.shards import read_shards
-    from tests.conftest import SAMPLE_PAIRS
+    from tests.helpers import SAMPLE_PAIRS
 
     pairs = tmp_path / "pairs.jsonl"
     lines = [line for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()]

@@ -11,7 +11,7 @@ import pytest
 from persona_ray.core.settings import ConfigError, load_config
 from persona_ray.inference.infer import InferConfig
 from persona_ray.testing.tiny_model import build_tiny_model
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _digest(folder) -> dict[str, str]:
@@ -84,6 +84,7 @@ def test_bad_config_names_the_field(tmp_path, yaml_text, message):
         load_config(InferConfig, str(path))
 
 
+@pytest.mark.slow  # `persona-ray infer` in a process of its own
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("pairs: {input: a}\noutput: b\nk_shot: -1\n")

@@ -13,7 +13,7 @@ import pytest
 
 from persona_ray.core import storage
 from persona_ray.dataset.augment import ROW_FIELDS
-from tests.conftest import SAMPLE_PAIRS, read_jsonl
+from tests.helpers import SAMPLE_PAIRS, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_sft_two_workers_use_every_row_once_and_checkpoint(sft_run, data_dir):
 def test_sft_logs_to_tensorboard_from_rank_zero_only(sft_run):
     from pathlib import Path
 
-    from tests.test_tracking import tensorboard_scalars
+    from tests.helpers import tensorboard_scalars
 
     cfg, summary = sft_run
     run = Path(cfg.tracking.uri) / "persona-ray" / "sft"  # <uri>/<experiment>/<run name>
@@ -93,7 +93,7 @@ def test_sft_logs_to_tensorboard_from_rank_zero_only(sft_run):
 def test_sft_logs_to_wandb_offline_with_the_evaluation_in_the_same_run(ray_local, tiny_model, data_dir, tmp_path,
                                                                         monkeypatch):
     from persona_ray.tailoring import SFTJobConfig, train_sft
-    from tests.test_tracking import finished_wandb_runs
+    from tests.helpers import finished_wandb_runs
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path / "runs"), name="sft-wandb", training_type="chosen",
@@ -166,7 +166,7 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     # The same numbers in MLflow (TRL's integration, rank 0), with the job config as parameters.
     from mlflow.tracking import MlflowClient
 
-    from tests.test_tracking import mlflow_runs
+    from tests.helpers import mlflow_runs
 
     (run,) = mlflow_runs(cfg.tracking.uri)
     assert run.info.run_name == "dpo" and run.data.tags["stage"] == "dpo" and run.data.tags["test"] == "dpo"
