@@ -112,6 +112,8 @@ def committed_rows(folder: Path) -> int:
 TRAIN = {"max_steps": 2, "per_device_batch_size": 2, "max_length": 256, "evaluate": False, "save_steps": 2}
 TINY = {
     "pairs": {"input": str(SAMPLE_PAIRS)},
+    # A few dozen prompts to index: encoded in the pipeline's process, no actor pool to start.
+    "index": {"encode_workers": 0},
     # A random model: sampling (seeded) gives varied words where greedy decoding repeats one token,
     # which the persona rules refuse as degenerate.
     "engine": {"model": "tiny", "sampling": {"max_tokens": 192, "temperature": 1.0, "seed": 0},

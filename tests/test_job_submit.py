@@ -87,7 +87,10 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     out = tmp_path / "run"
     config = tmp_path / "pipeline.yaml"
     tracking = {"backend": "mlflow", "uri": f"file:{tmp_path / 'mlruns'}"}
-    config.write_text(yaml.safe_dump({**TINY, "output": str(out), "tracking": tracking}))
+    pairs = tmp_path / "pairs.jsonl"  # 30 of the sample pairs: every split still has rows
+    pairs.write_text("".join(SAMPLE_PAIRS.read_text().splitlines(keepends=True)[:30]))
+    config.write_text(yaml.safe_dump({**TINY, "pairs": {"input": str(pairs)}, "output": str(out),
+                                      "tracking": tracking}))
     client = head.client()
     job = {"entrypoint": f"{sys.executable} -m persona_ray pipeline --config {config}",
            "runtime_env": {"working_dir": str(REPO), "excludes": [".venv/", ".cache/", "outputs/"]}}
@@ -121,7 +124,7 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     assert str(out / "pipeline.log") in terminal and (out / "pipeline.log").stat().st_size > 0
 
     infer = json.loads((out / "infer" / "manifest.json").read_text())["counts"]
-    assert infer["persona_records"] == infer["unique_keys"] == 120
+    assert infer["persona_records"] == infer["unique_keys"] == 60
     report = (out / "report" / "report.md").read_text()
     for section in ("## What it does: personas and tailored answers", "## Persona accuracy", "## Word saliency",
                     "## Pairwise judgements"):
@@ -151,4 +154,4 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     (judge,) = [r for r in children if r.info.run_name == "run/judge"]
     assert any(k.endswith("/delta_pq") or k.endswith("/n_rows") for k in judge.data.metrics)
     (infer_run,) = [r for r in children if r.info.run_name == "run/infer"]
-    assert infer_run.data.metrics["counts/persona_records"] == 120
+    assert infer_run.data.metrics["counts/persona_records"] == 60

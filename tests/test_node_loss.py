@@ -34,7 +34,7 @@ from persona_ray.retrieval.search import PersonaRetriever
 from tests.helpers import REPO, bundled_persona_rows, committed_rows, many_pairs
 from tests.ray_head import Head, join_workers, session_members, start_head, wait_for
 
-PAIRS, ENGINE_BATCH = 100, 8
+PAIRS, ENGINE_BATCH = 48, 8  # 12 engine batches: the kill lands after 2, with most still to answer
 ENGINE_BATCHES = -(-2 * PAIRS // ENGINE_BATCH)  # a request per side of a pair
 HEAD_CPUS, WORKER_CPUS = 2, 3  # the engine asks for 3 CPUs: only a worker node has room for it
 SETTINGS = {

@@ -130,7 +130,9 @@ def test_splits_never_share_a_prompt():
 # learning rate; from the base model (no SFT). PT-DPO trains with type `all` (each pair also
 # teaches the rejected response's persona): with type `chosen` alone the tiny model learned the
 # length axis but not form within short answers (brief-steps 0.615 over brief-prose, measured).
+# No evaluation on the val split: the test measures held-out prompts itself (the measure stage).
 TINY_DPO = {"max_steps": 80, "learning_rate": 5e-3, "per_device_batch_size": 8, "save_steps": 80, "max_length": 256,
+            "evaluate": False,
             "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                               "up_proj", "down_proj"]}}
 

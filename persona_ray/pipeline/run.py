@@ -98,6 +98,9 @@ class PipelineConfig(Settings):
     sft: dict[str, Any] = Field(default_factory=dict, description="SFTJobConfig keys for both SFT runs "
                                 "(PT and baseline), e.g. max_steps, learning_rate")
     dpo: dict[str, Any] = Field(default_factory=dict, description="DPOJobConfig keys for both DPO runs")
+    index: dict[str, Any] = Field(default_factory=dict, description="more IndexConfig keys for the index stage, "
+                                  "e.g. encode_workers (0: encode in the pipeline's own process, no actor to start: "
+                                  "for a small sample)")
     generation: SamplingSettings = Field(
         SamplingSettings(max_tokens=128, stop=["\nPrompt:", "\nPersona:"]),
         description="how the trained models sample their answers")
@@ -120,6 +123,7 @@ class PipelineConfig(Settings):
     @model_validator(mode="after")
     def _parts_are_valid(self):
         from persona_ray.inference.infer import InferConfig
+        from persona_ray.retrieval.index import IndexConfig
         from persona_ray.tailoring import DPOJobConfig, SFTJobConfig
 
         if self.training_type not in TRAINING_TYPES or self.training_type == "none":
@@ -137,8 +141,9 @@ class PipelineConfig(Settings):
             InferConfig(pairs=self.pairs, output="-", **self.infer)
             SFTJobConfig(data="-", output="-", **self.sft)
             DPOJobConfig(data="-", output="-", **self.dpo)
+            IndexConfig(data="-", output="-", **self.index)
         except ValueError as exc:
-            raise ValueError(f"infer / sft / dpo: {exc}") from None
+            raise ValueError(f"infer / sft / dpo / index: {exc}") from None
         return self
 
 
@@ -249,7 +254,7 @@ class Pipeline:
     def stage_index(self) -> dict:
         from persona_ray.retrieval.index import IndexConfig, run_index
 
-        manifest = run_index(IndexConfig(data=self.path("augmented"), output=self.path("index")))
+        manifest = run_index(IndexConfig(data=self.path("augmented"), output=self.path("index"), **self.cfg.index))
         return {"rows": manifest["rows"], "rebuilt": manifest["rebuilt"]}
 
     def stage_retrieve(self) -> dict:
