@@ -36,7 +36,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/persona-ray pipeline --config cluster/jobs/demo.yaml
 
-# Two workers, one test file each at a time, the longest files first (tests/conftest.py).
+# Two workers, one test file each at a time (the files that start Ray clusters of their own as one),
+# the longest first (tests/conftest.py).
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Tests that start no Ray, engine, Serve app or process of their own: minutes, run them often.

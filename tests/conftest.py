@@ -117,20 +117,38 @@ def _no_orphaned_engines():
             pass
 
 
-# The longest test files (minutes each, measured in CI) go first: with `--dist loadfile` each
-# worker takes the next file when it is free, so long files started last would leave one worker
-# running alone at the end. `make test` passes --no-loadscope-reorder: xdist would otherwise
-# order the files by their number of tests, which put the two longest files last.
-LONGEST_FIRST = ("test_job_submit.py", "test_infer_faults.py", "test_smollm2.py", "test_train.py", "test_world.py",
-                 "test_node_loss.py", "test_serve.py", "test_retrieve.py", "test_generate_judge.py",
-                 "test_pi_eval.py", "test_openai_engine.py", "test_infer.py")
+# Scheduling: each file is run whole by one worker (`--dist loadfile`), except the files whose
+# tests start Ray clusters of their own (a head and nodes, a job's own local Ray): one worker runs
+# them one after another. Two of them at once on two cores starved each other's Ray of CPU (a
+# node-loss test took 152 s alone and 875 s beside the pipeline job).
+OWN_CLUSTERS = ("test_job_submit.py", "test_node_loss.py", "test_infer_faults.py")
+# Then the longest files first (minutes each, measured): the free worker takes the next one, so
+# long files started last would leave one worker running alone at the end. `make test` passes
+# --no-loadscope-reorder: xdist would otherwise order them by their number of tests.
+LONGEST_FIRST = (*OWN_CLUSTERS, "test_smollm2.py", "test_train.py", "test_world.py", "test_serve.py",
+                 "test_retrieve.py", "test_generate_judge.py", "test_pi_eval.py", "test_openai_engine.py",
+                 "test_infer.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
+def pytest_itemcollected(item):
+    """`slow` from the fixtures a test uses, as it is collected (before -m selects on it)."""
+    if SLOW_FIXTURES & set(item.fixturenames):
+        item.add_marker(pytest.mark.slow)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's file scheduling, with the OWN_CLUSTERS files as one unit."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class OwnClustersTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "own-clusters" if file.rsplit("/", 1)[-1] in OWN_CLUSTERS else file
+
+    return OwnClustersTogether(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    for item in items:
-        if SLOW_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.slow)
     rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
