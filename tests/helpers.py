@@ -1,6 +1,6 @@
-"""Helpers the test files share: paths of bundled data, small readers and writers, the tiny
-pipeline config, PI jobs run and killed from outside, tracked runs read back with each backend's
-own reader. Test files import these from here, never from one another."""
+"""Helpers the test files share: paths of bundled data, small readers and writers, PI inputs and
+what a running job has committed, the tiny pipeline config, tracked runs read back with each
+backend's own reader. Test files import these from here, never from one another."""
 
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ def bundled_persona_rows() -> list[dict]:
 
 
 # Persona inference inputs and what a running job has committed.
+
+def first_sample_pairs(path: Path, pairs: int) -> Path:
+    """The first `pairs` sample pairs, as written in the bundled file."""
+    path.write_text("".join(SAMPLE_PAIRS.read_text().splitlines(keepends=True)[:pairs]))
+    return path
+
 
 def many_pairs(path: Path, pairs: int) -> None:
     """`pairs` distinct pairs: the sample pairs with numbered prompt variants."""

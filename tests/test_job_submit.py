@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from persona_ray.pipeline.run import STAGES
-from tests.helpers import REPO, SAMPLE_PAIRS, TINY, mlflow_runs
+from tests.helpers import REPO, TINY, first_sample_pairs, mlflow_runs
 from tests.ray_head import RAY, Head, session_members, start_head, wait_for
 
 # A user's runtime env with a variable the engine also sets (VLLM_CPU_KVCACHE_SPACE): it must not
@@ -55,9 +55,8 @@ def test_pi_job_through_the_ray_cli_then_resubmitted_resumes_and_writes_nothing_
     output = tmp_path / "pi"
     config = yaml.safe_load((REPO / "cluster" / "jobs" / "local.yaml").read_text())
     config.update(output=str(output), k_shot=1)
-    pairs = tmp_path / "pairs.jsonl"  # 24 of the sample pairs: the job server is under test, not PI
-    pairs.write_text("".join(SAMPLE_PAIRS.read_text().splitlines(keepends=True)[:24]))
-    config["pairs"]["input"] = str(pairs)
+    # 24 of the sample pairs: the job server is under test, not PI
+    config["pairs"]["input"] = str(first_sample_pairs(tmp_path / "pairs.jsonl", 24))
     config["engine"]["sampling"] = {"max_tokens": 192, "temperature": 1.0, "seed": 0}
     config_file = tmp_path / "infer.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -87,8 +86,7 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     out = tmp_path / "run"
     config = tmp_path / "pipeline.yaml"
     tracking = {"backend": "mlflow", "uri": f"file:{tmp_path / 'mlruns'}"}
-    pairs = tmp_path / "pairs.jsonl"  # 30 of the sample pairs: every split still has rows
-    pairs.write_text("".join(SAMPLE_PAIRS.read_text().splitlines(keepends=True)[:30]))
+    pairs = first_sample_pairs(tmp_path / "pairs.jsonl", 30)  # 30 of the sample pairs: every split still has rows
     config.write_text(yaml.safe_dump({**TINY, "pairs": {"input": str(pairs)}, "output": str(out),
                                       "tracking": tracking}))
     client = head.client()

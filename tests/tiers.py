@@ -30,8 +30,8 @@ class ProcessGuard:
                                 "@pytest.mark.slow, or use a fixture of tests/tiers.py SLOW_FIXTURES")
 
     @staticmethod
-    def of_the_environment(args) -> bool:
-        program = str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]
+    def of_the_environment(command: str) -> bool:
+        program = command.split()[0]
         return (program.startswith((sys.prefix, sys.base_prefix)) or os.path.basename(program).startswith("python")
                 or program in {"ray", "persona-ray", "vllm", "moto_server"})
 
@@ -44,8 +44,9 @@ class ProcessGuard:
         execute, _ = self.saved
 
         def execute_child(popen, args, *rest, **kwargs):
-            if guard.of_the_environment(args):
-                guard.refuse(" ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args))
+            command = " ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args)
+            if guard.of_the_environment(command):
+                guard.refuse(command)
             return execute(popen, args, *rest, **kwargs)
 
         def start(process):
