@@ -39,10 +39,30 @@ def test_auto_dtypes_follow_the_cpus_bf16_instructions(tmp_path, monkeypatch):
 
 def test_a_one_cpu_engine_keeps_its_model_in_the_engine_process():
     """vLLM on CPU starts a worker process to pin OpenMP threads; an engine of one CPU has none to
-    pin and skips it (VLLM_ENABLE_V1_MULTIPROCESSING=0); the KV cache size is always set."""
+    pin and skips it (VLLM_ENABLE_V1_MULTIPROCESSING=0); the KV cache size is always set on CPU, and
+    every engine, GPU too, may take as long as configured to compile a job's guided-decoding pattern."""
     from persona_ray.engines.settings import VLLMSettings
-    from persona_ray.engines.vllm_engine import cpu_engine_env
+    from persona_ray.engines.vllm_engine import engine_env
 
-    assert cpu_engine_env(VLLMSettings()) == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    assert cpu_engine_env(VLLMSettings(cpus_per_engine=4, cpu_kv_cache_gib=8)) == {"VLLM_CPU_KVCACHE_SPACE": "8"}
-    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in cpu_engine_env(VLLMSettings(tensor_parallel_size=2))
+    timeout = {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "120"}
+    assert engine_env(VLLMSettings()) == {**timeout, "VLLM_CPU_KVCACHE_SPACE": "1",
+                                          "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert engine_env(VLLMSettings(cpus_per_engine=4, cpu_kv_cache_gib=8)) == {**timeout, "VLLM_CPU_KVCACHE_SPACE": "8"}
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_env(VLLMSettings(tensor_parallel_size=2))
+    assert engine_env(VLLMSettings(gpu=True, grammar_compile_timeout_s=30)) == {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "30"}
+
+
+def test_an_answer_with_no_tokens_is_an_engine_error():
+    """vLLM drops a request whose guided-decoding pattern did not compile in time and Ray Data LLM
+    passes it on as an answer with no text and no error: that is an engine error, never an empty
+    persona; a real answer (one token at least) is kept, its finish told from the token budget."""
+    from persona_ray.engines.vllm_engine import answer_row
+
+    dropped = answer_row({"pair_id": "p1", "generated_text": "", "num_generated_tokens": 0,
+                          "num_input_tokens": 40, "__inference_error__": ""}, max_tokens=8)
+    assert dropped["finish_reason"] == "error" and "no tokens" in dropped["error"] and dropped["pair_id"] == "p1"
+    answered = answer_row({"pair_id": "p2", "generated_text": "The user is", "num_generated_tokens": 8,
+                           "num_input_tokens": 40}, max_tokens=8)
+    assert (answered["finish_reason"], answered["error"], answered["generated_text"]) == ("length", "", "The user is")
+    failed = answer_row({"generated_text": None, "__inference_error__": "ValueError: boom"}, max_tokens=8)
+    assert (failed["finish_reason"], failed["error"]) == ("error", "ValueError: boom")

@@ -186,5 +186,5 @@ def test_pi_with_smollm2_writes_valid_varied_personas(ray_local, model_dir, tmp_
     assert len(records) == 20 == manifest["counts"]["unique_keys"]
     valid = [r["persona"] for r in records if r["valid"]]
     print(f"smollm2 PI: {len(valid)}/20 valid, {len(set(valid))} distinct; e.g. {valid[:3]}")
-    assert len(valid) >= 0.9 * 20, [r["reason"] for r in records if not r["valid"]]
+    assert len(valid) >= 0.9 * 20, [(r["reason"], r["raw_text"][:120]) for r in records if not r["valid"]]
     assert len(set(valid)) >= len(valid) / 2

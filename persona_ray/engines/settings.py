@@ -57,6 +57,9 @@ class VLLMSettings(Settings):
     cpus_per_engine: int = Field(1, gt=0, description="CPU engines: Ray CPUs reserved per engine worker; with 1, "
                                  "vLLM keeps the model in its engine process (one process fewer to start)")
     max_num_seqs: int | None = Field(None, description="most sequences an engine batches at once")
+    grammar_compile_timeout_s: int = Field(120, gt=0, description="most seconds vLLM may take to compile a "
+                                           "guided-decoding pattern (vLLM's own default, 5 s, is about what PI's "
+                                           "pattern takes on a busy 2-core machine; a request past it gets no tokens)")
     engine_kwargs: dict = Field(default_factory=dict, description="passed to vLLM as is, after everything else")
 
     @field_validator("concurrency")

@@ -45,13 +45,21 @@ def engine_dtype(cfg: VLLMSettings) -> str:
     return "auto" if cpu_has_native_bf16() else "float32"
 
 
-def cpu_engine_env(cfg: VLLMSettings) -> dict[str, str]:
-    """Environment of a CPU engine. vLLM on CPU runs the model in a worker process of its own, so
-    that OpenMP threads can be pinned before torch starts; an engine with one CPU has no threads to
-    pin, and with VLLM_ENABLE_V1_MULTIPROCESSING=0 vLLM keeps the model in its engine process: one
-    process fewer to start and import torch into, ~19 s of the ~78 s an engine took to answer its
-    first request here (measured on the tiny model, 2 cores)."""
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kv_cache_gib)}
+def engine_env(cfg: VLLMSettings) -> dict[str, str]:
+    """Environment of an engine. Every engine: how long vLLM may compile a guided-decoding pattern
+    (its 5 s default guards a server against hostile patterns; the patterns here are the jobs' own,
+    and PI's takes 2-5 s for SmolLM2's vocabulary on a busy 2-core machine: past the limit vLLM
+    answers the request with no tokens at all).
+
+    A CPU engine also: its KV cache size; and vLLM on CPU runs the model in a worker process of its
+    own, so that OpenMP threads can be pinned before torch starts; an engine with one CPU has no
+    threads to pin, and with VLLM_ENABLE_V1_MULTIPROCESSING=0 vLLM keeps the model in its engine
+    process: one process fewer to start and import torch into, ~19 s of the ~78 s an engine took to
+    answer its first request here (measured on the tiny model, 2 cores)."""
+    env = {"VLLM_REGEX_COMPILATION_TIMEOUT_S": str(cfg.grammar_compile_timeout_s)}
+    if cfg.gpu:
+        return env
+    env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kv_cache_gib)
     if cfg.cpus_per_engine == 1 and cfg.tensor_parallel_size == 1:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return env
@@ -77,15 +85,14 @@ def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettin
                          prompt_format: str = "completion"):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"runtime_env": {"env_vars": engine_env(cfg)}}
+    # Ray Data LLM hands this runtime env to ray.init on the driver, which refuses any env var a
+    # submitted job's runtime env also sets ("Failed to merge the Job's runtime env"); told to,
+    # Ray merges the two and the engine's own value wins.
+    os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     if not cfg.gpu:
         # Without this the processor asks for a GPU and waits forever on a CPU cluster.
         extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_engine}] * cfg.tensor_parallel_size}
-        extra["runtime_env"] = {"env_vars": cpu_engine_env(cfg)}
-        # Ray Data LLM hands this runtime env to ray.init on the driver, which refuses any env var a
-        # submitted job's runtime env also sets ("Failed to merge the Job's runtime env"); told to,
-        # Ray merges the two and the engine's own value wins.
-        os.environ["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     kwargs = engine_kwargs(cfg)
     if not cfg.gpu:
         # vLLM's CPU engine dies on a seeded request that is still in chunked prefill ("CPU Generator
@@ -120,20 +127,30 @@ def build_vllm_processor(model: str, sampling: SamplingSettings, cfg: VLLMSettin
         return row
 
     def postprocess(row: dict[str, Any]) -> dict[str, Any]:
-        error = row.pop("__inference_error__", None) or ""
-        out = {k: v for k, v in row.items() if k not in _ENGINE_COLUMNS}
-        generated = int(row.get("num_generated_tokens") or 0)
-        out.update(
-            generated_text=row.get("generated_text") or "",
-            num_input_tokens=int(row.get("num_input_tokens") or 0),
-            num_output_tokens=generated,
-            # Ray Data LLM does not report vLLM's finish reason; the budget tells truncation apart.
-            finish_reason="error" if error else ("length" if generated >= max_tokens else "stop"),
-            error=str(error),
-        )
-        return out
+        return answer_row(row, max_tokens)
 
     return build_processor(processor_config, preprocess=preprocess, postprocess=postprocess)
+
+
+def answer_row(row: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """One Ray Data LLM output row -> the row every engine gives: the input columns, generated_text,
+    token counts, finish_reason (stop / length / error) and error ("" when none)."""
+    error = row.pop("__inference_error__", None) or ""
+    out = {k: v for k, v in row.items() if k not in _ENGINE_COLUMNS}
+    generated = int(row.get("num_generated_tokens") or 0)
+    if not error and generated == 0:
+        # Every answer vLLM finishes has a token (a stop or end token at least): none means it
+        # dropped the request, and Ray Data LLM passes that on as an answer with no error.
+        error = "the engine returned no tokens: it dropped the request (its log says why)"
+    out.update(
+        generated_text=row.get("generated_text") or "",
+        num_input_tokens=int(row.get("num_input_tokens") or 0),
+        num_output_tokens=generated,
+        # Ray Data LLM does not report vLLM's finish reason; the budget tells truncation apart.
+        finish_reason="error" if error else ("length" if generated >= max_tokens else "stop"),
+        error=str(error),
+    )
+    return out
 
 
 # Columns the Ray Data LLM stages add; dropped from the output rows.

@@ -54,13 +54,13 @@ class TailoredLLMDeployment:
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from persona_ray.engines.vllm_engine import cpu_engine_env, engine_kwargs
+        from persona_ray.engines.vllm_engine import engine_env, engine_kwargs
 
         settings = EngineSettings(**{**engine, "model": model})
         kwargs = engine_kwargs(settings.vllm)
+        for name, value in engine_env(settings.vllm).items():
+            os.environ.setdefault(name, value)
         if not settings.vllm.gpu:
-            for name, value in cpu_engine_env(settings.vllm).items():
-                os.environ.setdefault(name, value)
             # vLLM's CPU engine dies on a seeded request still in chunked prefill: seed the engine once.
             kwargs.setdefault("seed", settings.sampling.seed or 0)
         if adapters:
