@@ -127,8 +127,14 @@ def test_models_chat_and_completions_with_the_openai_client(served):
     retrieved = client.completions.create(model="PT-DPO", prompt=row["prompt"], max_tokens=8)
     assert retrieved.object == "text_completion" and isinstance(retrieved.choices[0].text, str)
     assert retrieved.model_extra["persona_source"] == "retrieved"
-    assert retrieved.model_extra["retrieved"]["row_id"] == row["id"] and retrieved.model_extra["retrieved"]["rank"] == 1
+    # The row's own persona, at rank 1; the answer says how good a hit it was, not whose row it was
+    # or its training prompt (another user's text).
     assert retrieved.model_extra["persona"] == " ".join(row["chosen_persona"].split())
+    assert set(retrieved.model_extra["retrieved"]) == {"score", "rank", "skipped"}
+    assert retrieved.model_extra["retrieved"]["rank"] == 1 and retrieved.model_extra["retrieved"]["score"] > 0
+    # Nothing but the health checks answers without a key: no interactive docs, no schema.
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{url}{path}", timeout=30).status_code == 404, path
 
     # One engine, three models: the adapter changes the answer to the very same input.
     texts = {name: client.completions.create(model=name, prompt="How do I boil an egg?", max_tokens=12,
@@ -198,8 +204,8 @@ def test_the_persona_safety_gate_on_given_and_retrieved_personas(served):
     reply = client.completions.create(model="PT-DPO", prompt=rows[5]["prompt"], max_tokens=4)
     retrieved = reply.model_extra["retrieved"]
     assert reply.model_extra["persona_source"] == "retrieved" and reply.model_extra["persona"] != POISONED
-    assert retrieved["rank"] >= 2 and retrieved["skipped"][0]["row_id"] == rows[5]["id"]
-    assert "protected attribute" in retrieved["skipped"][0]["reason"]
+    assert retrieved["rank"] >= 2 and "protected attribute" in retrieved["skipped"][0]["reason"]
+    assert set(retrieved["skipped"][0]) == {"reason"}  # no row id by default
 
 
 HOSTILE = [  # (body, status, words in the error message); each once reported as a 500 or let through
@@ -254,7 +260,7 @@ def test_tailor_route_and_several_users_at_once(served):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda p: post(url, "/v1/tailor", {"prompt": p, "max_tokens": 4}), prompts))
     assert [a.status_code for a in answers] == [200] * 8
-    assert [a.json()["retrieved"]["row_id"] for a in answers] == [r["id"] for r in rows[10:18]]
+    assert [a.json()["persona"] for a in answers] == [" ".join(r["chosen_persona"].split()) for r in rows[10:18]]
 
 
 def test_a_dead_model_replica_gives_503_then_recovers(served):

@@ -51,16 +51,37 @@ def test_the_shared_persona_validator_guards_given_personas(persona, reason):
 
 
 def test_a_retrieved_persona_is_checked_and_an_invalid_top_hit_falls_back():
+    """By default an answer says how good the retrieved persona was and why better hits were
+    skipped, never whose row it was or its training prompt (another user's text); an operator can
+    ask for the row ids."""
     hits = [{"row_id": "r1", "score": 9.0, "prompt": "p1", "chosen_persona": "The user is a devout Muslim and "
              "prefers prayers."},
             {"row_id": "r2", "score": 8.0, "prompt": "p2", "chosen_persona": "  "},
             {"row_id": "r3", "score": 7.0, "prompt": "p3", "chosen_persona": GOOD}]
     persona, info = pick_retrieved(hits, "chosen", CFG)
+    assert persona == GOOD and info == {"score": 7.0, "rank": 3, "skipped": info["skipped"]}
+    assert [set(s) for s in info["skipped"]] == [{"reason"}, {"reason"}]
+    assert "protected attribute" in info["skipped"][0]["reason"] and info["skipped"][1]["reason"] == "persona: empty"
+    assert not {"p1", "p2", "p3", "r1", "r2", "r3"} & set(map(str, _values(info)))
+    persona, info = pick_retrieved(hits[:2], "chosen", CFG)
+    assert persona is None and info["rank"] is None and len(info["skipped"]) == 2
+
+    debug = CFG.model_copy(update={"retrieved_detail": "row_id"})
+    persona, info = pick_retrieved(hits, "chosen", debug)
     assert persona == GOOD and info["row_id"] == "r3" and info["rank"] == 3
     assert [s["row_id"] for s in info["skipped"]] == ["r1", "r2"]
-    assert "protected attribute" in info["skipped"][0]["reason"] and info["skipped"][1]["reason"] == "persona: empty"
-    persona, info = pick_retrieved(hits[:2], "chosen", CFG)
-    assert persona is None and info["row_id"] is None and len(info["skipped"]) == 2
+    assert not {"p1", "p2", "p3"} & set(map(str, _values(info)))
+    persona, info = pick_retrieved(hits[:2], "chosen", debug)
+    assert persona is None and info["row_id"] is None
+
+
+def _values(tree):
+    """Every leaf value of nested dicts and lists."""
+    if isinstance(tree, dict):
+        return [v for value in tree.values() for v in _values(value)]
+    if isinstance(tree, list):
+        return [v for value in tree for v in _values(value)]
+    return [tree]
 
 
 @pytest.mark.parametrize("body, field", [

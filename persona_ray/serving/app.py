@@ -11,7 +11,9 @@ The persona is an extra body field (`extra_body={"persona": ...}` in the officia
 client); without one it is retrieved: the first valid persona among the top `retrieve_k`
 training prompts (ColBERT). Every answer says which persona it was tailored to and where it
 came from: extra fields `persona`, `persona_source` (given | retrieved | none) and `retrieved`
-(row id, score, rank, and the hits skipped as invalid, with the reason).
+(score, rank, and why better hits were skipped; row ids only where the config asks for them, never
+another user's training text). No interactive docs or OpenAPI schema are served: nothing but the
+health checks answers without a key.
 
 Deployments (deployments.py): the retriever, one LLM engine per model folder (served models over
 the same folder share it, as LoRA adapters), and this FastAPI ingress. The ingress checks every
@@ -77,7 +79,9 @@ def _error(status: int, message: str, kind: str, param: str | None = None,
     return JSONResponse(oai.error(message, kind, param=param), status_code=status, headers=headers)
 
 
-api = FastAPI(title="persona-ray", description="Persona-tailored responses, OpenAI-compatible")
+# FastAPI's /docs, /redoc and /openapi.json would answer without a key: not served.
+api = FastAPI(title="persona-ray", description="Persona-tailored responses, OpenAI-compatible",
+              docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @serve.deployment

@@ -45,6 +45,10 @@ class ServeConfig(Settings):
         default_factory=list, description="the served models; empty: one, engine.model named `model_id` in `mode`")
     retrieved_side: Literal["chosen", "rejected"] = Field(
         "chosen", description="which persona of a retrieved training row to use")
+    retrieved_detail: Literal["score", "row_id"] = Field(
+        "score", description="what an answer says of a retrieved persona: score (its score and rank, and why "
+        "better hits were skipped) or row_id (their training row ids too, for debugging); never the training text, "
+        "which is another user's")
     retrieve_k: int = Field(5, ge=1, le=50, description="hits searched for a valid persona (an invalid top hit "
                             "falls back to the next valid one)")
     auth: Literal["api_key", "none"] = Field(

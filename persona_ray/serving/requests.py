@@ -122,22 +122,24 @@ def check_persona(text: str | None, cfg: ServeConfig) -> str | None:
 
 
 def pick_retrieved(hits: list[dict], side: str, cfg: ServeConfig) -> tuple[str | None, dict]:
-    """(the first valid persona among the hits, what was retrieved): a retrieved persona is
-    training data written by users or a model, checked like a given one; invalid hits are
-    skipped with the reason. {"row_id", "score", "rank", "prompt", "skipped": [{"row_id", "reason"}]}."""
+    """(the first valid persona among the hits, what the answer says of it): a retrieved persona is
+    training data written by users or a model, checked like a given one; invalid hits are skipped
+    with the reason. {"score", "rank", "skipped": [{"reason"}]}, and the row ids of the persona and
+    of the skipped hits with `retrieved_detail: row_id`; never a training prompt (another user's text)."""
+    with_ids = cfg.retrieved_detail == "row_id"
     skipped = []
     for rank, hit in enumerate(hits, start=1):
         try:
             persona = check_persona(hit.get(f"{side}_persona") or "", cfg)
+            reason = None if persona else "persona: empty"
         except RequestError as err:
-            skipped.append({"row_id": hit.get("row_id"), "reason": str(err)})
-            continue
-        if persona is None:
-            skipped.append({"row_id": hit.get("row_id"), "reason": "persona: empty"})
-            continue
-        return persona, {"row_id": hit.get("row_id"), "score": hit.get("score"), "rank": rank,
-                         "prompt": hit.get("prompt"), "skipped": skipped}
-    return None, {"row_id": None, "score": None, "rank": None, "prompt": None, "skipped": skipped}
+            persona, reason = None, str(err)
+        if reason is None:
+            info = {"score": hit.get("score"), "rank": rank, "skipped": skipped}
+            return persona, {"row_id": hit.get("row_id"), **info} if with_ids else info
+        skipped.append({"row_id": hit.get("row_id"), "reason": reason} if with_ids else {"reason": reason})
+    info = {"score": None, "rank": None, "skipped": skipped}
+    return None, {"row_id": None, **info} if with_ids else info
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
