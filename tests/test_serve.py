@@ -240,11 +240,25 @@ def test_hostile_requests_get_a_4xx_that_says_why(served, body, status, words):
     assert words in error["message"] and error["type"] in ("invalid_request_error", "not_found_error")
 
 
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", {"model": "PT-DPO", "prompt": "hi", "max_tokens": "8"}, "max_tokens"),
+    ("/v1/completions", {"model": "PT-DPO", "prompt": "hi", "n": 2}, "n"),
+    ("/v1/completions", {"model": "PT-DPO", "prompt": "hi", "temperature": 3}, "temperature"),
+    ("/v1/completions", {"model": "PT-DPO", "prompt": "hi", "logit_bias": {}}, "logit_bias"),
+    ("/v1/chat/completions", {"model": "PT-DPO", "messages": []}, "messages"),
+])
+def test_a_refusal_names_the_field_in_param(served, path, body, param):
+    url, _, _ = served
+    reply = post(url, path, body)
+    assert reply.status_code == 422 and reply.json()["error"]["param"] == param, reply.text
+
+
 def test_a_body_of_ten_megabytes_is_refused_before_it_is_read(served):
     url, _, _ = served
     started = time.monotonic()
     reply = post(url, "/v1/chat/completions", b"{" + b" " * (10 << 20) + b"}")
-    assert reply.status_code == 413 and "the limit is 65536" in reply.json()["error"]["message"]
+    assert reply.status_code == 413  # the size seen and the limit, in one unit
+    assert reply.json()["error"]["message"] == f"body: {(10 << 20) + 2} bytes; the limit is 65536 bytes"
     chat = post(url, "/v1/chat/completions", {"model": "PT-DPO", "messages": [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
     assert chat.status_code == 422 and "exactly one message with role user" in chat.json()["error"]["message"]

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from persona_ray.serving.auth import APIKeys
 from persona_ray.serving.config import ServedModel, ServeConfig
 from persona_ray.serving.requests import (ChatRequest, CompletionRequest, RequestError, chat_prompt, check_persona,
-                                          check_prompt, describe_validation, pick_retrieved, sampling_of)
+                                          check_prompt, describe_validation, pick_retrieved, refusal_of,
+                                          sampling_of)
 
 CFG = ServeConfig(index="i", max_persona_chars=80, max_tokens_limit=300)
 GOOD = "The user is a busy parent and prefers short answers."
@@ -103,6 +104,19 @@ def test_request_types_are_strict_and_unknown_fields_refused(body, field):
     with pytest.raises(ValidationError) as err:
         CompletionRequest.model_validate(body)
     assert describe_validation(err.value.errors()).startswith(f"{field}")
+    refusal = refusal_of(err.value.errors())  # the OpenAI error's `param` names the field too
+    assert refusal.param == field and refusal.status == 422 and str(refusal).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([], "messages"),
+    ([{"role": "robot", "content": "x"}], "messages.0.role"),
+    ([{"role": "user", "content": "x", "extra": 1}], "messages.0.extra"),
+])
+def test_a_bad_chat_message_is_named_by_its_path(messages, param):
+    with pytest.raises(ValidationError) as err:
+        ChatRequest.model_validate({"model": "m", "messages": messages})
+    assert refusal_of(err.value.errors()).param == param
 
 
 def test_chat_requests_take_one_user_question():

@@ -51,7 +51,7 @@ from persona_ray.serving.config import Autoscaling, ServeConfig, ServedModel
 from persona_ray.serving.deployments import PersonaRetrieverDeployment, TailoredLLMDeployment
 from persona_ray.serving.metrics import ServingMetrics
 from persona_ray.serving.requests import (ChatRequest, CompletionRequest, RequestError, TailorRequest, chat_prompt,
-                                          check_persona, check_prompt, describe_validation, pick_retrieved,
+                                          check_persona, check_prompt, pick_retrieved, refusal_of,
                                           sampling_of)
 from persona_ray.tailoring.templates import inference_input
 
@@ -190,7 +190,8 @@ class Ingress:
         except ValidationError as err:
             location = [str(x) for x in (err.errors()[0].get("loc") or ()) if not isinstance(x, int)][:1]
             field = location[0] if location and location[0] in _FIELDS else "body"
-            return _error(422, describe_validation(err.errors()), "invalid_request_error"), model, field
+            refusal = refusal_of(err.errors())
+            return _error(422, str(refusal), "invalid_request_error", param=refusal.param), model, field
         except Unavailable as err:
             return _error(503, str(err), "service_unavailable",
                           headers={"Retry-After": str(self.cfg.retry_after_s)}), model, None
@@ -210,8 +211,10 @@ class Ingress:
             elif size > 16 * limit:
                 break
         if size > limit:
-            raise RequestError(f"body: {size if size <= 16 * limit else 'over ' + str(16 * limit)} bytes; "
-                               f"the limit is {limit}", status=413)
+            declared = request.headers.get("content-length", "")
+            seen = (f"{declared} bytes" if declared.isdigit() else
+                    f"{size} bytes" if size <= 16 * limit else f"over {16 * limit} bytes")
+            raise RequestError(f"body: {seen}; the limit is {limit} bytes", status=413)
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

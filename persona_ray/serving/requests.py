@@ -1,6 +1,7 @@
 """What a client may send, checked before anything reaches a model.
 
     ChatRequest, CompletionRequest, TailorRequest   the bodies (strict types, unknown fields refused)
+    refusal_of(validation errors)                   a RequestError naming the first bad field
     check_prompt(text, cfg)                         the prompt, or RequestError naming the field
     check_persona(text, cfg)                        a given persona through the one shared persona
                                                     validator (PI's rules: protected attributes,
@@ -29,6 +30,7 @@ from persona_ray.serving.config import ServeConfig
 _PROMPT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 Number = StrictInt | StrictFloat
 MAX_STOPS, MAX_STOP_CHARS = 4, 64
+_UNION_TAGS = {"int", "float", "str", "bool", "none"}
 
 
 class RequestError(ValueError):
@@ -173,14 +175,27 @@ def sampling_of(req: _Generation, cfg: ServeConfig) -> dict[str, Any]:
             "stop": default.stop if stop is None else stop}
 
 
+def refusal_of(errors: list[dict]) -> RequestError:
+    """Validation errors as a 422 whose message says each field and reason and whose `param` (the
+    OpenAI error field) is the path of the first: `max_tokens`, `messages`, `messages.0.role`, an
+    unknown field's own name."""
+    return RequestError(describe_validation(errors), param=_field_path(errors[0].get("loc", ())) if errors else None)
+
+
+def _field_path(location: tuple) -> str | None:
+    """A pydantic error location as the request's field path: list indexes kept; FastAPI's "body"
+    and the member tags pydantic adds inside a union ("int", "list[TextPart]", "TextPart") left out."""
+    parts = [str(x) for x in location
+             if isinstance(x, int) or (re.fullmatch(r"[a-z_][a-z0-9_]*", str(x)) and x not in _UNION_TAGS)]
+    return ".".join(parts) or None
+
+
 def describe_validation(errors: list[dict]) -> str:
     """FastAPI/pydantic validation errors as one line a client can act on: 'field: reason; ...'."""
     parts = []
     for error in errors[:5]:
-        location = [str(x) for x in error.get("loc", ()) if x != "body"]
         if error.get("type") == "json_invalid":
             parts.append(f"body: not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})")
             continue
-        field = ".".join(location) or "body"
-        parts.append(f"{field}: {error.get('msg', 'invalid')}")
+        parts.append(f"{_field_path(error.get('loc', ())) or 'body'}: {error.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
