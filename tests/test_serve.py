@@ -253,6 +253,17 @@ def test_a_refusal_names_the_field_in_param(served, path, body, param):
     assert reply.status_code == 422 and reply.json()["error"]["param"] == param, reply.text
 
 
+def test_a_body_that_is_not_json_by_its_content_type_is_refused(served):
+    url, _, _ = served
+    body = b'{"model": "PT-DPO", "prompt": "hi", "max_tokens": 2}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):
+        reply = post(url, "/v1/completions", body, headers={"content-type": kind})
+        error = reply.json()["error"]
+        assert reply.status_code == 415 and error["param"] == "content-type" and kind in error["message"]
+    assert post(url, "/v1/completions", body, headers={"content-type": "application/json; charset=utf-8"}
+                ).status_code == 200
+
+
 def test_a_body_of_ten_megabytes_is_refused_before_it_is_read(served):
     url, _, _ = served
     started = time.monotonic()

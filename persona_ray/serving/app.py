@@ -202,6 +202,11 @@ class Ingress:
     async def _json(self, request: Request) -> Any:
         """The body as JSON; over max_body_bytes: 413, the rest drained unkept (so the client reads
         the answer), and a body past 16 times the limit cut off."""
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if kind != "application/json" and not kind.endswith("+json"):
+            # A form or text body is not parsed as JSON on a guess: say what to send instead.
+            raise RequestError(f"content-type: {kind[:60]} is not JSON; send the body as application/json",
+                               status=415, param="content-type")
         limit = self.cfg.max_body_bytes
         body, size = bytearray(), 0
         async for piece in request.stream():
