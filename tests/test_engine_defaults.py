@@ -49,7 +49,8 @@ def test_a_one_cpu_engine_keeps_its_model_in_the_engine_process():
                                           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert engine_env(VLLMSettings(cpus_per_engine=4, cpu_kv_cache_gib=8)) == {**timeout, "VLLM_CPU_KVCACHE_SPACE": "8"}
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_env(VLLMSettings(tensor_parallel_size=2))
-    assert engine_env(VLLMSettings(gpu=True, grammar_compile_timeout_s=30)) == {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "30"}
+    gpu = VLLMSettings(gpu=True, grammar_compile_timeout_s=30)
+    assert engine_env(gpu) == {"VLLM_REGEX_COMPILATION_TIMEOUT_S": "30"}
 
 
 def test_an_answer_with_no_tokens_is_an_engine_error():

@@ -20,7 +20,9 @@ Loopback only, bounded in count and time (it stops itself at --time-limit). One 
    retrieved one.
 Prints counts of every status per kind (a 5xx other than 503 is a failure; so is a good request
 refused or a malformed one accepted), the 503 gap and the longest wait in it, p50 / p99
-latency, requests/s, the replica timeline and the ratios.
+latency, requests/s, /healthz p50 / p99 polled four times a second during the load and from the
+kill until ready again (a readiness probe's view; target p99 <= 200 ms), the replica timeline
+and the ratios.
 """
 
 from __future__ import annotations
@@ -169,6 +171,19 @@ def main() -> None:
                     timeline.append((time.monotonic(), replica_counts(), health))
                     time.sleep(1)
 
+        polls = []  # (when, status, ms) of /healthz four times a second: what a readiness probe sees
+
+        def poll_health() -> None:
+            with httpx.Client(timeout=10) as client:
+                while not done.is_set():
+                    started_poll = time.perf_counter()
+                    try:
+                        status = client.get(url + "/healthz").status_code
+                    except httpx.HTTPError:
+                        status = -1
+                    polls.append((time.monotonic(), status, (time.perf_counter() - started_poll) * 1000))
+                    time.sleep(0.25)
+
         def run(job_index: int, job: tuple) -> None:
             if time.monotonic() > deadline:
                 return
@@ -188,20 +203,24 @@ def main() -> None:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
+        poller = threading.Thread(target=poll_health, daemon=True)
+        poller.start()
         started = time.monotonic()
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(run, range(len(jobs)), jobs))
         load_s = time.monotonic() - started
+        events["load"] = (started, started + load_s)
         settle = time.monotonic() + 180
         while time.monotonic() < settle and any(n > 1 for n in replica_counts().values()):
             time.sleep(2)
         done.set()
         watcher.join()
+        poller.join()
         overhead = measure_overhead(url, key, rows, args)
         from ray import serve
 
         serve.shutdown()
-    report(results, events, timeline, load_s, overhead, args)
+    report(results, events, timeline, polls, load_s, overhead, args)
 
 
 def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
@@ -231,7 +250,27 @@ def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
             "app_over_engine_retrieved": round(p50["app_retrieved"] / p50["engine_retrieved"], 2)}
 
 
-def report(results: list[dict], events: dict, timeline: list, load_s: float, overhead: dict, args) -> None:
+def health_latency(polls: list, events: dict, back: float | None) -> dict:
+    """/healthz p50 / p99 (ms) during the load with every replica up, and from the kill until ready again."""
+    load_from, load_to = events["load"]
+    killed_at = events.get("killed", (None, None))[0]
+
+    def in_kill(t: float) -> bool:
+        return bool(killed_at) and killed_at <= t <= (back or load_to)
+
+    kill = [ms for t, _, ms in polls if in_kill(t)]
+    load = [ms for t, _, ms in polls if load_from <= t <= load_to and not in_kill(t)]
+    out = {}
+    for name, values in (("load", load), ("kill", kill)):
+        p50, p99 = p50_p99(values) if values else (float("nan"), float("nan"))
+        out.update({f"healthz_{name}_polls": len(values), f"healthz_{name}_p50_ms": round(p50, 1),
+                    f"healthz_{name}_p99_ms": round(p99, 1)})
+    out["healthz_over_2s"] = sum(ms > 2000 for _, _, ms in polls)
+    return out
+
+
+def report(results: list[dict], events: dict, timeline: list, polls: list, load_s: float, overhead: dict,
+           args) -> None:
     counts = Counter((r["group"], r["kind"], r["status"]) for r in results)
     good = [r for r in results if r["group"] == "good"]
     bad = [r for r in results if r["group"] == "malformed"]
@@ -260,7 +299,7 @@ def report(results: list[dict], events: dict, timeline: list, load_s: float, ove
         "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "requests_per_s": round(len(results) / load_s, 2),
         "load_s": round(load_s, 1), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "peak_replicas": peak, "final_replicas": timeline[-1][1] if timeline else None,
-        **overhead,
+        **health_latency(polls, events, back), **overhead,
     }
     print("status counts (group, kind, status):")
     for (group, kind, status), n in sorted(counts.items()):

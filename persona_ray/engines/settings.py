@@ -85,8 +85,8 @@ class OpenAISettings(Settings):
     backoff_s: float = Field(0.5, ge=0.0, description="first retry delay in seconds; doubles each time")
     timeout_s: float = Field(120.0, gt=0.0, description="seconds to wait for one answer")
     structured_outputs: bool = Field(True, description="send guided-decoding constraints as vLLM's "
-                                     "`structured_outputs` (hosted APIs may not accept them; start a `vllm serve` for PI with "
-                                     "VLLM_REGEX_COMPILATION_TIMEOUT_S=120, as the vllm backend does: its 5 s "
+                                     "`structured_outputs` (hosted APIs may not accept them; start a `vllm serve` for "
+                                     "PI with VLLM_REGEX_COMPILATION_TIMEOUT_S=120, as the vllm backend does: its 5 s "
                                      "default drops PI requests on a busy machine)")
     context_tokens: int = Field(8192, gt=0, description="context length, for length checks without a tokenizer")
 

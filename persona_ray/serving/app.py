@@ -4,7 +4,7 @@
     POST /v1/completions        {"model", "prompt", "persona"?, "stream"?, ...}
     GET  /v1/models             the served models (PT-DPO, the no-persona baseline, ...)
     POST /v1/tailor             {"prompt", "persona"?, "max_tokens"?, "model"?} (the project's own)
-    GET  /healthz               ready: every deployment answers (503 + Retry-After when one does not)
+    GET  /healthz               ready: every deployment runs and answered lately (503 + Retry-After when not)
     GET  /livez                 alive: the ingress answers
 
 The persona is an extra body field (`extra_body={"persona": ...}` in the official `openai`
@@ -22,7 +22,9 @@ types, Unicode, control characters, a given persona through the shared persona v
 prompt against the model's context in tokens; each refusal is a 4xx that names the field. A
 deployment that dies or does not answer in time makes its requests 503 with Retry-After, at once
 (and those waiting on it released) while Serve's controller shows no running replica of it,
-checked every second; /healthz says not ready until it runs and answers again.
+checked every second; /healthz says not ready until it runs and answers again. /healthz reads
+what the ingress keeps (running replicas, when each deployment last answered a request or the
+probe sent each second), so a readiness probe answers at once however busy the replicas are.
 
 `build_app(args)` is the application builder for `serve run` and for a KubeRay RayService
 (`import_path: persona_ray.serving.app:build_app`, `args:` = a ServeConfig).
@@ -95,11 +97,14 @@ class Ingress:
         self.down: set[str] = set()  # deployments with no running replica (or whose replica just died)
         self.pending: dict[str, set[asyncio.Future]] = defaultdict(set)  # calls waiting on each deployment
         self.watcher: asyncio.Task | None = None
+        self.prober: asyncio.Task | None = None
+        self.answered: dict[str, float] = {}  # deployment -> when it last answered (time.monotonic)
         self.metrics = ServingMetrics()
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
-        if self.watcher is not None:
-            self.watcher.cancel()
+        for task in (self.watcher, self.prober):
+            if task is not None:
+                task.cancel()
 
     # -- health --------------------------------------------------------------------------------
     @api.get("/livez")
@@ -108,20 +113,22 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """Ready when every deployment has a running replica and answers within health_timeout_s."""
-        states = {}
-        running = await self._running_replicas()
-        for name, handle in self._deployments().items():
-            if running.get(name, 0) == 0:
+        """Ready when every deployment has a running replica and has answered something (a request,
+        or the probe sent each second) within health_stale_s. Told from what the ingress keeps, so
+        that a poll never waits behind the requests queued at a busy replica."""
+        self._watch_replicas()
+        if not self.answered:  # the first poll after start: nothing known yet, so ask now
+            await self._probe_all()
+        now, states = time.monotonic(), {}
+        for name in self._deployments():
+            if name in self.down:
                 states[name] = "no running replica"
-                continue
-            try:
-                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.cfg.health_timeout_s)
+            elif name not in self.answered:
+                states[name] = f"no answer yet (each probe waits {self.cfg.health_timeout_s:g} s)"
+            elif now - self.answered[name] > self.cfg.health_stale_s:
+                states[name] = f"no answer for {now - self.answered[name]:.0f} s"
+            else:
                 states[name] = "ready"
-            except asyncio.TimeoutError:
-                states[name] = f"no answer within {self.cfg.health_timeout_s:g} s"
-            except Exception as exc:  # a dead or failing deployment: not ready, whatever the error
-                states[name] = f"not ready ({type(exc).__name__})"
         ready = all(state == "ready" for state in states.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "deployments": states},
                             status_code=200 if ready else 503,
@@ -303,7 +310,9 @@ class Ingress:
         call = asyncio.ensure_future(_awaitable(send()))
         self.pending[name].add(call)
         try:
-            return await asyncio.wait_for(call, timeout)
+            answer = await asyncio.wait_for(call, timeout)
+            self.answered[name] = time.monotonic()
+            return answer
         except BackPressureError:
             raise Unavailable(f"{name} is at capacity; retry shortly") from None
         except DOWN as exc:
@@ -329,8 +338,32 @@ class Ingress:
             call.cancel()
 
     def _watch_replicas(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.watcher is None or self.watcher.done():
-            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+            self.watcher = loop.create_task(self._watch())
+        if self.prober is None or self.prober.done():
+            self.prober = loop.create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """Once a second, every deployment is asked whether it is ready: what /healthz reads when no
+        request has reached a deployment lately."""
+        while True:
+            await asyncio.sleep(1.0)
+            await self._probe_all()
+
+    async def _probe_all(self) -> None:
+        async def probe(name: str, handle: DeploymentHandle) -> None:
+            if name in self.down:
+                return
+            try:
+                await asyncio.wait_for(_awaitable(handle.ready.remote()), self.cfg.health_timeout_s)
+                self.answered[name] = time.monotonic()
+            except DOWN:
+                self._mark_down(name)
+            except Exception:  # noqa: BLE001 - busy or failing: no answer, which /healthz counts
+                pass
+
+        await asyncio.gather(*(probe(name, handle) for name, handle in self._deployments().items()))
 
     async def _watch(self) -> None:
         """Once a second, from Serve's controller: a deployment with no running replica is down,

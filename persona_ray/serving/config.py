@@ -64,8 +64,10 @@ class ServeConfig(Settings):
     max_persona_chars: int = Field(1000, gt=0, description="longest persona a request may send")
     max_tokens_limit: int = Field(1024, gt=0, description="the most tokens a request may ask for")
     request_timeout_s: float = Field(120, gt=0, description="a model call not answered in this time gets 503")
-    health_timeout_s: float = Field(2, gt=0, description="a deployment not answering a health check in this time "
-                                    "is not ready")
+    health_timeout_s: float = Field(2, gt=0, description="how long the ingress's probe of a deployment, sent "
+                                    "each second, waits for an answer")
+    health_stale_s: float = Field(10, gt=0, description="a deployment that has answered nothing (a request or a "
+                                  "probe) for this long is not ready (/healthz)")
     retry_after_s: int = Field(5, ge=1, description="the Retry-After of a 503")
     health_check_period_s: float = Field(2, gt=0, description="how often Serve checks each replica (a dead "
                                          "engine is replaced sooner)")
