@@ -222,39 +222,55 @@ def _judge(cfg: JudgeConfig) -> dict:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _serve(cfg: ServeConfig, host: str, port: int) -> None:
+def _serve(cfg: ServeConfig, host: str, port: int, verbose: bool = False) -> None:
+    """Serve until Ctrl-C or SIGTERM. The terminal gets a few lines (what is served where, when it
+    is ready, when it stops); everything else (Ray, Serve's access logs, vLLM) goes to a log file,
+    or with --verbose stays on the terminal instead."""
+    import os
     import signal
     import threading
+    import time
 
     from ray import serve
 
+    from persona_ray.core.logs import LOG_FORMAT_ENV
+    from persona_ray.core.models import default_cache_dir
     from persona_ray.core.ray_runtime import ensure_ray
+    from persona_ray.core.terminal import Terminal
     from persona_ray.serving.app import build_app
 
     if cfg.auth == "none" and host not in LOOPBACK:
         raise UserError(f"auth none opens the server to anyone who reaches {host}; use it on a loopback address "
                         "only, or give API keys (api_keys_file / $PERSONA_RAY_API_KEYS)")
-    import os
-
     cfg = cfg.with_absolute_paths(os.getcwd())  # Serve replicas run in other folders
     # Serve gives its HTTP proxy 5 s to start; a busy machine needs longer (read when Ray starts here).
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
-    ensure_ray()
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/")
-    click.echo(f"serving on http://{host}:{port} (OpenAI API under /v1, GET /healthz); Ctrl-C or SIGTERM stops")
-    stop = threading.Event()
-    # SIGTERM (kill, Kubernetes) stops as cleanly as Ctrl-C: Serve's replicas and proxy shut down.
-    before = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):  # wake now and then: a bare wait() would not see Ctrl-C
+    log_dir = default_cache_dir() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"serve-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    logging_config = {"encoding": "JSON" if os.environ.get(LOG_FORMAT_ENV) == "json" else "TEXT"}
+    names = ", ".join(m.name for m in cfg.served_models())
+    with Terminal(str(log_path), verbose=verbose) as terminal:
+        terminal.say(f"persona-ray serve: starting {names} (log: {log_path})")
+        started = time.time()
+        ensure_ray()
+        serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+        serve.run(build_app(cfg.model_dump()), name="persona", route_prefix="/", logging_config=logging_config)
+        terminal.say(f"serving {names} on http://{host}:{port}/v1 (GET /healthz), ready after "
+                     f"{time.time() - started:.0f} s; Ctrl-C or SIGTERM stops")
+        stop = threading.Event()
+        # SIGTERM (kill, Kubernetes) stops as cleanly as Ctrl-C: Serve's replicas and proxy shut down.
+        before = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):  # wake now and then: a bare wait() would not see Ctrl-C
+                pass
+        except KeyboardInterrupt:
             pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, before)
-    serve.shutdown()
-    click.echo("serving stopped")
+        finally:
+            signal.signal(signal.SIGTERM, before)
+        terminal.say("stopping")
+        serve.shutdown()
+        terminal.say(f"serving stopped after {time.time() - started:.0f} s")
 
 
 def _import_released(cfg) -> dict:
@@ -351,7 +367,9 @@ JOBS = [
         Flag("limit")]),
     job_command("serve", ServeConfig, _serve, [Flag("index"), MODEL, Flag("auth"), Flag("api_keys_file")], extra=(
         click.Option(["--host"], default="127.0.0.1", show_default=True, help="address to listen on"),
-        click.Option(["--port"], default=8000, type=int, show_default=True, help="port to listen on"))),
+        click.Option(["--port"], default=8000, type=int, show_default=True, help="port to listen on"),
+        click.Option(["--verbose"], is_flag=True, help="Ray's, Serve's and vLLM's output on the terminal instead of "
+                     "in a log file; on an error, the traceback"))),
     world,
 ]
 

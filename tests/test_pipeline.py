@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from persona_ray.pipeline.display import stage_line
+from persona_ray.core.terminal import stage_line
 from persona_ray.pipeline.run import STAGES, PipelineConfig, plan
 
 def test_plan_runs_what_is_not_done_or_what_was_asked():

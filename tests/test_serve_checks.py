@@ -189,8 +189,9 @@ def test_served_models_share_an_engine_per_folder():
         ServeConfig(index="i", models=[ServedModel(name="A"), ServedModel(name="A", adapter="/x")])
 
 
-def test_serve_command_stops_cleanly_on_sigterm(monkeypatch, tmp_path):
-    """`persona-ray serve` waits until SIGTERM (or Ctrl-C), then shuts Serve down and exits 0;
+def test_serve_command_stops_cleanly_on_sigterm(monkeypatch, tmp_path, capfd):
+    """`persona-ray serve` waits until SIGTERM (or Ctrl-C), then shuts Serve down and exits 0,
+    saying so on the terminal (its own lines go to the real stderr, the rest to a log file);
     relative paths reach Serve absolute, and auth none is refused off loopback."""
     import os
     import signal
@@ -210,6 +211,7 @@ def test_serve_command_stops_cleanly_on_sigterm(monkeypatch, tmp_path):
     monkeypatch.setattr(serve, "run", lambda application, **kw: calls.append("run"))
     monkeypatch.setattr(serve, "shutdown", lambda: calls.append("shutdown"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERSONA_RAY_CACHE", str(tmp_path / "cache"))
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
     timer.start()
     before = signal.getsignal(signal.SIGTERM)
@@ -217,6 +219,9 @@ def test_serve_command_stops_cleanly_on_sigterm(monkeypatch, tmp_path):
     timer.join()
     assert result.exit_code == 0, result.output
     assert calls == ["ray", "start", ("app", str(tmp_path / "out" / "index")), "run", "shutdown"]
-    assert "serving stopped" in result.output and signal.getsignal(signal.SIGTERM) == before
+    said = capfd.readouterr().err.splitlines()
+    assert said[0].startswith("persona-ray serve: starting PT-DPO (log: ") and said[-1].startswith("serving stopped")
+    assert "ready after" in said[1] and signal.getsignal(signal.SIGTERM) == before
+    assert len(list((tmp_path / "cache" / "logs").glob("serve-*.log"))) == 1
     refused = CliRunner().invoke(app, ["serve", "--index", "i", "--auth", "none", "--host", "0.0.0.0"])
     assert refused.exit_code == 2 and "loopback address only" in refused.output

@@ -312,7 +312,7 @@ def run_pipeline(cfg: PipelineConfig, start: str | None = None, only: str | None
                  verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the pipeline; progress on the terminal, everything else in <output>/pipeline.log."""
     from persona_ray.core.progress import PROGRESS_ENV
-    from persona_ray.pipeline.display import Terminal
+    from persona_ray.core.terminal import Terminal
 
     pipeline = Pipeline(cfg)
     todo = plan(pipeline.done, start, only)

@@ -1,4 +1,5 @@
-"""What a person sees while the pipeline runs: one progress line per stage, and nothing else.
+"""What a person sees while a long command runs (the pipeline, the server): its own lines, and
+nothing else.
 
 `Terminal` keeps a handle on the real terminal, then points file descriptors 1 and 2 at the run's
 log file, so everything else — Python logging, Ray, Ray Data, vLLM, native libraries — lands in
@@ -42,7 +43,7 @@ def stage_line(number: int, count: int, name: str, started: float, state: dict |
 class Terminal:
     """Progress lines on the terminal; all other output of this process into `log_path`."""
 
-    def __init__(self, log_path: str, progress_path: str, verbose: bool = False):
+    def __init__(self, log_path: str, progress_path: str | None = None, verbose: bool = False):
         self.log_path, self.progress_path, self.verbose = log_path, progress_path, verbose
         self.out = None  # the real terminal
         self.saved: list[int] = []
@@ -86,7 +87,7 @@ class Terminal:
     def start(self, number: int, count: int, name: str) -> None:
         try:
             os.remove(self.progress_path)  # the last stage's numbers are not this one's
-        except FileNotFoundError:
+        except (FileNotFoundError, TypeError):
             pass
         with self._lock:
             self._stage = (number, count, name, time.time())
@@ -105,7 +106,7 @@ class Terminal:
             if stage is None:
                 continue
             now = time.time()
-            line = stage_line(*stage, progress.read(self.progress_path), now)
+            line = stage_line(*stage, progress.read(self.progress_path) if self.progress_path else None, now)
             if self.live:
                 with self._lock:
                     self.out.write("\r\033[K" + line[:200])
