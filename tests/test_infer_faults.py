@@ -149,12 +149,12 @@ def test_bad_input_output_k_shot_and_endpoints_fail_in_one_line_before_any_engin
 
 @pytest.mark.slow
 def test_kill_at_a_random_moment_then_rerun_equals_an_uninterrupted_run(ray_local, tmp_path):
-    pairs = 80
+    pairs = 40  # 10 commits of 8 records: a kill point between 30 % and 80 % has commits on both sides
     source = tmp_path / "pairs.jsonl"
     many_pairs(source, pairs)
     # Commits by time, not by count: every 0.2 s, with one batch of 8 records in flight, so a commit
     # holds a batch or two and the kill lands between commits (at 1 s with two batches in flight, the
-    # tiny model's last commit could take the count from below the kill point to all 160).
+    # tiny model's last commit could take the count from below the kill point to all of them).
     settings = {**SETTINGS, "shard_size": 1000, "commit_every_s": 0.2,
                 "engine": {**ENGINE, "vllm": {"batch_size": 8, "max_concurrent_batches": 1}}}
     reference = InferConfig(pairs={"input": str(source)}, output=str(tmp_path / "reference"), **settings)
