@@ -250,17 +250,27 @@ def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
             "app_over_engine_retrieved": round(p50["app_retrieved"] / p50["engine_retrieved"], 2)}
 
 
-def health_latency(polls: list, events: dict, back: float | None) -> dict:
-    """/healthz p50 / p99 (ms) during the load with every replica up, and from the kill until ready again."""
+def outage(polls: list, killed_at: float | None) -> tuple[float | None, float | None]:
+    """(the first /healthz poll after the kill that was not 200, the first 200 after it)."""
+    down = next((t for t, status, _ in polls if killed_at and t > killed_at and status != 200), None)
+    back = next((t for t, status, _ in polls if down and t > down and status == 200), None)
+    return down, back
+
+
+def health_latency(polls: list, events: dict) -> dict:
+    """/healthz p50 / p99 (ms) during the load with every replica up, and from the kill until ready
+    again; how long /healthz took to say not ready after the kill, and how long it said so."""
     load_from, load_to = events["load"]
     killed_at = events.get("killed", (None, None))[0]
+    down, back = outage(polls, killed_at)
 
     def in_kill(t: float) -> bool:
         return bool(killed_at) and killed_at <= t <= (back or load_to)
 
     kill = [ms for t, _, ms in polls if in_kill(t)]
     load = [ms for t, _, ms in polls if load_from <= t <= load_to and not in_kill(t)]
-    out = {}
+    out = {"healthz_not_ready_after_kill_s": round(down - killed_at, 1) if down else None,
+           "not_ready_s": round(back - down, 1) if back and down else None}
     for name, values in (("load", load), ("kill", kill)):
         p50, p99 = p50_p99(values) if values else (float("nan"), float("nan"))
         out.update({f"healthz_{name}_polls": len(values), f"healthz_{name}_p50_ms": round(p50, 1),
@@ -274,8 +284,6 @@ def report(results: list[dict], events: dict, timeline: list, polls: list, load_
     counts = Counter((r["group"], r["kind"], r["status"]) for r in results)
     good = [r for r in results if r["group"] == "good"]
     bad = [r for r in results if r["group"] == "malformed"]
-    killed_at = events.get("killed", (None, None))[0]
-    back = next((t for t, _, health in timeline if killed_at and t > killed_at and health == 200), None)
     gap = [r for r in good if any(status == 503 for status, _ in r["tries"])]  # met the replica loss
     ok = [r["ms"] for r in good if r["status"] == 200]
     p50, p99 = p50_p99(ok) if ok else (float("nan"), float("nan"))
@@ -293,13 +301,12 @@ def report(results: list[dict], events: dict, timeline: list, polls: list, load_
         "malformed_other": sorted({r["status"] for r in bad if not 400 <= r["status"] < 500}),
         "any_5xx_but_503": sum(r["status"] >= 500 and r["status"] != 503 for r in results),
         "killed": events.get("killed", (None, None))[1],
-        "not_ready_s": round(back - killed_at, 1) if back and killed_at else None,
         "longest_wait_for_a_503_ms": round(max((ms for r in good for status, ms in r["tries"] if status == 503),
                                                 default=0), 1),
         "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "requests_per_s": round(len(results) / load_s, 2),
         "load_s": round(load_s, 1), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "peak_replicas": peak, "final_replicas": timeline[-1][1] if timeline else None,
-        **health_latency(polls, events, back), **overhead,
+        **health_latency(polls, events), **overhead,
     }
     print("status counts (group, kind, status):")
     for (group, kind, status), n in sorted(counts.items()):

@@ -76,6 +76,9 @@ class ServeConfig(Settings):
     retriever_scaling: Autoscaling = Autoscaling()
     llm_scaling: Autoscaling = Autoscaling(max_replicas=1)
     ingress_scaling: Autoscaling = Autoscaling(max_replicas=2, target_ongoing_requests=16)
+    ingress_max_ongoing_requests: int = Field(
+        256, ge=1, description="requests one ingress replica takes at once; it mostly waits on the models, and a "
+        "/healthz poll queued behind Serve's default of 5 took seconds under 16 clients")
     retriever_cpus: float = Field(1, gt=0, description="CPUs per retriever replica")
     ingress_cpus: float = Field(0.1, gt=0, description="CPUs per ingress replica")
     llm_cpus: float = Field(1, gt=0, description="CPUs per model replica (CPU engines)")
