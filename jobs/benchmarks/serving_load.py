@@ -251,9 +251,13 @@ def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
 
 
 def outage(polls: list, killed_at: float | None) -> tuple[float | None, float | None]:
-    """(the first /healthz poll after the kill that was not 200, the first 200 after it)."""
-    down = next((t for t, status, _ in polls if killed_at and t > killed_at and status != 200), None)
-    back = next((t for t, status, _ in polls if down and t > down and status == 200), None)
+    """(the first /healthz poll after the kill that was not 200, the first 200 after the last one
+    that was not): each ingress replica tells readiness from what it has seen, so for a second or
+    two after the kill one may still say ready while another says not."""
+    after = [(t, status) for t, status, _ in polls if killed_at and t > killed_at]
+    down = next((t for t, status in after if status != 200), None)
+    last_down = max((t for t, status in after if status != 200), default=None)
+    back = next((t for t, status in after if last_down and t > last_down and status == 200), None)
     return down, back
 
 
