@@ -85,10 +85,11 @@ class Terminal:
             self.out.write(("\r\033[K" if self.live else "") + text + "\n")
 
     def start(self, number: int, count: int, name: str) -> None:
-        try:
-            os.remove(self.progress_path)  # the last stage's numbers are not this one's
-        except (FileNotFoundError, TypeError):
-            pass
+        if self.progress_path:
+            try:
+                os.remove(self.progress_path)  # the last stage's numbers are not this one's
+            except FileNotFoundError:
+                pass
         with self._lock:
             self._stage = (number, count, name, time.time())
 

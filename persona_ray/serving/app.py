@@ -195,10 +195,10 @@ class Ingress:
             kind = "not_found_error" if err.status == 404 else "invalid_request_error"
             return _error(err.status, str(err), kind, param=err.param), model, err.param or "body"
         except ValidationError as err:
-            location = [str(x) for x in (err.errors()[0].get("loc") or ()) if not isinstance(x, int)][:1]
-            field = location[0] if location and location[0] in _FIELDS else "body"
             refusal = refusal_of(err.errors())
-            return _error(422, str(refusal), "invalid_request_error", param=refusal.param), model, field
+            field = (refusal.param or "").split(".")[0]  # the metrics label: one of a bounded set
+            return (_error(422, str(refusal), "invalid_request_error", param=refusal.param), model,
+                    field if field in _FIELDS else "body")
         except Unavailable as err:
             return _error(503, str(err), "service_unavailable",
                           headers={"Retry-After": str(self.cfg.retry_after_s)}), model, None
