@@ -203,39 +203,26 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     assert all(o["num_output_tokens"] > 0 and not o["error"] for o in out)
 
 
-def test_fault_hook_restarts_from_last_checkpoint(ray_local, tiny_model, data_dir, tmp_path, monkeypatch):
-    from persona_ray.tailoring import FAIL_AT_STEP_ENV, SFTJobConfig, train_sft
-
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
-    cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path / "runs"), name="faulty", training_type="chosen",
-                       model=tiny_model, num_workers=2, max_length=256, per_device_batch_size=4, epochs=3,
-                       save_steps=2, max_failures=1, evaluate=False)
-    summary = train_sft(cfg)
-
-    assert summary["fault_injected"], "rank 0 never reached the fault step"
-    assert summary["resumed_from_step"] == 2, "the restarted run did not resume from the step-2 checkpoint"
-    assert summary["steps"] == summary["planned_steps"] == 6  # 2 batches per worker per epoch, 3 epochs
-    metrics = [json.loads(line) for line in storage.read_bytes(summary["metrics"]).decode().splitlines()]
-    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
-
-
-def test_keep_best_returns_the_lowest_validation_loss_also_after_a_restart(ray_local, tiny_model, data_dir,
-                                                                          tmp_path, monkeypatch):
-    """Four evaluations and four checkpoints, rank 0 killed at step 3 and the run resumed from
-    step 2: Ray keeps the two checkpoints with the lowest eval_loss of all four (ranked across the
-    restart) and the one returned is the lowest. (Last run: losses 8.315 / 8.336 / 8.303 / 8.347,
-    kept steps 1 and 3, returned step 3: neither the last nor all from one attempt.)"""
+def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint_and_keep_best_ranks_across_the_restart(
+        ray_local, tiny_model, data_dir, tmp_path, monkeypatch):
+    """Two workers, two epochs (two batches per worker each), an evaluation and a checkpoint every
+    step; rank 0 dies at step 3 (the fault hook) and the run resumes from the step-2 checkpoint, in
+    the second epoch: every step is trained once. Ray keeps the two checkpoints with the lowest
+    eval_loss of all four (ranked across the restart) and the one returned is the lowest."""
     from persona_ray.tailoring import FAIL_AT_STEP_ENV, SFTJobConfig, train_sft
 
     monkeypatch.setenv(FAIL_AT_STEP_ENV, "3")
     cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path / "runs"), name="best", training_type="chosen",
-                       model=tiny_model, num_workers=1, max_length=256, per_device_batch_size=4, max_steps=4,
+                       model=tiny_model, num_workers=2, max_length=256, per_device_batch_size=4, epochs=2,
                        learning_rate=5.0, warmup_steps=2, eval_steps=1, keep_best=True, num_to_keep=2,
                        max_failures=1)
     summary = train_sft(cfg)
 
-    assert summary["fault_injected"] and summary["resumed_from_step"] == 2
+    assert summary["fault_injected"], "rank 0 never reached the fault step"
+    assert summary["resumed_from_step"] == 2, "the restarted run did not resume from the step-2 checkpoint"
+    assert summary["steps"] == summary["planned_steps"] == 4  # 2 batches per worker per epoch, 2 epochs
     metrics = [json.loads(line) for line in storage.read_bytes(summary["metrics"]).decode().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
     evaluations = {m["step"]: m["eval_loss"] for m in metrics if "eval_loss" in m}
     print("eval_loss by step:", evaluations, "best:", summary["best"])
     assert sorted(evaluations) == [1, 2, 3, 4]
