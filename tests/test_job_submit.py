@@ -1,8 +1,8 @@
 """`ray job submit` for real: a Ray head started here on 127.0.0.1 (job server, token auth on, as
-Ray 2.60 starts it), persona inference submitted with the `ray job submit` CLI and the working
-directory uploaded, resubmitted (it resumes and writes nothing twice); the whole pipeline (tiny
-model) submitted with the Python SDK, stopped during training and resubmitted (it resumes); then
-the head stopped.
+Ray 2.60 starts it) and the whole pipeline (tiny model) submitted to it twice: first with the `ray
+job submit` CLI (the working directory uploaded, a user's runtime env merged with the engine's, JSON
+logs), stopped during training as `ray job stop` does; then resubmitted with the Python SDK, which
+resumes it (finished stages skipped, not one persona shard written again) and runs it to the report.
 
 Only this head is stopped (every process of its session): `ray stop` would also stop the local
 cluster a parallel test worker runs.
@@ -41,48 +41,18 @@ def head():
         assert session_members(started.process.pid) == [], "processes of the head outlived it"
 
 
-def submit_cli(head: Head, submission_id: str, *entrypoint: str) -> subprocess.CompletedProcess:
-    command = [RAY, "job", "submit", "--address", head.address, "--submission-id", submission_id,
-               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(USER_RUNTIME_ENV), "--", *entrypoint]
-    return subprocess.run(command, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=900)
+def submit_cli(head: Head, submission_id: str, runtime_env: dict, *entrypoint: str) -> subprocess.CompletedProcess:
+    """`ray job submit --no-wait`: the CLI uploads the working directory and returns once the job is taken."""
+    command = [RAY, "job", "submit", "--no-wait", "--address", head.address, "--submission-id", submission_id,
+               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+    return subprocess.run(command, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=300)
 
 
 def persona_files(output: Path) -> dict[str, bytes]:
     return {str(p.relative_to(output)): p.read_bytes() for p in sorted((output / "personas").rglob("*")) if p.is_file()}
 
 
-def test_pi_job_through_the_ray_cli_then_resubmitted_resumes_and_writes_nothing_twice(head, tiny_model, tmp_path):
-    output = tmp_path / "pi"
-    config = yaml.safe_load((REPO / "cluster" / "jobs" / "local.yaml").read_text())
-    config.update(output=str(output), k_shot=1)
-    # 24 of the sample pairs: the job server is under test, not PI
-    config["pairs"]["input"] = str(first_sample_pairs(tmp_path / "pairs.jsonl", 24))
-    config["engine"]["sampling"] = {"max_tokens": 192, "temperature": 1.0, "seed": 0}
-    config_file = tmp_path / "infer.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    entrypoint = (sys.executable, "jobs/infer.py", "--config", str(config_file))
-
-    first = submit_cli(head, "pi-first", *entrypoint)
-    client = head.client()
-    assert client.get_job_status("pi-first") == "SUCCEEDED", first.stdout[-3000:] + first.stderr[-2000:]
-    counts = json.loads((output / "manifest.json").read_text())["counts"]
-    assert counts["persona_records"] == counts["unique_keys"] == counts["expected_records"] == 48
-    assert counts["written_this_run"] == 48 and counts["resumed_records"] == 0
-    # The job ran on the head's cluster, under the user's runtime env (JSON logs), with the project's code.
-    logs = client.get_job_logs("pi-first")
-    summary = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"stage": "infer"' in line]
-    assert summary and summary[-1]["job_id"] == "pi-first" and summary[-1]["persona_records"] == 48
-    before = persona_files(output)
-
-    second = submit_cli(head, "pi-second", *entrypoint)
-    assert client.get_job_status("pi-second") == "SUCCEEDED", second.stdout[-3000:] + second.stderr[-2000:]
-    counts = json.loads((output / "manifest.json").read_text())["counts"]
-    assert counts["resumed_records"] == 48 and counts["written_this_run"] == 0
-    assert counts["persona_records"] == counts["unique_keys"] == 48
-    assert persona_files(output) == before  # not one shard written again
-
-
-def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(head, tiny_model, tmp_path):
+def test_pipeline_submitted_with_the_cli_stopped_in_training_then_resubmitted_with_the_sdk(head, tiny_model, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "pipeline.yaml"
     tracking = {"backend": "mlflow", "uri": f"file:{tmp_path / 'mlruns'}"}
@@ -90,11 +60,13 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     config.write_text(yaml.safe_dump({**TINY, "pairs": {"input": str(pairs)}, "output": str(out),
                                       "tracking": tracking}))
     client = head.client()
-    job = {"entrypoint": f"{sys.executable} -m persona_ray pipeline --config {config}",
-           "runtime_env": {"working_dir": str(REPO), "excludes": [".venv/", ".cache/", "outputs/"]}}
+    entrypoint = (sys.executable, "-m", "persona_ray", "pipeline", "--config", str(config))
+    excludes = [".venv/", ".cache/", "outputs/"]
 
-    # First submission: stopped (as `ray job stop` does) once PT-DPO training has started.
-    head.submit_job(client, submission_id="pipeline-first", **job)
+    # First submission, with the `ray` CLI and a user's runtime env: stopped (as `ray job stop`
+    # does) once PT-DPO training has started.
+    first = submit_cli(head, "pipeline-first", {**USER_RUNTIME_ENV, "excludes": excludes}, *entrypoint)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     deadline = time.time() + 1200
     while not (out / "runs" / "pt-dpo").exists():
         assert client.get_job_status("pipeline-first") in {"PENDING", "RUNNING"}, \
@@ -104,9 +76,16 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
     client.stop_job("pipeline-first")
     assert wait_for(client, "pipeline-first", timeout=120) == "STOPPED"
     assert (out / "stages" / "sft.json").exists() and not (out / "stages" / "dpo.json").exists()
+    # The job ran on the head's cluster with the project's code, under the user's runtime env (JSON
+    # logs, which name the submission), the engine's own env merged with it.
+    logged = [json.loads(line) for line in (out / "pipeline.log").read_text().splitlines() if line.startswith("{")]
+    infer_done = [line for line in logged if line.get("stage") == "infer" and "persona_records" in line]
+    assert infer_done and infer_done[-1]["job_id"] == "pipeline-first" and infer_done[-1]["persona_records"] == 60
+    personas_before = persona_files(out / "infer")
 
-    # Resubmitted: every finished stage is skipped, the rest runs to the report.
-    head.submit_job(client, submission_id="pipeline-second", **job)
+    # Resubmitted with the SDK: every finished stage is skipped, the rest runs to the report.
+    head.submit_job(client, submission_id="pipeline-second", entrypoint=" ".join(entrypoint),
+                    runtime_env={"working_dir": str(REPO), "excludes": excludes})
     status = wait_for(client, "pipeline-second")
     logs = client.get_job_logs("pipeline-second")
     assert status == "SUCCEEDED", logs[-3000:]
@@ -123,6 +102,7 @@ def test_pipeline_submitted_with_the_sdk_stopped_in_training_then_resubmitted(he
 
     infer = json.loads((out / "infer" / "manifest.json").read_text())["counts"]
     assert infer["persona_records"] == infer["unique_keys"] == 60
+    assert persona_files(out / "infer") == personas_before  # not one persona shard written again
     report = (out / "report" / "report.md").read_text()
     for section in ("## What it does: personas and tailored answers", "## Persona accuracy", "## Word saliency",
                     "## Pairwise judgements"):
