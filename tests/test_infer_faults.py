@@ -240,7 +240,7 @@ def _shards_on_s3(client) -> int:
 def _run_with_pause(command, env, server, client, pause_s: float, after_shards: int = 0,
                     attempts: int = 3) -> subprocess.CompletedProcess:
     """Run the job; once it has written a shard (more than `after_shards` on S3), pause the
-    server for pause_s seconds, while the job is still writing. A job whose local Ray did not
+    server for pause_s seconds, while the job is still writing (or until the job has ended). A job whose local Ray did not
     start (RAY_START_TIMEOUT, before any work) is run again, after `pause_before_retry`."""
     for attempt in range(1, attempts + 1):
         job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
@@ -256,7 +256,9 @@ def _run_with_pause(command, env, server, client, pause_s: float, after_shards: 
                     continue
                 raise AssertionError(f"the job ended (rc {job.returncode}) before it wrote a shard: {err[-3000:]}")
             os.kill(server.pid, signal.SIGSTOP)
-            time.sleep(pause_s)
+            paused_until = time.time() + pause_s
+            while time.time() < paused_until and job.poll() is None:  # a job that gave up ends the pause
+                time.sleep(0.2)
             os.kill(server.pid, signal.SIGCONT)
             out, err = job.communicate(timeout=1200)
         finally:
