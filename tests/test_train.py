@@ -51,9 +51,25 @@ def sft_run(ray_local, tiny_model, data_dir, tmp_path_factory):
 
     cfg = SFTJobConfig(data=str(data_dir), output=str(tmp_path_factory.mktemp("runs")), name="sft",
                        training_type="chosen", model=tiny_model, num_workers=2, max_length=256,
-                       per_device_batch_size=4, learning_rate=1e-3, save_steps=1,
+                       per_device_batch_size=4, learning_rate=1e-3, save_steps=1, tokenize_in_driver_rows=0,
                        tracking={"backend": "tensorboard", "uri": str(tmp_path_factory.mktemp("tensorboard"))})
-    return cfg, train_sft(cfg)
+    return cfg, train_sft(cfg)  # tokenised in Ray Data (the other runs here are small enough for the driver)
+
+
+def test_a_small_split_tokenised_in_the_driver_gives_the_examples_ray_data_gives(ray_local, tiny_model, data_dir):
+    from persona_ray.dataset.splits import split_uri
+    from persona_ray.tailoring import SFT
+    from persona_ray.tailoring.ray_loop import tokenized_split
+
+    def examples(in_driver_rows: int, shuffle_seed: int | None) -> list[dict]:
+        ds = tokenized_split(split_uri(str(data_dir), "sft_train"), SFT(), "all", tiny_model, 256,
+                             shuffle_seed=shuffle_seed, in_driver_rows=in_driver_rows)
+        return [{k: v.tolist() if hasattr(v, "tolist") else v for k, v in row.items()} for row in ds.take_all()]
+
+    in_ray_data, in_driver = examples(0, None), examples(16, 0)  # Ray Data's own shuffle: sft_run's test
+    key = lambda row: (row["pair_id"], row["persona_side"])  # noqa: E731
+    assert len(in_driver) == 32 and sorted(in_driver, key=key) == sorted(in_ray_data, key=key)
+    assert [key(r) for r in in_driver] != sorted(map(key, in_driver)), "the driver's examples are not shuffled"
 
 
 def test_sft_two_workers_use_every_row_once_and_checkpoint(sft_run, data_dir):

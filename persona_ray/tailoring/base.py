@@ -97,6 +97,10 @@ class TrainConfig(Settings):
     # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): a report every step caps training at ~0.5 steps/s.
     ray_report_steps: int = Field(10, ge=1, description="also report logged steps to Ray every N steps (and "
                                   "always the last, evaluation and checkpoints); N steps should outlast 2 s")
+    tokenize_in_driver_rows: int = Field(
+        2000, ge=0, description="splits of at most this many rows are tokenised in the driver and handed to Ray "
+        "Train as one block (a Ray Data task would spend longer starting than working); larger ones in Ray Data; "
+        "0: always Ray Data")
     save_steps: int = Field(50, ge=1, description="a checkpoint every N steps, and always at the end")
     num_to_keep: int | None = Field(2, ge=1, description="checkpoints Ray Train keeps; none keeps all")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint; -1: unlimited")

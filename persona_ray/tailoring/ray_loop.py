@@ -5,7 +5,8 @@ The methods (sft.SFT, dpo.DPO) only know TRL: each owns its examples, tokenising
 and trainer builder (base.TrainingMethod). run_training(method, cfg) runs any of them:
 
     driver   tokenized_split()      Ray Data: read <data>/<split>.parquet, tokenise into TRL's format,
-                                    shuffle the training examples once (seeded), materialize()
+                                    shuffle the training examples once (seeded), materialize(); a
+                                    small split (tokenize_in_driver_rows) is tokenised in the driver
              run_training()         check, plan, TorchTrainer(...).fit(), then a summary from the files below
     worker   run_worker(plan)       the per-worker loop (a typed WorkerPlan): the method's TRL trainer
                                     with a placeholder dataset, then
@@ -96,16 +97,28 @@ class _Tokenize:
 
 
 def tokenized_split(uri: str, method: TrainingMethod, training_type: str, tokenizer_path: str, max_length: int,
-                    shuffle_seed: int | None = None):
+                    shuffle_seed: int | None = None, in_driver_rows: int = 0):
     """A materialized Ray dataset of TRL-format examples read from one split file.
 
     With `shuffle_seed` the examples are shuffled once, before materializing: split files keep the
     rows of one prompt together (and `all` puts a pair's two sides side by side), and a run that
     stops before the end of an epoch would otherwise train on the first prompts only. The order is
-    fixed by the seed and the same every epoch, so a restarted worker skips the batches it consumed."""
+    fixed by the seed and the same every epoch, so a restarted worker skips the batches it consumed.
+
+    A split of at most `in_driver_rows` rows is tokenised here, in the driver, and handed to Ray as
+    one block: a Ray Data read, map and shuffle for a few dozen rows took 10-50 s on a busy 2-core
+    machine (worker processes starting and loading the tokenizer), the driver takes about a second."""
+    import pyarrow.parquet as pq
     import ray.data
 
     fs, path = storage.filesystem(uri)
+    if in_driver_rows and pq.ParquetFile(fs.open_input_file(path)).metadata.num_rows <= in_driver_rows:
+        examples = _Tokenize(method, training_type, tokenizer_path, max_length)(storage.read_parquet(uri))
+        if shuffle_seed is not None:
+            import numpy as np
+
+            examples = examples.take(np.random.default_rng(shuffle_seed).permutation(examples.num_rows))
+        return ray.data.from_arrow(examples)
     ds = ray.data.read_parquet(path, filesystem=fs)
     ds = ds.map_batches(_Tokenize(method, training_type, tokenizer_path, max_length), batch_format="pyarrow")
     if shuffle_seed is not None:
@@ -345,13 +358,13 @@ def run_training(method: TrainingMethod, cfg: TrainConfig) -> dict[str, Any]:
     ensure_ray()
     name = cfg.name or f"{method.name}-{cfg.training_type}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     train_ds = tokenized_split(split_uri(cfg.data, cfg.train_split), method, cfg.training_type, model_path,
-                               cfg.max_length, shuffle_seed=cfg.seed)
+                               cfg.max_length, shuffle_seed=cfg.seed, in_driver_rows=cfg.tokenize_in_driver_rows)
     plan = plan_steps(cfg, train_ds.count())
     datasets = {"train": train_ds}
     evaluate = False
     if cfg.evaluate and cfg.val_split:
         val_ds = tokenized_split(split_uri(cfg.data, cfg.val_split), method, cfg.training_type, model_path,
-                                 cfg.max_length)
+                                 cfg.max_length, in_driver_rows=cfg.tokenize_in_driver_rows)
         # Every worker needs at least one val batch, or the distributed evaluation waits forever.
         evaluate = val_ds.count() >= cfg.num_workers
         if evaluate:
