@@ -240,8 +240,9 @@ def _shards_on_s3(client) -> int:
 def _run_with_pause(command, env, server, client, pause_s: float, after_shards: int = 0,
                     attempts: int = 3) -> subprocess.CompletedProcess:
     """Run the job; once it has written a shard (more than `after_shards` on S3), pause the
-    server for pause_s seconds, while the job is still writing (or until the job has ended). A job whose local Ray did not
-    start (RAY_START_TIMEOUT, before any work) is run again, after `pause_before_retry`."""
+    server for pause_s seconds while the job is still writing (or until the job has ended). A job
+    whose local Ray did not start (RAY_START_TIMEOUT, before any work) is run again, after
+    `pause_before_retry`."""
     for attempt in range(1, attempts + 1):
         job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

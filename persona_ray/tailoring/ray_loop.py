@@ -112,7 +112,11 @@ def tokenized_split(uri: str, method: TrainingMethod, training_type: str, tokeni
     import ray.data
 
     fs, path = storage.filesystem(uri)
-    if in_driver_rows and pq.ParquetFile(fs.open_input_file(path)).metadata.num_rows <= in_driver_rows:
+    small = False
+    if in_driver_rows:
+        with fs.open_input_file(path) as handle:
+            small = pq.ParquetFile(handle).metadata.num_rows <= in_driver_rows
+    if small:
         examples = _Tokenize(method, training_type, tokenizer_path, max_length)(storage.read_parquet(uri))
         if shuffle_seed is not None:
             import numpy as np
