@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REAL_PERSONAS, REPO, free_port, shared_data
+from tests.helpers import REAL_PERSONAS, REPO, S3Server, free_port, shared_data
 from tests.tiers import SLOW_FIXTURES, ProcessGuard
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -46,27 +46,41 @@ def tiny_model() -> str:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A moto S3 server on loopback; credentials and endpoint go into the environment."""
-    from moto.server import ThreadedMotoServer
+    """A moto S3 server on loopback, in a process of its own so that a test can pause it (SIGSTOP)
+    as an object store stalls; its endpoint and test credentials go into the environment."""
+    import socket
+    import subprocess
+    import sys
+    import time
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    endpoint = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; from moto.server import ThreadedMotoServer; "
+         f"ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False).start(); time.sleep(86400)"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    deadline = time.time() + 60
+    while True:  # listening yet?
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.time() < deadline, "the moto S3 server did not start"
+            time.sleep(0.1)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield env
+    server = S3Server(env, process)
+    yield server
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    server.stop()
+    server.resume()  # a test that failed while it was paused
+    process.kill()
+    process.wait()
 
 
 @pytest.fixture
@@ -76,7 +90,7 @@ def s3_bucket(s3_server):
     import boto3
 
     name = f"bucket-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    boto3.client("s3", endpoint_url=s3_server.env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
     return name
 
 
@@ -121,11 +135,11 @@ def _no_orphaned_engines():
 # tests start Ray clusters of their own (a head and nodes, a job's own local Ray): one worker runs
 # them one after another. Two of them at once on two cores starved each other's Ray of CPU (a
 # node-loss test took 152 s alone and 875 s beside the pipeline job).
-OWN_CLUSTERS = ("test_job_submit.py", "test_node_loss.py", "test_infer_faults.py")
+OWN_CLUSTERS = ("test_job_submit.py", "test_node_loss.py")
 # Then the longest files first (minutes each, measured): the free worker takes the next one, so
 # long files started last would leave one worker running alone at the end. `make test` passes
 # --no-loadscope-reorder: xdist would otherwise order them by their number of tests.
-LONGEST_FIRST = (*OWN_CLUSTERS, "test_smollm2.py", "test_train.py", "test_world.py", "test_serve.py",
+LONGEST_FIRST = (*OWN_CLUSTERS, "test_infer_faults.py", "test_world.py", "test_smollm2.py", "test_train.py", "test_serve.py",
                  "test_retrieve.py", "test_generate_judge.py", "test_pi_eval.py", "test_openai_engine.py",
                  "test_infer.py")
 

@@ -1,12 +1,17 @@
 """Helpers the test files share: paths of bundled data, small readers and writers, PI inputs and
-what a running job has committed, the tiny pipeline config, tracked runs read back with each
+what a running job has committed, `persona-ray infer` run in a process of its own and killed with
+everything it started, the tiny pipeline config, tracked runs read back with each
 backend's own reader. Test files import these from here, never from one another."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +39,67 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port in 20000-31999")
+
+
+class S3Server:
+    """The tests' moto S3 server (conftest.py `s3_server`): its environment (endpoint, test
+    credentials) and its process, which `pause` stops (SIGSTOP) as a stalled object store and
+    `resume` lets go on."""
+
+    def __init__(self, env: dict[str, str], process):
+        self.env, self.process = env, process
+
+    def pause(self) -> None:
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+
+def infer_command(config: Path) -> list[str]:
+    """`persona-ray infer --config CONFIG`, run with this environment's Python."""
+    return [sys.executable, "-m", "persona_ray.cli", "infer", "--config", str(config)]
+
+
+def write_yaml(path: Path, **cfg) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def local_env() -> dict:
+    """This environment less the test S3 server's settings (a job that needs S3 is given them)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+def descendants(process: subprocess.Popen) -> list:
+    """Every process the job started so far (psutil), wherever its session or group."""
+    import psutil
+
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def kill_group(process: subprocess.Popen, started: list = ()) -> None:
+    """The job and everything it started (its local Ray cluster, the engine): its process group,
+    the processes it has started now, and `started` (its descendants seen earlier: a vLLM engine
+    process outlives its Ray worker, under init, and would keep its memory for the rest of the run)."""
+    import psutil
+
+    leftovers = [*started, *descendants(process)]
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for leftover in leftovers:
+        try:
+            leftover.kill()
+        except psutil.Error:
+            pass
+    process.wait(timeout=60)
 
 
 def field_line(prompt: str, header: str) -> str:

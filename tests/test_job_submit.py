@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from persona_ray.core.shards import read_shards
 from persona_ray.pipeline.run import STAGES
 from tests.helpers import REPO, TINY, first_sample_pairs, mlflow_runs
 from tests.ray_head import RAY, Head, session_members, start_head, wait_for
@@ -108,6 +109,10 @@ def test_pipeline_submitted_with_the_cli_stopped_in_training_then_resubmitted_wi
                     "## Pairwise judgements"):
         assert section in report
     assert "**PT-DPO**, given the chosen persona:" in report and "**DPO**, no persona:" in report
+    # The merged PT-DPO and DPO models (a LoRA merged into a merged SFT model) loaded in vLLM and answered.
+    for model_id in ("PT-DPO", "DPO"):
+        answers = read_shards(str(out / "generated" / model_id / "responses")).to_pylist()
+        assert answers and all(a["finish_reason"] in ("stop", "length") and not a["error"] for a in answers), answers
     judged = json.loads((out / "judged" / "pairwise.json").read_text())
     assert {r["persona_source"] for r in judged["results"]} == {"gold-chosen", "gold-rejected", "retr-chosen",
                                                                 "retr-rejected"}

@@ -156,10 +156,12 @@ VLLM_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_vllm_loads_the_folder(model_dir, tmp_path):
-    """vLLM in its own process (about 80 s on 2 cores), so its engine cannot outlive the test."""
+    """vLLM in its own process, so its engine cannot outlive the test; the engine core in that
+    process (VLLM_ENABLE_V1_MULTIPROCESSING=0), not in one more that imports vLLM again."""
     script = tmp_path / "vllm_check.py"
     script.write_text(VLLM_SCRIPT)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     result = subprocess.run([sys.executable, str(script), str(model_dir)], capture_output=True, text=True,
                             timeout=300, env=env)
     answer = [line for line in result.stdout.splitlines() if line.startswith("ANSWER")]

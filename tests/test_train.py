@@ -205,18 +205,8 @@ def test_dpo_from_merged_sft_raises_reward_accuracy_with_s3_checkpoints(sft_run,
     accuracy = sum((a[0] - b[0]) > (a[1] - b[1]) for a, b in zip(after, before)) / len(examples)
     print(f"DPO logged rewards/accuracies {accuracies}; after-training reward accuracy {accuracy}")
     assert accuracy >= 0.75, accuracy
-
-    # The merged model loads and generates through vLLM (Ray Data LLM engine actors).
-    import ray.data
-
-    from persona_ray.engines.settings import EngineSettings
-    from persona_ray.tailoring.templates import format_input
-
-    queries = [{"i": i, "prompt": format_input(r["prompt"], r["chosen_persona"])} for i, r in enumerate(rows[:4])]
-    engine = EngineSettings(model=dpo_merged, sampling={"max_tokens": 16, "stop": []})
-    out = engine.generate(ray.data.from_items(queries)).take_all()
-    assert sorted(o["i"] for o in out) == [0, 1, 2, 3]
-    assert all(o["num_output_tokens"] > 0 and not o["error"] for o in out)
+    # That a merged model loads and generates through vLLM is the pipeline's generate stage, on
+    # its merged PT-DPO and DPO models (test_job_submit.py): not a third engine start here.
 
 
 def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint_and_keep_best_ranks_across_the_restart(

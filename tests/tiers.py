@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-SLOW_FIXTURES = frozenset({"ray_local", "head", "vllm_server", "pausable_s3"})
+SLOW_FIXTURES = frozenset({"ray_local", "head", "vllm_server", "s3_server"})
 
 
 class SlowTestNotMarked(AssertionError):

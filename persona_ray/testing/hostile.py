@@ -3,7 +3,7 @@
 Each planted row is (line bytes, the row id the quarantine should give it or None, a fragment of
 the reason, naming the field). Good rows come from the bundled sample; two of them are kept good
 on purpose in awkward shapes (CRLF ending, U+2028 inside a string) and must NOT be quarantined.
-Used by tests/test_infer_faults.py and jobs/benchmarks/hostile_input.py.
+Used by tests/test_infer.py and jobs/benchmarks/hostile_input.py.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ HOSTILE: list[tuple[bytes, str | None, str]] = [
     (b'{"id": "h-null", "prompt": null, "chosen": "A.", "rejected": "B."}', "h-null", "field 'prompt': missing"),
     (b'{"id": "h-int", "prompt": 42, "chosen": "A.", "rejected": "B."}', "h-int",
      "field 'prompt': expected text, got int"),
+    (b'{"id": "h-blank", "prompt": "Q?", "chosen": " \\t ", "rejected": "B."}', "h-blank", "field 'chosen': empty"),
     (b'{"id": "h-same", "prompt": "Q?", "chosen": "Same.", "rejected": "Same. "}', "h-same",
      "field 'rejected': identical to chosen"),
     (b'{"id": "h-json", "prompt": "Q?", "chosen": "A."', None, "field '<line>': not valid JSON"),
