@@ -132,16 +132,16 @@ def _no_orphaned_engines():
 
 
 # Scheduling: each file is run whole by one worker (`--dist loadfile`), except the files whose
-# tests start Ray clusters of their own (a head and nodes, a job's own local Ray): one worker runs
+# tests start Ray clusters of their own (a head, and worker nodes joined to it): one worker runs
 # them one after another. Two of them at once on two cores starved each other's Ray of CPU (a
 # node-loss test took 152 s alone and 875 s beside the pipeline job).
 OWN_CLUSTERS = ("test_job_submit.py", "test_node_loss.py")
 # Then the longest files first (minutes each, measured): the free worker takes the next one, so
 # long files started last would leave one worker running alone at the end. `make test` passes
 # --no-loadscope-reorder: xdist would otherwise order them by their number of tests.
-LONGEST_FIRST = (*OWN_CLUSTERS, "test_infer_faults.py", "test_world.py", "test_smollm2.py", "test_train.py", "test_serve.py",
-                 "test_retrieve.py", "test_generate_judge.py", "test_pi_eval.py", "test_openai_engine.py",
-                 "test_infer.py")
+LONGEST_FIRST = (*OWN_CLUSTERS, "test_world.py", "test_train.py", "test_infer.py", "test_retrieve.py", "test_serve.py",
+                 "test_smollm2.py", "test_infer_faults.py", "test_generate_judge.py", "test_openai_engine.py",
+                 "test_augment.py", "test_pi_eval.py")
 
 
 def pytest_itemcollected(item):
