@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
 import yaml
 
@@ -325,14 +324,6 @@ def test_a_dead_model_replica_gives_503_then_recovers(served):
     assert post(url, "/v1/completions", body).status_code == 200
     (replica,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if a["name"].startswith("SERVE_REPLICA") and "TailoredLLM0" in a["name"]]
-    # The engine's replica and its engine core run below the rest (llm_niceness, 5 by default), so
-    # that the proxy and the ingress beside them answer first.
-    from ray.util.state import list_actors
-
-    (actor,) = list_actors(filters=[("name", "=", replica)], detail=True)
-    engine = psutil.Process(actor.pid)
-    cores = [c for c in engine.children(recursive=True) if " ".join(c.cmdline()).startswith("VLLM::")]
-    assert engine.nice() - psutil.Process().nice() == 5 and cores and all(c.nice() == engine.nice() for c in cores)
     ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
     seen, health, deadline = [], [], time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -2,7 +2,6 @@
 
     python jobs/benchmarks/serving_load.py [--requests 1000] [--malformed 200] [--concurrency 16]
                                            [--max-tokens 64] [--kill-after 0.4] [--time-limit 1500]
-                                           [--llm-niceness 5]
 
 Loopback only, bounded in count and time (it stops itself at --time-limit). One run:
 1. The app (persona_ray/serving/app.py) on local Ray: tiny model on vLLM CPU (the plumbing, not
@@ -72,7 +71,7 @@ def world_rows() -> list[dict]:
              "rejected_persona": DEFAULT_TYPES[(i + 1) % 4].persona} for i, p in enumerate(world_prompts())]
 
 
-def start_app(tmp: Path, rows: list[dict], key: str, max_tokens: int, llm_niceness: int) -> str:
+def start_app(tmp: Path, rows: list[dict], key: str, max_tokens: int) -> str:
     from ray import serve
 
     from persona_ray.core.ray_runtime import ensure_ray
@@ -89,7 +88,7 @@ def start_app(tmp: Path, rows: list[dict], key: str, max_tokens: int, llm_nicene
         "index": str(tmp / "index"), "api_keys_file": str(tmp / "keys"), "model_id": "PT",
         "engine": {"model": "tiny", "sampling": {"max_tokens": max_tokens, "stop": [], "temperature": 0.0},
                    "vllm": {"max_model_len": 1024}},
-        "request_timeout_s": 30, "retry_after_s": 2, "retriever_cpus": 0.5, "llm_niceness": llm_niceness,
+        "request_timeout_s": 30, "retry_after_s": 2, "retriever_cpus": 0.5,
         "retriever_scaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1, **fast},
         "ingress_scaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2, **fast}}),
         name=APP, route_prefix="/")
@@ -149,13 +148,11 @@ def main() -> None:
     parser.add_argument("--kill-after", type=float, default=0.4, help="share of requests done before the kill")
     parser.add_argument("--overhead-requests", type=int, default=30)
     parser.add_argument("--time-limit", type=float, default=1500, help="seconds; the load stops itself after it")
-    parser.add_argument("--llm-niceness", type=int, default=5, help="ServeConfig.llm_niceness (0: the engine at "
-                        "the proxy's and ingress's priority)")
     args = parser.parse_args()
     rng, key, rows = random.Random(0), "pr-" + secrets.token_hex(16), world_rows()
 
     with tempfile.TemporaryDirectory() as tmp:
-        url = start_app(Path(tmp), rows, key, args.max_tokens, args.llm_niceness)
+        url = start_app(Path(tmp), rows, key, args.max_tokens)
         deadline = time.monotonic() + args.time_limit
         jobs = [("good",) + good_request(i, rows, args.max_tokens) + (key,) for i in range(args.requests)]
         jobs += [("malformed", what, "/v1/completions", body, key if keyed else None)

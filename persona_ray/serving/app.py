@@ -411,8 +411,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     for number, (folder, adapters) in enumerate(cfg.engines().items()):
         llms[folder] = TailoredLLMDeployment.options(
             name=f"TailoredLLM{number}", max_ongoing_requests=cfg.llm_max_ongoing_requests,
-            **_options(cfg, cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(folder, adapters, cfg.engine.model_dump(),
-                                                                         cfg.llm_niceness)
+            **_options(cfg, cfg.llm_scaling, cfg.llm_cpus, cfg.llm_gpus)).bind(folder, adapters, cfg.engine.model_dump())
     return Ingress.options(**_options(cfg, cfg.ingress_scaling, cfg.ingress_cpus,
                                       max_ongoing_requests=cfg.ingress_max_ongoing_requests)).bind(
         retriever, llms, cfg.model_dump())

@@ -82,10 +82,6 @@ class ServeConfig(Settings):
     retriever_cpus: float = Field(1, gt=0, description="CPUs per retriever replica")
     ingress_cpus: float = Field(0.1, gt=0, description="CPUs per ingress replica")
     llm_cpus: float = Field(1, gt=0, description="CPUs per model replica (CPU engines)")
-    llm_niceness: int = Field(5, ge=0, le=19, description="CPU engines: how much lower the model replica's process "
-                              "(and the engine core it starts) is scheduled than the rest; where they share a "
-                              "machine's cores, Serve's proxy and the ingress then answer /healthz and refusals "
-                              "at once while vLLM fills the cores (0: the same priority)")
     llm_gpus: float = Field(0, ge=0, description="GPUs per model replica (set engine.vllm.gpu too)")
 
     @model_validator(mode="after")

@@ -49,7 +49,7 @@ def _lora_rank(adapter: str) -> int:
 
 @serve.deployment
 class TailoredLLMDeployment:
-    def __init__(self, model: str, adapters: dict[str, str], engine: dict, niceness: int = 0):
+    def __init__(self, model: str, adapters: dict[str, str], engine: dict):
         from vllm import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -63,9 +63,6 @@ class TailoredLLMDeployment:
         if not settings.vllm.gpu:
             # vLLM's CPU engine dies on a seeded request still in chunked prefill: seed the engine once.
             kwargs.setdefault("seed", settings.sampling.seed or 0)
-            # Before the engine core process starts, which inherits it: the engine fills every core it
-            # can, and the proxy and ingress beside it must still answer health probes at once.
-            os.nice(niceness)
         if adapters:
             kwargs.update(enable_lora=True, max_loras=len(adapters),
                           max_lora_rank=max(_lora_rank(a) for a in adapters.values()))
