@@ -11,7 +11,7 @@ Loopback only, bounded in count and time (it stops itself at --time-limit). One 
    chat with the persona retrieved, streamed chat and completions, with --malformed hostile
    ones interleaved (broken JSON, wrong types, unknown fields, over-long and invalid text, bad
    personas, a 1 MB body, no key). After --kill-after of them, the LLM replica's actor is
-   killed; /healthz is polled all along.
+   killed; /healthz is polled all along, and Serve's proxy route /-/healthz beside it.
 3. Autoscaling: replica counts of every deployment from serve.status() each second, during the
    load and after it until they are back at their minimum (or 180 s).
 4. Overhead, after the load, sequential and interleaved on the same prompts: p50 of
@@ -21,7 +21,8 @@ Loopback only, bounded in count and time (it stops itself at --time-limit). One 
 Prints counts of every status per kind (a 5xx other than 503 is a failure; so is a good request
 refused or a malformed one accepted), the 503 gap and the longest wait in it, p50 / p99
 latency, requests/s, /healthz p50 / p99 polled four times a second during the load and from the
-kill until ready again (a readiness probe's view; target p99 <= 200 ms), the replica timeline
+kill until ready again (a readiness probe's view; target p99 <= 200 ms) beside the proxy's own
+/-/healthz (no replica answers it: the proxy's share of a slow poll), the replica timeline
 and the ratios.
 """
 
@@ -171,17 +172,20 @@ def main() -> None:
                     timeline.append((time.monotonic(), replica_counts(), health))
                     time.sleep(1)
 
-        polls = []  # (when, status, ms) of /healthz four times a second: what a readiness probe sees
+        # (when, status, ms) of the app's /healthz four times a second (what a readiness probe sees),
+        # and of Serve's own proxy health route, which no replica answers: where a slow poll waits
+        polls, proxy_polls = [], []
 
         def poll_health() -> None:
             with httpx.Client(timeout=10) as client:
                 while not done.is_set():
-                    started_poll = time.perf_counter()
-                    try:
-                        status = client.get(url + "/healthz").status_code
-                    except httpx.HTTPError:
-                        status = -1
-                    polls.append((time.monotonic(), status, (time.perf_counter() - started_poll) * 1000))
+                    for path, into in (("/healthz", polls), ("/-/healthz", proxy_polls)):
+                        started_poll = time.perf_counter()
+                        try:
+                            status = client.get(url + path).status_code
+                        except httpx.HTTPError:
+                            status = -1
+                        into.append((time.monotonic(), status, (time.perf_counter() - started_poll) * 1000))
                     time.sleep(0.25)
 
         def run(job_index: int, job: tuple) -> None:
@@ -220,7 +224,7 @@ def main() -> None:
         from ray import serve
 
         serve.shutdown()
-    report(results, events, timeline, polls, load_s, overhead, args)
+    report(results, events, timeline, polls, proxy_polls, load_s, overhead, args)
 
 
 def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
@@ -283,8 +287,19 @@ def health_latency(polls: list, events: dict) -> dict:
     return out
 
 
-def report(results: list[dict], events: dict, timeline: list, polls: list, load_s: float, overhead: dict,
-           args) -> None:
+def proxy_latency(proxy_polls: list, events: dict) -> dict:
+    """Serve's proxy health route (answered by the proxy alone) during the load with every replica
+    up: p50 / p99 (ms). Beside /healthz's, it tells the proxy's share of a slow poll from the ingress's."""
+    load_from, load_to = events["load"]
+    killed_at = events.get("killed", (load_to, None))[0] or load_to
+    values = [ms for t, _, ms in proxy_polls if load_from <= t < killed_at]
+    p50, p99 = p50_p99(values) if values else (float("nan"), float("nan"))
+    return {"proxy_healthz_load_polls": len(values), "proxy_healthz_load_p50_ms": round(p50, 1),
+            "proxy_healthz_load_p99_ms": round(p99, 1)}
+
+
+def report(results: list[dict], events: dict, timeline: list, polls: list, proxy_polls: list, load_s: float,
+           overhead: dict, args) -> None:
     counts = Counter((r["group"], r["kind"], r["status"]) for r in results)
     good = [r for r in results if r["group"] == "good"]
     bad = [r for r in results if r["group"] == "malformed"]
@@ -310,7 +325,7 @@ def report(results: list[dict], events: dict, timeline: list, polls: list, load_
         "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "requests_per_s": round(len(results) / load_s, 2),
         "load_s": round(load_s, 1), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "peak_replicas": peak, "final_replicas": timeline[-1][1] if timeline else None,
-        **health_latency(polls, events), **overhead,
+        **health_latency(polls, events), **proxy_latency(proxy_polls, events), **overhead,
     }
     print("status counts (group, kind, status):")
     for (group, kind, status), n in sorted(counts.items()):
