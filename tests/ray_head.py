@@ -234,21 +234,17 @@ def wait_for(client, submission_id: str, timeout: float = 1800) -> str:
     return status
 
 
-# Ray 2.60 gives a starting node 30 s (a constant in ray/_private/node.py) to register with the GCS;
-# a node on a loaded 2-core machine can miss that, and then exits with this message.
-RAY_START_TIMEOUT = "The current node timed out during startup"
-
-
 def pause_before_retry(attempt: int) -> None:
-    """Before starting again a node or job that missed that deadline: longer after each try, so
-    that a burst of load can pass."""
+    """Before starting again a node that missed Ray's registration deadline: longer after each
+    try, so that a burst of load can pass."""
     time.sleep(10 * attempt)
 
 
 def join_workers(head: Head, names: tuple[str, ...], num_cpus: int, attempts: int = 5) -> dict[str, Worker]:
     """Worker nodes joined to `head`, by node id, one after another (two nodes starting at once on
-    a loaded 2-core machine made each other miss the deadline). A node that misses Ray's
-    registration deadline (RAY_START_TIMEOUT) exits: it is started again after
+    a loaded 2-core machine made each other miss the deadline). Ray 2.60 gives a starting node 30 s
+    (a constant in ray/_private/node.py) to register with the GCS; a node that misses it ("The
+    current node timed out during startup") exits: it is started again after
     `pause_before_retry` (a node that is still running and not listed fails the test). On failure
     every worker started here is stopped."""
     joined: dict[str, Worker] = {}

@@ -289,13 +289,9 @@ def health_latency(polls: list, events: dict) -> dict:
 
 def proxy_latency(proxy_polls: list, events: dict) -> dict:
     """Serve's proxy health route (answered by the proxy alone) during the load with every replica
-    up: p50 / p99 (ms). Beside /healthz's, it tells the proxy's share of a slow poll from the ingress's."""
-    load_from, load_to = events["load"]
-    killed_at = events.get("killed", (load_to, None))[0] or load_to
-    values = [ms for t, _, ms in proxy_polls if load_from <= t < killed_at]
-    p50, p99 = p50_p99(values) if values else (float("nan"), float("nan"))
-    return {"proxy_healthz_load_polls": len(values), "proxy_healthz_load_p50_ms": round(p50, 1),
-            "proxy_healthz_load_p99_ms": round(p99, 1)}
+    up: p50 / p99 (ms), in the same windows as /healthz's. Beside /healthz's, it tells the proxy's
+    share of a slow poll from the ingress's."""
+    return {f"proxy_{k}": v for k, v in health_latency(proxy_polls, events).items() if k.startswith("healthz_load_")}
 
 
 def report(results: list[dict], events: dict, timeline: list, polls: list, proxy_polls: list, load_s: float,
