@@ -261,7 +261,8 @@ def test_sft_too_long_keeps_the_whole_response(tokenizer):
     assert cut["input_ids"][-len(response_ids):] == response_ids  # the response is intact
     assert cut["input_ids"][:5] == full["input_ids"][n_prompt - 5:n_prompt]  # cut from the left
     assert cut["labels"] == [-100] * 5 + response_ids
-    assert decode(tokenizer, cut["input_ids"][:5]).endswith("Response:")
+    kept = decode(tokenizer, cut["input_ids"][:5])
+    assert kept.endswith("sponse:") and example["input"].endswith(kept)  # the end of the prompt is kept
     # One prompt token still fits; none does not.
     one = tokenize_sft(example, tokenizer, len(response_ids) + 1)
     assert one["labels"] == [-100] + response_ids
