@@ -181,7 +181,7 @@ def committed_rows(folder: Path) -> int:
 
 # The pipeline on the tiny model, at the smallest sizes that run every stage.
 
-TRAIN = {"max_steps": 2, "per_device_batch_size": 2, "max_length": 256, "evaluate": False, "save_steps": 2}
+TRAIN = {"max_steps": 2, "per_device_batch_size": 2, "max_length": 384, "evaluate": False, "save_steps": 2}
 TINY = {
     "pairs": {"input": str(SAMPLE_PAIRS)},
     # A few dozen prompts to index: encoded in the pipeline's process, no actor pool to start.
