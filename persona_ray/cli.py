@@ -231,6 +231,7 @@ def _serve(cfg: ServeConfig, host: str, port: int, verbose: bool = False) -> Non
     import threading
     import time
 
+    import ray
     from ray import serve
 
     from persona_ray.core.logs import LOG_FORMAT_ENV
@@ -270,6 +271,10 @@ def _serve(cfg: ServeConfig, host: str, port: int, verbose: bool = False) -> Non
             signal.signal(signal.SIGTERM, before)
         terminal.say("stopping")
         serve.shutdown()
+        # Disconnect while the output still goes to the log: Ray forwards the replicas' last log
+        # lines to this process a moment later, and after the terminal is restored they would land
+        # on it (seen in CI: a replica's "CALL ready OK" after "serving stopped").
+        ray.shutdown()
         terminal.say(f"serving stopped after {time.time() - started:.0f} s")
 
 
