@@ -33,7 +33,7 @@ CHAT_TEMPLATE = (
 class TinyModelSpec:
     seed: int = 0
     # Small on purpose: on CPU, TRL scores every position against the whole vocabulary, and at
-    # 4096 that was most of a DPO step (1.21 s vs 0.39 s at 1024, tiny model, world batch of 8).
+    # 4096 that was most of a DPO step (1.19 s vs 0.455 s at 1024: jobs/benchmarks/tiny_vocab.py).
     vocab_size: int = 1024
     hidden_size: int = 64
     intermediate_size: int = 256
