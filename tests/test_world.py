@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from persona_ray.core.persona import validate_persona
+from persona_ray.testing.tiny_model import LINEAR_LAYERS
 from persona_ray.world.build import build_world, confirmed_responses, split_by_prompt, world_prompts
 from persona_ray.world.spec import DEFAULT_TYPES, PersonaType, check_types
 from persona_ray.world.style import style_of
@@ -133,8 +134,7 @@ def test_splits_never_share_a_prompt():
 # No evaluation on the val split: the test measures held-out prompts itself (the measure stage).
 TINY_DPO = {"max_steps": 80, "learning_rate": 5e-3, "per_device_batch_size": 8, "save_steps": 80, "max_length": 256,
             "evaluate": False,
-            "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                              "up_proj", "down_proj"]}}
+            "lora": {"r": 16, "alpha": 32, "target_modules": list(LINEAR_LAYERS)}}
 
 
 def test_response_logprobs_batched_equal_one_at_a_time(tiny_model):

@@ -21,6 +21,7 @@ import time
 
 
 def world_token_rows(tokenizer, max_length: int) -> list[dict]:
+    from persona_ray.tailoring.dpo import DPO
     from persona_ray.tailoring.templates import dpo_examples, tokenize_dpo
     from persona_ray.world.build import build_world, confirmed_responses, world_prompts
     from persona_ray.world.spec import DEFAULT_TYPES
@@ -30,8 +31,7 @@ def world_token_rows(tokenizer, max_length: int) -> list[dict]:
     splits, _ = build_world(responses, DEFAULT_TYPES, 4, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
     examples = [e for row in splits["train"] for e in dpo_examples(row, "all")]
     tokens = [tokenize_dpo(e, tokenizer, max_length) for e in examples]
-    return [{"prompt_ids": t["prompt_input_ids"], "chosen_ids": t["chosen_input_ids"],
-             "rejected_ids": t["rejected_input_ids"]} for t in tokens]
+    return [{key: t[column] for column, key in DPO.token_columns.items()} for t in tokens]
 
 
 def step_times(vocab_size: int, steps: int, workdir: str) -> tuple[list[float], float]:
@@ -41,7 +41,7 @@ def step_times(vocab_size: int, steps: int, workdir: str) -> tuple[list[float], 
     from trl import DPOConfig, DPOTrainer
 
     from persona_ray.tailoring.base import LoraSettings
-    from persona_ray.testing.tiny_model import TinyModelSpec, build_tiny_model
+    from persona_ray.testing.tiny_model import LINEAR_LAYERS, TinyModelSpec, build_tiny_model
 
     model = str(build_tiny_model(f"{workdir}/models", TinyModelSpec(vocab_size=vocab_size)))
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -52,8 +52,7 @@ def step_times(vocab_size: int, steps: int, workdir: str) -> tuple[list[float], 
                      max_steps=steps, max_length=256, bf16=False, use_cpu=True, gradient_checkpointing=False,
                      save_strategy="no", report_to=[], disable_tqdm=True, logging_steps=10_000,
                      dataloader_num_workers=0, remove_unused_columns=False)
-    lora = LoraSettings(r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                        "up_proj", "down_proj"])
+    lora = LoraSettings(r=16, alpha=32, target_modules=list(LINEAR_LAYERS))
     # TRL tokenises a text dataset itself; the token rows replace it, as Ray Train's shard does.
     placeholder = datasets.Dataset.from_list([{"prompt": "Prompt: -\nResponse:", "chosen": " a", "rejected": " b"}])
     trainer = DPOTrainer(model=model, args=args, train_dataset=placeholder, processing_class=tokenizer,

@@ -21,6 +21,8 @@ from pathlib import Path
 from persona_ray.core.models import default_cache_dir
 
 TINY_MODEL_NAME = "tiny"  # the name configs use to ask for this model
+# Every linear layer of its blocks: what the tests' and benchmarks' LoRA adapters adapt.
+LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # A minimal chat template so chat-style clients work against the tiny model too.
 CHAT_TEMPLATE = (
@@ -52,7 +54,6 @@ def _training_text() -> list[str]:
         if resource.is_file():
             texts.extend(line for line in resource.read_text(encoding="utf-8").splitlines() if line.strip())
     from persona_ray.inference.prompt import INSTRUCTION
-
     from persona_ray.world.spec import DEFAULT_TYPES
 
     texts.append(INSTRUCTION)
@@ -145,8 +146,7 @@ def build_tiny_adapter(base: str | Path, out: str | Path, seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     # Every linear layer: on q and v alone the tiny model's greedy answer did not change.
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
+                           LoraConfig(r=8, lora_alpha=16, target_modules=list(LINEAR_LAYERS), init_lora_weights=False))
     model.save_pretrained(str(out))
     return Path(out)
