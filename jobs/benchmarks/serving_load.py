@@ -11,7 +11,8 @@ Loopback only, bounded in count and time (it stops itself at --time-limit). One 
    chat with the persona retrieved, streamed chat and completions, with --malformed hostile
    ones interleaved (broken JSON, wrong types, unknown fields, over-long and invalid text, bad
    personas, a 1 MB body, no key). After --kill-after of them, the LLM replica's actor is
-   killed; /healthz is polled all along, and Serve's proxy route /-/healthz beside it.
+   killed; /healthz is polled all along, and Serve's proxy route /-/healthz beside it, from a
+   process of their own (as a kubelet polls; in this one the clients' threads hold the GIL).
 3. Autoscaling: replica counts of every deployment from serve.status() each second, during the
    load and after it until they are back at their minimum (or 180 s).
 4. Overhead, after the load, sequential and interleaved on the same prompts: p50 of
@@ -22,14 +23,16 @@ Prints counts of every status per kind (a 5xx other than 503 is a failure; so is
 refused or a malformed one accepted), the 503 gap and the longest wait in it, p50 / p99
 latency, requests/s, /healthz p50 / p99 polled four times a second during the load and from the
 kill until ready again (a readiness probe's view; target p99 <= 200 ms) beside the proxy's own
-/-/healthz (no replica answers it: the proxy's share of a slow poll), the replica timeline
-and the ratios.
+/-/healthz (no replica answers it: the proxy's share of a slow poll) and the replica timeline;
+then the overhead ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import random
 import secrets
 import tempfile
@@ -172,21 +175,11 @@ def main() -> None:
                     timeline.append((time.monotonic(), replica_counts(), health))
                     time.sleep(1)
 
-        # (when, status, ms) of the app's /healthz four times a second (what a readiness probe sees),
-        # and of Serve's own proxy health route, which no replica answers: where a slow poll waits
-        polls, proxy_polls = [], []
-
-        def poll_health() -> None:
-            with httpx.Client(timeout=10) as client:
-                while not done.is_set():
-                    for path, into in (("/healthz", polls), ("/-/healthz", proxy_polls)):
-                        started_poll = time.perf_counter()
-                        try:
-                            status = client.get(url + path).status_code
-                        except httpx.HTTPError:
-                            status = -1
-                        into.append((time.monotonic(), status, (time.perf_counter() - started_poll) * 1000))
-                    time.sleep(0.25)
+        # /healthz and Serve's proxy route /-/healthz (no replica answers it) polled four times a second
+        # from a process of their own, as a kubelet polls: not from this one, whose 16 client threads and
+        # Ray driver would make every poll wait for the GIL
+        stop_polls, polled = multiprocessing.get_context("spawn").Event(), Path(tmp) / "polls.json"
+        poller = multiprocessing.get_context("spawn").Process(target=poll_health, args=(url, stop_polls, polled))
 
         def run(job_index: int, job: tuple) -> None:
             if time.monotonic() > deadline:
@@ -207,7 +200,6 @@ def main() -> None:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        poller = threading.Thread(target=poll_health, daemon=True)
         poller.start()
         started = time.monotonic()
         with ThreadPoolExecutor(args.concurrency) as pool:
@@ -218,17 +210,37 @@ def main() -> None:
         while time.monotonic() < settle and any(n > 1 for n in replica_counts().values()):
             time.sleep(2)
         done.set()
+        stop_polls.set()
         watcher.join()
         poller.join()
-        overhead = measure_overhead(url, key, rows, args)
+        polls, proxy_polls = json.loads(polled.read_text())
+        report(results, events, timeline, polls, proxy_polls, load_s, args)  # printed before anything else can fail
+        overhead = asyncio.run(measure_overhead(url, key, rows, args))
+        print(json.dumps(overhead, indent=2))
         from ray import serve
 
         serve.shutdown()
-    report(results, events, timeline, polls, proxy_polls, load_s, overhead, args)
 
 
-def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
-    """p50 through the app ÷ p50 of the engine deployment asked directly with the same input."""
+def poll_health(url: str, stop, into: Path) -> None:
+    """[/healthz polls, /-/healthz polls], each (when, status, ms), written to `into` when `stop` is set."""
+    polls: dict[str, list] = {"/healthz": [], "/-/healthz": []}
+    with httpx.Client(timeout=10) as client:
+        while not stop.is_set():
+            for path, done in polls.items():
+                started = time.perf_counter()
+                try:
+                    status = client.get(url + path).status_code
+                except httpx.HTTPError:
+                    status = -1
+                done.append((time.monotonic(), status, (time.perf_counter() - started) * 1000))
+            time.sleep(0.25)
+    into.write_text(json.dumps(list(polls.values())))
+
+
+async def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
+    """p50 through the app ÷ p50 of the engine deployment asked directly with the same input (in one
+    event loop: a Serve handle may be bound to the loop it first ran in)."""
     from ray import serve
 
     from persona_ray.tailoring.templates import inference_input
@@ -236,17 +248,17 @@ def measure_overhead(url: str, key: str, rows: list[dict], args) -> dict:
     llm = serve.get_deployment_handle("TailoredLLM0", APP)
     sampling = {"max_tokens": args.max_tokens, "temperature": 0.0, "top_p": 1.0, "stop": []}
     times = {"app_given": [], "app_retrieved": [], "engine_given": [], "engine_retrieved": []}
-    with httpx.Client(timeout=120, headers={"authorization": f"Bearer {key}"}) as client:
+    async with httpx.AsyncClient(timeout=120, headers={"authorization": f"Bearer {key}"}) as client:
         for row in rows[: args.overhead_requests]:
             chat = {"model": "PT", "max_tokens": args.max_tokens, "messages": [{"role": "user", "content": row["prompt"]}]}
             for source, body in (("given", {**chat, "persona": row["rejected_persona"]}), ("retrieved", chat)):
                 started = time.perf_counter()
-                reply = client.post(url + "/v1/chat/completions", json=body)
+                reply = await client.post(url + "/v1/chat/completions", json=body)
                 times[f"app_{source}"].append((time.perf_counter() - started) * 1000)
                 reply.raise_for_status()
                 text = inference_input(row["prompt"], reply.json()["persona"], persona_template=True)
                 started = time.perf_counter()
-                llm.generate.remote(text, sampling, "PT").result()
+                await llm.generate.remote(text, sampling, "PT")
                 times[f"engine_{source}"].append((time.perf_counter() - started) * 1000)
     p50 = {name: p50_p99(values)[0] for name, values in times.items()}
     return {**{f"{name}_p50_ms": round(v, 1) for name, v in p50.items()},
@@ -295,7 +307,7 @@ def proxy_latency(proxy_polls: list, events: dict) -> dict:
 
 
 def report(results: list[dict], events: dict, timeline: list, polls: list, proxy_polls: list, load_s: float,
-           overhead: dict, args) -> None:
+           args) -> None:
     counts = Counter((r["group"], r["kind"], r["status"]) for r in results)
     good = [r for r in results if r["group"] == "good"]
     bad = [r for r in results if r["group"] == "malformed"]
@@ -321,7 +333,7 @@ def report(results: list[dict], events: dict, timeline: list, polls: list, proxy
         "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "requests_per_s": round(len(results) / load_s, 2),
         "load_s": round(load_s, 1), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "peak_replicas": peak, "final_replicas": timeline[-1][1] if timeline else None,
-        **health_latency(polls, events), **proxy_latency(proxy_polls, events), **overhead,
+        **health_latency(polls, events), **proxy_latency(proxy_polls, events),
     }
     print("status counts (group, kind, status):")
     for (group, kind, status), n in sorted(counts.items()):
