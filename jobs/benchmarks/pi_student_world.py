@@ -1,0 +1,110 @@
+"""A PI student in the persona world: the teacher labels a fraction of the training pairs, a small
+model learns to write those personas, and then infers the personas of pairs it never saw.
+
+    python jobs/benchmarks/pi_student_world.py [--fraction 0.1] [--model smollm2] [--steps 80]
+                                               [--learning-rate 2e-4] [--lora-modules q_proj,...]
+                                               [--output /tmp/pi-student-world]
+
+One run, on the world built from the bundled SmolLM2 responses (seed 0):
+1. teacher: the world's gold personas on --fraction of the distinct training pairs (both sides);
+2. student: `--model` + LoRA, SFT under Ray Train on (the zero-shot PI prompt -> teacher persona)
+   (tailoring/pi_student.py), merged;
+3. the student infers both personas of every validation and test pair through `infer` (vLLM,
+   k_shot 0, guided decoding), and the personas are scored against the world's truth (the
+   length and form axes: world/measure.pi_accuracy), validation and test apart.
+Prints the accuracy per side and axis, the valid rate, the share of pairs whose two personas are
+the same sentence, and ten test personas beside their truth. The settings (steps, rate) are fixed
+before the run; any tuning is done on the validation numbers, never the test ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--lora-modules", default="q_proj,k_proj,v_proj,o_proj",
+                        help="comma-separated modules that get an adapter")
+    parser.add_argument("--output", default="/tmp/pi-student-world")
+    args = parser.parse_args()
+
+    import pyarrow as pa
+
+    from persona_ray.core.shards import read_shards
+    from persona_ray.inference.infer import InferConfig, run_infer
+    from persona_ray.inference.input_pairs import PairSource
+    from persona_ray.tailoring import merge_adapter
+    from persona_ray.tailoring.pi_student import PIStudentJobConfig, train_pi_student
+    from persona_ray.world.build import write_world
+    from persona_ray.world.experiment import World, WorldConfig, _pair_text_key
+    from persona_ray.world.measure import pi_accuracy
+
+    out = Path(args.output)
+    world = World(WorldConfig(output=str(out / "world"), model=args.model, writer="file", responses_file="bundled"))
+    if not Path(world.data("gold"), "test.parquet").exists():
+        world.build()
+
+    def distinct(rows: list[dict]) -> list[dict]:
+        found = {}
+        for row in rows:
+            found.setdefault(_pair_text_key(row), row)
+        return [found[k] for k in sorted(found)]
+
+    train, val, test = distinct(world.read_rows("train")), distinct(world.read_rows("val")), distinct(world.test_rows())
+    taught = random.Random(0).sample(train, math.ceil(args.fraction * len(train)))
+    teacher = str(out / "teacher")
+    write_world({"train": taught, "val": val[:16]}, teacher)
+    student = out / "student"
+    started = time.time()
+    if not (student / "config.json").exists():
+        run = train_pi_student(PIStudentJobConfig(
+            data=teacher, output=str(out / "runs"), name=f"pi-student-{args.fraction}", model=args.model,
+            max_steps=args.steps, learning_rate=args.learning_rate, per_device_batch_size=4, cpus_per_worker=2,
+            save_steps=args.steps, logging_steps=10, lora={"target_modules": args.lora_modules.split(",")}))
+        merge_adapter(run["checkpoint"], args.model, str(student))
+    train_s = time.time() - started
+
+    results = {}
+    for name, rows in (("val", val), ("test", test)):
+        pairs = out / f"{name}-pairs.jsonl"
+        pairs.write_text("".join(json.dumps({"pair_id": _pair_text_key(r), "prompt": r["prompt"], "chosen": r["chosen"],
+                                             "rejected": r["rejected"], "domain": "world"}) + "\n" for r in rows))
+        started = time.time()
+        manifest = run_infer(InferConfig(
+            pairs=PairSource(input=str(pairs)), output=str(out / f"infer-{name}"), k_shot=0,
+            engine={"model": str(student), "prompt_format": "completion",
+                    "sampling": {"max_tokens": 80, "temperature": 0.0}}))
+        records = (read_shards(str(out / f"infer-{name}" / "personas")) or pa.table({})).to_pylist()
+        persona = {(r["pair_id"], r["side"]): r for r in records}
+        scored, same = [], 0
+        for row in rows:
+            key = _pair_text_key(row)
+            chosen, rejected = persona.get((key, "chosen")), persona.get((key, "rejected"))
+            if chosen and rejected and chosen["valid"] and rejected["valid"]:
+                scored.append({**row, "chosen_persona": chosen["persona"], "rejected_persona": rejected["persona"]})
+                same += chosen["persona"].strip() == rejected["persona"].strip()
+        results[name] = {"pairs": len(rows), "pairs_with_two_valid": len(scored),
+                         "valid_pct": manifest["throughput"]["valid_pct"], "same_persona_both_sides": same,
+                         "infer_s": round(time.time() - started, 1),
+                         "accuracy_vs_truth": {k: round(v, 3) if isinstance(v, float) else v
+                                               for k, v in pi_accuracy(scored, world.cfg.types).items()}}
+        if name == "test":
+            results["test_examples"] = [{"truth": r["chosen_type"], "student": r["chosen_persona"]} for r in scored[:10]]
+    print(json.dumps({"model": args.model, "fraction": args.fraction, "taught_pairs": len(taught),
+                      "train_pairs": len(train), "steps": args.steps, "learning_rate": args.learning_rate,
+                      "lora_modules": args.lora_modules,
+                      "train_and_merge_s": round(train_s, 1), **results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
