@@ -186,3 +186,29 @@ def test_tiny_model_learns_personas_where_plain_dpo_learns_only_the_majority(ray
     assert "Preference accuracy on held-out pairs" in report and smallest in report
     assert json.loads((tmp_path / "world" / "config.json").read_text())["dpo"]["max_steps"] == TINY_DPO["max_steps"]
     assert run_world(cfg)["train"] == stages["train"]  # a rerun resumes: every stage already done
+
+
+def test_pi_runs_once_per_pair_text_and_rows_take_their_texts_personas(tmp_path):
+    """World.infer's input and output: rows of one prompt and the same two styles (users differ) are one
+    PI pair; each row gets that pair's personas, and a row without a valid persona on both sides is left out."""
+    import json
+
+    from persona_ray.world.experiment import distinct_pairs, with_inferred_personas, write_pi_pairs
+
+    row = {"prompt": "Q", "chosen": "long answer", "rejected": "short", "chosen_type": "detailed-prose",
+           "rejected_type": "brief-prose", "chosen_persona": "gold c", "rejected_persona": "gold r"}
+    rows = [{**row, "pair_id": "p0-u1"}, {**row, "pair_id": "p0-u2"},  # the same text, two users
+            {**row, "pair_id": "p1-u1", "prompt": "R"}]
+    assert [r["pair_id"] for r in distinct_pairs(rows)] == ["p0-u1", "p1-u1"]
+    assert write_pi_pairs(rows, tmp_path / "in" / "pairs.jsonl") == 2
+    written = [json.loads(line) for line in (tmp_path / "in" / "pairs.jsonl").read_text().splitlines()]
+    assert [p["pair_id"] for p in written] == ["p0-detailed-prose-brief-prose", "p1-detailed-prose-brief-prose"]
+    assert written[0] == {"pair_id": "p0-detailed-prose-brief-prose", "prompt": "Q", "chosen": "long answer",
+                          "rejected": "short", "domain": "world"}
+    records = [{"pair_id": "p0-detailed-prose-brief-prose", "side": "chosen", "persona": "inf c", "valid": True},
+               {"pair_id": "p0-detailed-prose-brief-prose", "side": "rejected", "persona": "inf r", "valid": True},
+               {"pair_id": "p1-detailed-prose-brief-prose", "side": "chosen", "persona": "inf c", "valid": True},
+               {"pair_id": "p1-detailed-prose-brief-prose", "side": "rejected", "persona": "bad", "valid": False}]
+    kept, lost = with_inferred_personas(rows, records)
+    assert lost == 1 and [r["pair_id"] for r in kept] == ["p0-u1", "p0-u2"]
+    assert {(r["chosen_persona"], r["rejected_persona"]) for r in kept} == {("inf c", "inf r")}

@@ -46,7 +46,8 @@ def main() -> None:
     from persona_ray.tailoring import merge_adapter
     from persona_ray.tailoring.pi_student import PIStudentJobConfig, train_pi_student
     from persona_ray.world.build import write_world
-    from persona_ray.world.experiment import World, WorldConfig, _pair_text_key
+    from persona_ray.world.experiment import (World, WorldConfig, distinct_pairs, with_inferred_personas,
+                                              write_pi_pairs)
     from persona_ray.world.measure import pi_accuracy
 
     out = Path(args.output)
@@ -54,13 +55,7 @@ def main() -> None:
     if not Path(world.data("gold"), "test.parquet").exists():
         world.build()
 
-    def distinct(rows: list[dict]) -> list[dict]:
-        found = {}
-        for row in rows:
-            found.setdefault(_pair_text_key(row), row)
-        return [found[k] for k in sorted(found)]
-
-    train, val, test = distinct(world.read_rows("train")), distinct(world.read_rows("val")), distinct(world.test_rows())
+    train, val, test = (distinct_pairs(world.read_rows(split)) for split in ("train", "val", "test"))
     taught = random.Random(0).sample(train, math.ceil(args.fraction * len(train)))
     teacher = str(out / "teacher")
     write_world({"train": taught, "val": val[:16]}, teacher)
@@ -77,22 +72,15 @@ def main() -> None:
     results = {}
     for name, rows in (("val", val), ("test", test)):
         pairs = out / f"{name}-pairs.jsonl"
-        pairs.write_text("".join(json.dumps({"pair_id": _pair_text_key(r), "prompt": r["prompt"], "chosen": r["chosen"],
-                                             "rejected": r["rejected"], "domain": "world"}) + "\n" for r in rows))
+        write_pi_pairs(rows, pairs)
         started = time.time()
         manifest = run_infer(InferConfig(
             pairs=PairSource(input=str(pairs)), output=str(out / f"infer-{name}"), k_shot=0,
             engine={"model": str(student), "prompt_format": "completion",
                     "sampling": {"max_tokens": 80, "temperature": 0.0}}))
         records = (read_shards(str(out / f"infer-{name}" / "personas")) or pa.table({})).to_pylist()
-        persona = {(r["pair_id"], r["side"]): r for r in records}
-        scored, same = [], 0
-        for row in rows:
-            key = _pair_text_key(row)
-            chosen, rejected = persona.get((key, "chosen")), persona.get((key, "rejected"))
-            if chosen and rejected and chosen["valid"] and rejected["valid"]:
-                scored.append({**row, "chosen_persona": chosen["persona"], "rejected_persona": rejected["persona"]})
-                same += chosen["persona"].strip() == rejected["persona"].strip()
+        scored, _ = with_inferred_personas(rows, records)
+        same = sum(r["chosen_persona"].strip() == r["rejected_persona"].strip() for r in scored)
         results[name] = {"pairs": len(rows), "pairs_with_two_valid": len(scored),
                          "valid_pct": manifest["throughput"]["valid_pct"], "same_persona_both_sides": same,
                          "infer_s": round(time.time() - started, 1),

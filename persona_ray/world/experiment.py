@@ -175,35 +175,18 @@ class World:
         from persona_ray.world.measure import pi_accuracy
 
         rows = {split: self.read_rows(split) for split in self.cfg.splits}
-        # Pairs of one prompt and the same two styles are the same text: infer each once.
-        distinct = {}
-        for split_rows in rows.values():
-            for row in split_rows:
-                distinct.setdefault(_pair_text_key(row), row)
         pairs_file = self.out / "infer" / "pairs.jsonl"
-        pairs_file.parent.mkdir(parents=True, exist_ok=True)
-        with pairs_file.open("w", encoding="utf-8") as f:
-            for key, row in sorted(distinct.items()):
-                f.write(json.dumps({"pair_id": key, "prompt": row["prompt"], "chosen": row["chosen"],
-                                    "rejected": row["rejected"], "domain": "world"}) + "\n")
+        distinct = write_pi_pairs([row for split_rows in rows.values() for row in split_rows], pairs_file)
         manifest = run_infer(InferConfig(pairs=PairSource(input=str(pairs_file)), output=str(self.out / "infer"),
                                          **self.cfg.infer))
-        records = read_shards(str(self.out / "infer" / "personas")) or pa.table({})
-        persona = {(r["pair_id"], r["side"]): r for r in records.to_pylist()}
+        records = (read_shards(str(self.out / "infer" / "personas")) or pa.table({})).to_pylist()
         inferred, lost = {}, 0
         for split, split_rows in rows.items():
-            inferred[split] = []
-            for row in split_rows:
-                key = _pair_text_key(row)
-                chosen, rejected = persona.get((key, "chosen")), persona.get((key, "rejected"))
-                if not (chosen and rejected and chosen["valid"] and rejected["valid"]):
-                    lost += 1  # no valid persona: the pair cannot be trained or tested with an inferred one
-                    continue
-                inferred[split].append({**row, "chosen_persona": chosen["persona"],
-                                        "rejected_persona": rejected["persona"]})
+            inferred[split], missing = with_inferred_personas(split_rows, records)
+            lost += missing
         write_world(inferred, self.data("inferred"))
         accuracy = pi_accuracy([r for split_rows in inferred.values() for r in split_rows], self.cfg.types)
-        return {"distinct_pairs": len(distinct), "rows_without_valid_personas": lost,
+        return {"distinct_pairs": distinct, "rows_without_valid_personas": lost,
                 "pi_valid_pct": manifest["throughput"]["valid_pct"], "pi_accuracy_vs_truth": accuracy,
                 "examples": [{"type": r["chosen_type"], "inferred": r["chosen_persona"]}
                              for r in inferred["test"][:len(self.cfg.types)]]}
@@ -354,6 +337,40 @@ def read_responses(path: str) -> tuple[dict[str, dict[str, str]], dict | None]:
 def _pair_text_key(row: dict) -> str:
     """The id of a pair's text: its prompt's index and the two types (rows differ only by user)."""
     return f"{row['pair_id'].rsplit('-', 1)[0]}-{row['chosen_type']}-{row['rejected_type']}"
+
+
+def distinct_pairs(rows: list[dict]) -> list[dict]:
+    """One row per pair text (the first seen), sorted by its key: pairs of one prompt and the same two
+    styles are the same text, whatever the user."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        found.setdefault(_pair_text_key(row), row)
+    return [found[key] for key in sorted(found)]
+
+
+def write_pi_pairs(rows: list[dict], path: Path) -> int:
+    """PI's input: one pair a line for each distinct pair text of `rows`, its key as pair_id (each text
+    is inferred once). Returns how many."""
+    pairs = distinct_pairs(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in pairs:
+            f.write(json.dumps({"pair_id": _pair_text_key(row), "prompt": row["prompt"], "chosen": row["chosen"],
+                                "rejected": row["rejected"], "domain": "world"}) + "\n")
+    return len(pairs)
+
+
+def with_inferred_personas(rows: list[dict], records: list[dict]) -> tuple[list[dict], int]:
+    """(the rows with their pair text's inferred personas in place of the gold ones, how many rows were
+    left out): a row needs a valid persona on both sides to be trained or tested with inferred ones."""
+    persona = {(r["pair_id"], r["side"]): r for r in records}
+    kept = []
+    for row in rows:
+        key = _pair_text_key(row)
+        chosen, rejected = persona.get((key, "chosen")), persona.get((key, "rejected"))
+        if chosen and rejected and chosen["valid"] and rejected["valid"]:
+            kept.append({**row, "chosen_persona": chosen["persona"], "rejected_persona": rejected["persona"]})
+    return kept, len(rows) - len(kept)
 
 
 def run_world(cfg: WorldConfig, only: str | None = None) -> dict:
