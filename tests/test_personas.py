@@ -9,9 +9,12 @@ import pytest
 from persona_ray.core.persona import (
     MAX_PERSONA_CHARS,
     MAX_TOKEN_CHARS,
+    NEAR_COPY,
     PersonaError,
     clean_persona,
     find_protected,
+    near_copy,
+    persona_overlap,
     sanitize_for_prompt,
     validate_persona,
 )
@@ -268,3 +271,16 @@ def test_pi_output_is_cut_to_its_first_sentence_before_the_rules_run():
 def test_protected_attributes_said_indirectly(persona, category, words):
     assert find_protected(persona) == (category, words)
     assert validate_persona(persona).reason == f"mentions a protected attribute ({category}: '{words}')"
+
+
+def test_near_copy_tells_a_reworded_copy_from_a_different_persona():
+    exemplar = ("The user is a motivated beginner who prefers a concrete practice plan with specific first steps, "
+                "realistic daily goals and a way to track progress.")
+    copy = exemplar.replace("motivated", "curious")
+    other = "The user is an experienced investor who prefers a short answer with the key numbers rather than background."
+    same_frame = "The user is a busy parent who prefers a short answer with the key steps rather than background."
+    assert near_copy(exemplar, exemplar) and near_copy(copy, exemplar)
+    assert near_copy(exemplar.upper(), exemplar), "case is not a difference"
+    assert not near_copy(other, exemplar)
+    assert not near_copy(other, same_frame), "two personas sharing the frame are different personas"
+    assert persona_overlap(other, same_frame) < NEAR_COPY <= persona_overlap(copy, exemplar)

@@ -22,11 +22,15 @@ persona one stage accepts is never refused by another:
     sanitize_for_prompt(text) for showing a persona inside another prompt (the judges): never
                               fails; controls become spaces, invisible characters and <persona>
                               tags are removed, one line
+    persona_overlap(a, b)     how much of two personas' wording is the same (0..1, by words), and
+    near_copy(a, b)           whether that is NEAR_COPY or more: the same persona said again
+                              (a pair's chosen and rejected persona; a persona and an exemplar)
 """
 
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,6 +325,27 @@ def find_protected(persona: str) -> tuple[str, str] | None:
         return category, word
     pronoun = _GENDERED_PRONOUN.search(persona)
     return ("gender", pronoun.group(0)) if pronoun else None
+
+
+# Two personas whose words are at least this much the same say the same thing: a model that
+# copied an exemplar changes a word or two at most ("a motivated beginner" -> "a curious
+# beginner"), while two different personas of the same pair share only the frame
+# ("The user is ... and prefers ... rather than ...").
+NEAR_COPY = 0.85
+
+
+def persona_overlap(a: str, b: str) -> float:
+    """Share of the two personas' words that line up, 0..1 (difflib's ratio over lower-cased words)."""
+    words_a = [w.lower() for w in _WORD.findall(a)]
+    words_b = [w.lower() for w in _WORD.findall(b)]
+    if not words_a and not words_b:
+        return 1.0
+    return SequenceMatcher(None, words_a, words_b, autojunk=False).ratio()
+
+
+def near_copy(a: str, b: str) -> bool:
+    """True when `a` is `b` said again, word for word or nearly (persona_overlap >= NEAR_COPY)."""
+    return persona_overlap(a, b) >= NEAR_COPY
 
 
 @dataclass(frozen=True)
