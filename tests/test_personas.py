@@ -284,3 +284,17 @@ def test_near_copy_tells_a_reworded_copy_from_a_different_persona():
     assert not near_copy(other, exemplar)
     assert not near_copy(other, same_frame), "two personas sharing the frame are different personas"
     assert persona_overlap(other, same_frame) < NEAR_COPY <= persona_overlap(copy, exemplar)
+
+
+def test_sentence_embeddings_rank_a_paraphrase_above_another_persona():
+    from persona_ray.core.sentences import encode_sentences
+
+    vectors = encode_sentences([
+        "The user is a busy nurse and prefers short answers.",
+        "The user is a hospital worker with long shifts and prefers brief replies.",
+        "The user is a patient reader and prefers long essays with history.",
+    ])
+    assert vectors.shape == (3, 384)
+    assert abs(float(vectors[0] @ vectors[0]) - 1.0) < 1e-4
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    assert encode_sentences([]).shape == (0, 384)
