@@ -6,12 +6,15 @@ is accurate only when the judge picks its own response both times.
 Persona preference — is the rejected persona judged as good as the chosen one? The judge sees
 both personas of a pair (both orders); disagreeing orders are ties.
 Diagnostics — word saliency P(label | word) over chosen vs rejected personas, and top traits.
+Statistics without a judge (quality/persona_stats.py) — valid rate, the same persona on both
+sides, exemplar copies, distinct personas and, given a reference, similarity to it (MiniLM).
 
 Input: one or more augmented datasets (the output of `persona-ray augment`, or any
 .parquet/.jsonl with pair_id, prompt, chosen, rejected, domain, chosen_persona,
 rejected_persona), each labelled with the PI model that wrote its personas.
 Output folder: verdicts.parquet (every judge request and answer), pi_accuracy.json,
-persona_preference.json, saliency.json, report.md and PNG plots.
+persona_preference.json, saliency.json, persona_stats.json, report.md and PNG plots. With
+pi_accuracy and persona_preference both off no judge runs (no engine starts).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from persona_ray.core.settings import Settings
 from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.core.shards import key_of
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
+from persona_ray.quality.persona_stats import exemplar_personas, persona_statistics, reference_similarity
 from persona_ray.quality.saliency import top_traits, word_saliency
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import JudgeSettings, SamplingSettings
@@ -56,7 +60,13 @@ class PIEvalConfig(Settings):
     split: str = Field(TEST_SPLIT, description="which split of an augmented folder to judge")
     output: str = Field(description="a local folder: verdicts, JSON results, report.md and its plots")
     judge: JudgeSettings = JudgeSettings(sampling=SamplingSettings(max_tokens=8, stop=["\n"]))
+    pi_accuracy: bool = Field(True, description="judge PI accuracy: does the judge, given a persona, pick its own response")
     persona_preference: bool = Field(True, description="also judge which of a pair's two personas fits better")
+    reference: str | None = Field(None, description="hand-written (or teacher) personas of the same pairs, "
+                                  ".jsonl/.parquet or augmented folder with pair_id (or id), chosen_persona, "
+                                  "rejected_persona: each PI model's similarity to them (MiniLM), with CIs")
+    exemplars: str | None = Field(None, description="PI exemplar YAML whose personas count as copied when a "
+                                  "persona repeats one (the bundled exemplars when unset)")
     limit: int | None = Field(None, gt=0, description="judge only the first N pairs of each dataset (by pair id)")
     saliency_min_count: int = Field(5, gt=0, description="word saliency: least personas a word must occur in")
     saliency_top_k: int = Field(15, gt=0, description="word saliency: words listed per side")
@@ -92,6 +102,44 @@ def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
         rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
     pick = [(r.get("chosen_persona"), r.get("rejected_persona")) for r in rows]
     return ([c for c, _ in pick if isinstance(c, str) and c], [x for _, x in pick if isinstance(x, str) and x])
+
+
+def load_reference(path: str) -> list[dict]:
+    """Reference persona rows {pair_id, chosen_persona, rejected_persona} from a file or a folder (all splits)."""
+    if storage.is_dir(path):
+        files = [f for f in storage.list_files(path, suffixes=(".parquet",)) if "/hf/" not in f]
+        rows = [r for f in files for r in storage.read_parquet(f).to_pylist()]
+    elif path.endswith(".parquet"):
+        rows = storage.read_parquet(path).to_pylist()
+    else:
+        rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        row.setdefault("pair_id", row.get("id"))
+        bad = [f for f in ("pair_id", "chosen_persona", "rejected_persona")
+               if not isinstance(row.get(f), str) or not row[f].strip()]
+        if bad:
+            raise ValueError(f"reference {path} row {i}: missing or empty {bad}")
+    return rows
+
+
+def _pairs_kept(path: str) -> dict[str, int] | None:
+    """From an augmented folder's manifest: pairs kept with two valid personas, and pairs left out."""
+    manifest = storage.join(path, "augment_manifest.json")
+    if not storage.is_dir(path) or not storage.exists(manifest):
+        return None
+    counts = json.loads(storage.read_bytes(manifest))["counts"]
+    return {"augmented_pairs": counts["augmented_pairs"], "excluded_invalid_persona": counts["excluded_invalid_persona"],
+            "pairs_without_personas": counts["pairs_without_personas"]}
+
+
+def judge_free_statistics(cfg: PIEvalConfig, rows_by_model: dict[str, list[dict]]) -> dict[str, Any]:
+    """persona_stats for every PI model (+ the augment manifest's pair counts), and the similarity
+    to the reference when one is given."""
+    exemplars = exemplar_personas(cfg.exemplars)
+    stats = {label: {**persona_statistics(rows, exemplars), "augment": _pairs_kept(cfg.data[label])}
+             for label, rows in rows_by_model.items()}
+    similarity = reference_similarity(rows_by_model, load_reference(cfg.reference)) if cfg.reference else None
+    return {"models": stats, "reference_similarity": similarity}
 
 
 def judge_all(requests: list[dict], judge: JudgeSettings) -> tuple[list[dict], int]:
@@ -151,15 +199,21 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
 
     for label, path in cfg.data.items():
         preflight.check_input(f"data.{label}", path)
+    if cfg.reference:
+        preflight.check_input("reference", cfg.reference)
     preflight.check_output("output", cfg.output)
-    preflight.check_engine("judge", cfg.judge)
-    ensure_ray()
+    judged = cfg.pi_accuracy or cfg.persona_preference
+    if judged:
+        preflight.check_engine("judge", cfg.judge)
+        ensure_ray()
     rows_by_model = {label: load_rows(path, cfg.split, cfg.limit) for label, path in cfg.data.items()}
+    statistics = judge_free_statistics(cfg, rows_by_model)
+    storage.write_json(statistics, storage.join(cfg.output, "persona_stats.json"))
 
     # Both questions in one judge run: one engine start (minutes on a cluster) instead of two.
-    acc_requests = _accuracy_requests(rows_by_model)
+    acc_requests = _accuracy_requests(rows_by_model) if cfg.pi_accuracy else []
     pref_requests = _preference_requests(rows_by_model) if cfg.persona_preference else []
-    answers, retried = judge_all(acc_requests + pref_requests, cfg.judge)
+    answers, retried = judge_all(acc_requests + pref_requests, cfg.judge) if judged else ([], 0)
     accuracy = _accuracy(answers[:len(acc_requests)])
     preference = _preference(answers[len(acc_requests):]) if pref_requests else {}
 
@@ -182,7 +236,11 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
     storage.write_json({"saliency": saliency, "traits": traits}, storage.join(cfg.output, "saliency.json"))
     first_preference = next(iter(preference.values()), None)
     notes = [f"Judge: {judge.model} ({judge.backend}, guided={judge.guided_decoding}); "
-             f"{len(answers)} verdicts, {unparseable} unparseable after {judge.max_parse_retries} retries."]
+             f"{len(answers)} verdicts, {unparseable} unparseable after {judge.max_parse_retries} retries."
+             if judged else "No judge (pi_accuracy and persona_preference off)."]
+    notes += [_statistics_note(label, s) for label, s in statistics["models"].items()]
+    if statistics["reference_similarity"]:
+        notes += [_similarity_note(statistics["reference_similarity"])]
     if len(preference) > 1:
         notes += [f"Persona preference for {m}: {json.dumps(p)}" for m, p in preference.items()]
     report = write_report(cfg.output, title="Persona quality report", accuracy=accuracy,
@@ -193,4 +251,18 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
         "requests": len(answers), "unparseable": unparseable,
         "accuracy": {f"{r['model']}/{r['domain']}/{r['side']}": r["accuracy"] for r in accuracy},
         "consistency": {f"{r['model']}/{r['domain']}/{r['side']}": r["consistency"] for r in accuracy}}))
-    return {"summary": summary, "accuracy": accuracy, "preference": preference, "report": report}
+    return {"summary": summary, "accuracy": accuracy, "preference": preference, "statistics": statistics,
+            "report": report}
+
+
+def _statistics_note(label: str, s: dict) -> str:
+    return (f"{label}: {s['pairs']} pairs; valid {s['valid_rate']}, same persona both sides {s['same_both_sides']}, "
+            f"exemplar copies {s['exemplar_copies']}, distinct {s['distinct_rate']} (persona_stats.json)")
+
+
+def _similarity_note(similarity: dict) -> str:
+    def ci(v: dict) -> str:
+        return f"{v['mean']} [{v['lo']}, {v['hi']}] over {v['n_pairs']} pairs"
+    parts = [f"{m} {ci(v)}" for m, v in similarity["models"].items()]
+    parts += [f"{d}: {ci(v)}" for d, v in similarity["differences"].items()]
+    return "Similarity to the reference personas (MiniLM cosine, 95 % CI): " + "; ".join(parts)
