@@ -333,7 +333,8 @@ world.add_command(job_command("run", WorldConfig, _world(None), WORLD_FLAGS, ext
 world.add_command(job_command("report", WorldConfig, _world("report"), WORLD_FLAGS))
 
 JOBS = [
-    job_command("pipeline", PipelineConfig, _pipeline, [Flag("pairs.input", "input"), Flag("output"), MODEL], extra=(
+    job_command("pipeline", PipelineConfig, _pipeline, [Flag("pairs.input", "input"), Flag("output"), MODEL,
+                                                        Flag("plan.student_fraction", "plan-student-fraction")], extra=(
         click.Option(["--from", "start"], type=click.Choice(STAGES), help="rerun this stage and all after it"),
         click.Option(["--only"], type=click.Choice(STAGES), help="rerun just this stage"),
         click.Option(["--verbose"], is_flag=True, help="show Ray, vLLM and job logs instead of writing them to "
@@ -356,7 +357,8 @@ JOBS = [
         Flag("data", multiple=True, parse=lambda items: dict(_pairs(items, "=", "LABEL=PATH")),
              help="LABEL=PATH: the augmented data of one PI model (repeat)"),
         Flag("output"), Flag("judge.model", "judge-model"), Flag("judge.backend", "engine"),
-        Flag("judge.openai.base_url"), Flag("limit")]),
+        Flag("judge.openai.base_url"), Flag("limit"), Flag("reference"), Flag("pi_accuracy"),
+        Flag("persona_preference")]),
     train,
     job_command("index", IndexConfig, _index, [Flag("data"), Flag("output"), Flag("checkpoint"), Flag("encode_workers"),
                                               Flag("force")]),

@@ -114,3 +114,33 @@ def test_comparisons_must_name_generated_models():
     base = load_config(PipelineConfig, str(REPO / "cluster" / "jobs" / "demo.yaml"))
     with pytest.raises(ValueError, match="not among the generations"):
         PipelineConfig(**{**base.model_dump(), "comparisons": [{"test": "PT-SFT", "base": "DPO"}]})
+
+
+def test_plan_prices_the_pi_student_route_beside_the_teacher_on_all_pairs():
+    from persona_ray.pipeline.cost import student_route
+
+    cfg = load_config(PipelineConfig, str(PRESETS["hhh"]), {"plan.student_fraction": 0.1})
+    cost = build_plan(cfg)["pi_cost"]
+    student = cost["student"]
+    assert student["fraction"] == 0.1 and student["pairs_per_s"] > 0 and student["train_examples_per_s"] > 0
+    rows = {(r["pairs"], r["teacher"]): r for r in student["rows"]}
+    assert {pairs for pairs, _ in rows} == {1564, 1_000_000, 10_000_000}
+    # The teacher on all pairs is the cost table's price for that many pairs (--plan-pairs).
+    for size in (1_000_000, 10_000_000):
+        table = build_plan(cfg, size)["pi_cost"]["models"]
+        assert [rows[(size, m["model"])]["teacher_on_all"] for m in table] == [m["cost"] for m in table]
+    for (pairs, teacher), row in rows.items():
+        assert row["teacher_on_fraction"] == pytest.approx(0.1 * row["teacher_on_all"], rel=0.01, abs=1)
+        assert row["route_total"] == pytest.approx(row["teacher_on_fraction"] + row["student_cost"], abs=1)
+    big = rows[(10_000_000, "Llama-3.1-405B-FP8")]
+    assert big["route_total"] < big["teacher_on_all"]
+    # The student's machine-hours follow the measured rates: the rest of the pairs at pairs_per_s.
+    alone = student_route(1000, 0.5, lambda n: [{"model": "T", "cost": n / 10}],
+                          {"pairs_per_s": 0.5, "train_examples_per_s": 1.0, "machine_price_per_hour": 3600.0})
+    assert alone[0]["student_infer_machine_hours"] == pytest.approx(500 / 0.5 / 3600, abs=0.05)
+    assert alone[0]["student_cost"] == pytest.approx(500 / 0.5 + 1000 / 1.0, abs=1)
+    assert alone[0]["teacher_on_fraction"] == 50 and alone[0]["teacher_on_all"] == 100
+    run = CliRunner().invoke(app, ["pipeline", "--config", str(PRESETS["hhh"]), "--plan", "--plan-student-fraction",
+                                   "0.1"])
+    assert run.exit_code == 0, run.output
+    assert "PI student route: teacher on 10% of the pairs" in run.output and "10,000,000" in run.output

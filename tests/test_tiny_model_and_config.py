@@ -164,7 +164,9 @@ def test_cli_flags_reach_the_config(monkeypatch):
 
     monkeypatch.setattr(cli, "load_config", load_and_stop)
     result = CliRunner().invoke(cli.app, ["pi-eval", "--data", "gold=g.jsonl", "--data", "retr=r.jsonl",
-                                          "--output", "o", "--judge-model", "tiny", "--engine", "openai"])
+                                          "--output", "o", "--judge-model", "tiny", "--engine", "openai",
+                                          "--reference", "ref.jsonl", "--no-pi-accuracy"])
     assert result.exit_code == 2 and "stop before the job" in result.output
     assert seen == {"data": {"gold": "g.jsonl", "retr": "r.jsonl"}, "output": "o", "judge.model": "tiny",
-                    "judge.backend": "openai", "judge.openai.base_url": None, "limit": None}
+                    "judge.backend": "openai", "judge.openai.base_url": None, "limit": None,
+                    "reference": "ref.jsonl", "pi_accuracy": False, "persona_preference": None}

@@ -4,6 +4,9 @@ GPU-hours and money for 8B / 70B / 405B models from published vLLM throughput.
     pi_tokens(rows, k, tokenizer)        {"input", "output", "how"}: mean tokens of one pair's two PI
                                          requests (the k-shot prompt this project sends, both sides)
     pi_cost(pairs, tokens, price, ...)   one row per published model size: GPUs, GPU-hours, cost
+    student_route(pairs, fraction, ...)  the PI student route beside it: each teacher size on a
+                                         fraction of the pairs, a student trained on its personas,
+                                         the student on the rest (CPU machines, measured rates)
 
 The formula, per engine (one PI request per side of a pair; the k-shot prefix is counted in full,
 though vLLM's prefix cache computes it once per engine, so the estimate errs long):
@@ -65,6 +68,38 @@ def pi_cost(pairs: int, tokens: dict, price_per_gpu_hour: float, gpu_flops: floa
                       "decode_tokens_per_s": model["output_tokens_per_s"], "prefill_tokens_per_s": round(prefill_rate),
                       "gpu_hours": round(gpu_hours, 1), "cost": round(gpu_hours * price_per_gpu_hour, 0)})
     return found
+
+
+def student_route(pairs: int, fraction: float, teacher_cost: Callable[[int], list[dict]], student: dict) -> list[dict]:
+    """Per teacher size: the teacher on all `pairs` against the teacher on `fraction` of them + a
+    student trained on those (both sides, one epoch) + the student inferring the rest.
+    `teacher_cost(n)`: pi_cost's rows for n pairs. `student`: {"pairs_per_s", "train_examples_per_s",
+    "machine_price_per_hour"} of one CPU machine, measured (PlanSettings)."""
+    taught = round(fraction * pairs)
+    train_hours = 2 * taught / student["train_examples_per_s"] / 3600
+    infer_hours = (pairs - taught) / student["pairs_per_s"] / 3600
+    student_cost = (train_hours + infer_hours) * student["machine_price_per_hour"]
+    rows = []
+    for on_all, on_fraction in zip(teacher_cost(pairs), teacher_cost(taught)):
+        rows.append({"teacher": on_all["model"], "pairs": pairs, "teacher_on_all": on_all["cost"],
+                     "teacher_on_fraction": on_fraction["cost"], "student_train_machine_hours": round(train_hours, 1),
+                     "student_infer_machine_hours": round(infer_hours, 1), "student_cost": round(student_cost, 0),
+                     "route_total": round(on_fraction["cost"] + student_cost, 0)})
+    return rows
+
+
+def format_student_route(fraction: float, rows: list[dict], student: dict) -> str:
+    lines = [f"PI student route: teacher on {fraction:.0%} of the pairs, a student trained on its personas (both "
+             f"sides, one epoch), the student on the rest, on CPU machines at ${student['machine_price_per_hour']:g} an "
+             f"hour ({student['pairs_per_s']:g} pairs/s, {student['train_examples_per_s']:g} training examples/s a "
+             f"machine: {student['measured']})",
+             f"{'pairs':>12} {'teacher':<20} {'teacher on all':>15} {'teacher on f':>13} {'student m-h':>12} "
+             f"{'student cost':>13} {'route total':>12}"]
+    for r in rows:
+        machine_hours = r["student_train_machine_hours"] + r["student_infer_machine_hours"]
+        lines.append(f"{r['pairs']:>12,} {r['teacher']:<20} {r['teacher_on_all']:>15,.0f} {r['teacher_on_fraction']:>13,.0f} "
+                     f"{machine_hours:>12,.1f} {r['student_cost']:>13,.0f} {r['route_total']:>12,.0f}")
+    return "\n".join(lines)
 
 
 def format_cost(pairs: int, tokens: dict, rows: list[dict], price: float, mfu: float) -> str:

@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from persona_ray.pipeline.run import PipelineConfig
 
 CHARS_PER_TOKEN = 4
+# Measured here: the persona world's SmolLM2-135M student (LoRA on every linear layer) on a 2-core
+# AVX2 EPYC, fp32: 120 steps x 4 examples trained and merged in 37.2 min; 92 test pairs inferred in
+# 193 s, engine start included (jobs/benchmarks/README.md, "PI student in the persona world", run 2).
+STUDENT_MEASURED = ("a SmolLM2-135M student on a 2-core AVX2 EPYC, engine and Ray start included "
+                    "(jobs/benchmarks/README.md)")
+STUDENT_PAIRS_PER_S = round(92 / 193, 3)
+STUDENT_TRAIN_EXAMPLES_PER_S = round(120 * 4 / (37.2 * 60), 3)
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*[bB](?![a-z])")
 
 
@@ -48,6 +55,15 @@ class PlanSettings(Settings):
     tokenizer: str | None = Field("smollm2", description="whose tokenizer counts the PI prompts' tokens ('smollm2' "
                                   "is offline here; a model folder); none: characters / 4")
     sample_pairs: int = Field(200, ge=1, description="pairs whose PI prompts are built and counted")
+    student_fraction: float | None = Field(None, gt=0, lt=1, description="also price the PI student route for the "
+                                           "config's pairs, 1 M and 10 M: the teacher on this share of the pairs, a "
+                                           "student trained on its personas, the student on the rest")
+    student_pairs_per_s: float = Field(STUDENT_PAIRS_PER_S, gt=0, description="one CPU machine's student PI "
+                                       f"throughput, pairs a second (both sides); default: {STUDENT_MEASURED}")
+    student_train_examples_per_s: float = Field(STUDENT_TRAIN_EXAMPLES_PER_S, gt=0, description="one CPU machine's "
+                                                f"student training speed, examples a second; default: {STUDENT_MEASURED}")
+    student_machine_price_per_hour: float = Field(0.1, gt=0, description="what one such CPU machine costs an hour "
+                                                  "(an assumption: set your own)")
 
 
 def parameters_b(model: str) -> float | None:
@@ -99,8 +115,21 @@ def _pi_cost(cfg: PipelineConfig, rows: list[dict] | None, pairs: int) -> dict[s
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     tokens = pi_tokens(sample[:rates.sample_pairs], int(cfg.infer.get("k_shot", 3)), count)
     tokens["how"] += f" ({rates.tokenizer})" if rates.tokenizer else ""
-    return {"pairs": pairs, "tokens": {**tokens, "measured_on": source}, "price_per_gpu_hour": rates.price_per_gpu_hour,
-            "mfu": rates.mfu, "models": pi_cost(pairs, tokens, rates.price_per_gpu_hour, rates.gpu_flops, rates.mfu)}
+    def cost_of(n: int) -> list[dict]:
+        return pi_cost(n, tokens, rates.price_per_gpu_hour, rates.gpu_flops, rates.mfu)
+
+    models = cost_of(pairs)
+    found = {"pairs": pairs, "tokens": {**tokens, "measured_on": source}, "price_per_gpu_hour": rates.price_per_gpu_hour,
+             "mfu": rates.mfu, "models": models}
+    if rates.student_fraction:
+        from persona_ray.pipeline.cost import student_route
+
+        student = {"pairs_per_s": rates.student_pairs_per_s, "train_examples_per_s": rates.student_train_examples_per_s,
+                   "machine_price_per_hour": rates.student_machine_price_per_hour, "measured": STUDENT_MEASURED}
+        found["student"] = {**student, "fraction": rates.student_fraction, "rows": [
+            row for size in dict.fromkeys((pairs, 1_000_000, 10_000_000))
+            for row in student_route(size, rates.student_fraction, cost_of, student)]}
+    return found
 
 
 def _gen_hours(model: str, gpus: int, tokens_in: float, tokens_out: float, rates: PlanSettings) -> float | None:
@@ -220,5 +249,9 @@ def format_plan(plan: dict[str, Any]) -> str:
               "block; ColBERT and CPU stages not counted)"]
     cost = plan["pi_cost"]
     lines += ["", format_cost(cost["pairs"], cost["tokens"], cost["models"], cost["price_per_gpu_hour"], cost["mfu"])]
+    if "student" in cost:
+        from persona_ray.pipeline.cost import format_student_route
+
+        lines += ["", format_student_route(cost["student"]["fraction"], cost["student"]["rows"], cost["student"])]
     return "\n".join(lines)
 

@@ -228,9 +228,14 @@ def run_pi_eval(cfg: PIEvalConfig) -> dict[str, Any]:
         storage.join(cfg.output, "verdicts.parquet"))
     unparseable = sum(r["verdict"] is None for r in answers)
     judge = cfg.judge
-    summary = {"judge_model": judge.model, "engine": judge.backend, "guided_decoding": judge.guided_decoding,
-               "requests": len(answers), "unparseable_after_retries": unparseable,
-               "retried": retried}
+    summary = {"judge_model": judge.model if judged else None, "engine": judge.backend if judged else None,
+               "guided_decoding": judge.guided_decoding if judged else None,
+               "requests": len(answers), "unparseable_after_retries": unparseable, "retried": retried,
+               "personas": {label: {k: s[k] for k in ("valid_rate", "same_both_sides", "exemplar_copies")}
+                            for label, s in statistics["models"].items()}}
+    if statistics["reference_similarity"]:
+        summary["similarity_to_reference"] = {m: v["mean"] for m, v in
+                                              statistics["reference_similarity"]["models"].items()}
     storage.write_json({"summary": summary, "accuracy": accuracy}, storage.join(cfg.output, "pi_accuracy.json"))
     storage.write_json(preference, storage.join(cfg.output, "persona_preference.json"))
     storage.write_json({"saliency": saliency, "traits": traits}, storage.join(cfg.output, "saliency.json"))
