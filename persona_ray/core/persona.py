@@ -3,7 +3,8 @@
 A persona is one sentence, "The user is <attribute> and prefers <explanation>.", written by a
 model (PI) or typed by a user (serving). Either way it is untrusted text, and every stage — PI
 output, augment, training examples, generation, the judges, serving — checks it here, so a
-persona one stage accepts is never refused by another:
+persona one stage accepts is never refused by another (where personas enter, PI output and
+serving, persona_gate adds its embedding check on top, so what is written or served passed both):
 
     clean_persona(text)       whitespace runs (newlines, \u2028, tabs ...) collapse to one space;
                               PersonaError if it is not text, empty, holds a control character
@@ -15,10 +16,15 @@ persona one stage accepts is never refused by another:
                               links; no instructions to the model; opens with "The user", states a
                               preference; at most MAX_WORDS words, none longer than
                               MAX_TOKEN_CHARS characters; not degenerate (a word three times in a
-                              row, a letter four times in a row, a few words over and over);
-                              ascribes no protected attribute (race, ethnicity, religion, gender,
-                              sexual orientation, nationality or immigration status, age,
-                              disability, health status) to the user
+                              row, a letter four times in a row, a word joined to itself, "creative
+                              and creative", a few words over and over); ascribes no protected
+                              attribute (race, ethnicity, religion, gender, sexual orientation,
+                              nationality or immigration status, age, disability, health status)
+                              to the user in words the lists name. Fast and model-free: it runs
+                              wherever a persona is read. Where personas enter (PI output, serving)
+                              persona_gate.gate_personas adds an embedding check for attributes
+                              said in words no list names ("wears a hearing aid").
+    attribute_part(text)      what the persona says the user is: the text before the preference verb
     sanitize_for_prompt(text) for showing a persona inside another prompt (the judges): never
                               fails; controls become spaces, invisible characters and <persona>
                               tags are removed, one line
@@ -175,15 +181,38 @@ _INSTRUCTION = re.compile(
 )
 
 # Degenerate text (a sampling loop, a filler): a word three times in a row, a letter four times
-# in a row, or a few words over and over (a content word making up a quarter of a long persona,
-# or fewer than half its words distinct). Real personas repeat only function words ("and",
-# "the"), so these stay far from them.
+# in a row, a content word joined to itself ("creative and creative", "calm or calm"), or a few
+# words over and over (a content word three times in the attribute part, or three times in a short
+# persona and a quarter of a long one, or fewer than half its words distinct). Real personas repeat
+# only function words ("and", "the"); of the 998 real ones, one uses a content word three times
+# (in a 23-word persona, in its preference part) and none joins a word to itself.
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
 _FUNCTION_WORDS = frozenset(
     "a an the and or but nor of to in on at by for with from as than that which who whom whose "
     "their them they it its is are be been being this these those over into about rather more "
     "most not no so such while when where how what both either each".split()
 )
+# English doubles these on purpose ("again and again", "on and on"), and comparatives too
+# ("simpler and simpler"): not a loop.
+_DOUBLING_IDIOMS = frozenset("again on over round around through back more less".split())
+
+
+def _self_joined(words: list[str]) -> bool:
+    """ "X and X" / "X or X" with the same content word on both sides."""
+    return any(
+        left == right and joiner in ("and", "or") and left not in _FUNCTION_WORDS
+        and left not in _DOUBLING_IDIOMS and not left.endswith("er")
+        for left, joiner, right in zip(words, words[1:], words[2:])
+    )
+
+
+def _most_repeated(words: list[str]) -> int:
+    """How often the most frequent content word occurs (0 when there is none)."""
+    counts: dict[str, int] = {}
+    for word in words:
+        if word not in _FUNCTION_WORDS:
+            counts[word] = counts.get(word, 0) + 1
+    return max(counts.values(), default=0)
 
 
 def _degenerate(text: str) -> bool:
@@ -192,13 +221,12 @@ def _degenerate(text: str) -> bool:
     words = [w.lower() for w in _WORD.findall(text)]
     if any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2)):
         return True
+    if _self_joined(words):
+        return True
     if len(words) >= 12 and len(set(words)) < len(words) / 2:
         return True
-    counts: dict[str, int] = {}
-    for word in words:
-        if word not in _FUNCTION_WORDS:
-            counts[word] = counts.get(word, 0) + 1
-    return bool(counts) and len(words) >= 8 and max(counts.values()) >= max(4, len(words) / 4)
+    attribute_words = [w.lower() for w in _WORD.findall(attribute_part(text))]
+    return _most_repeated(attribute_words) >= 3 or _most_repeated(words) >= max(3, len(words) / 4)
 
 
 # Protected attributes of the user. Each entry: category -> regex alternatives (case-insensitive,
@@ -309,15 +337,21 @@ PREFERENCE_VERBS = r"prefer\w*|valu(?:e|es|ing)|prioriti\w+|favou?r\w*|appreciat
 _PREFERENCE_VERB = re.compile(rf"\b(?:{PREFERENCE_VERBS})\b", re.IGNORECASE)
 
 
+def attribute_part(persona: str) -> str:
+    """What the persona says the user is: the text before the first preference verb (all of it
+    when there is none). "The user is a busy nurse and prefers ..." -> "The user is a busy nurse and "."""
+    verb = _PREFERENCE_VERB.search(persona)
+    return persona[: verb.start()] if verb else persona
+
+
 def find_protected(persona: str) -> tuple[str, str] | None:
     """First protected attribute the persona ascribes to the user, as (category, word): the one
     that starts first in the attribute part (the longest there, "in her 70s" is age)."""
-    verb = _PREFERENCE_VERB.search(persona)
-    attribute_part = persona[: verb.start()] if verb else persona
+    attributes = attribute_part(persona)
     found = [
         (match.start(), -len(match.group(0)), order, category, match.group(0))
         for order, (category, pattern) in enumerate(_PROTECTED_RE.items())
-        for match in [pattern.search(attribute_part)]
+        for match in [pattern.search(attributes)]
         if match
     ]
     if found:

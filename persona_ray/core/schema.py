@@ -17,6 +17,9 @@ Persona record (one row of persona-inference output; two per pair)
     template_version  str   version of the PI prompt template
     valid             bool  persona parsed and passed the content checks
     reason            str   why it is invalid ("" when valid)
+    copied_exemplar   bool  the valid persona is a near copy of an exemplar persona its PI prompt
+                            showed (core/persona.near_copy); a copy stays valid (null in records
+                            written before the field existed)
     num_input_tokens  int   prompt tokens (0 when the engine does not report it)
     num_output_tokens int   generated tokens
 
@@ -52,6 +55,7 @@ PERSONA_SCHEMA = pa.schema(
         ("template_version", pa.string()),
         ("valid", pa.bool_()),
         ("reason", pa.string()),
+        ("copied_exemplar", pa.bool_()),
         ("num_input_tokens", pa.int64()),
         ("num_output_tokens", pa.int64()),
     ]

@@ -51,7 +51,8 @@ def _remove_temporary_files(folder: str) -> None:
 
 def read_shards(folder: str, columns: list[str] | None = None) -> pa.Table | None:
     tables = [storage.read_parquet(uri, columns=columns) for uri in shard_files(folder)]
-    return pa.concat_tables(tables) if tables else None
+    # Shards written before a column was added lack it: it reads as null there.
+    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 KEY_SEPARATOR = "\x1f"  # unprintable, so it cannot occur inside an id

@@ -32,7 +32,9 @@ from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
 from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.engines.settings import EngineSettings, SamplingSettings
-from persona_ray.inference.parse import guided_regex, parse_persona
+from persona_ray.core.persona import ParsedPersona
+from persona_ray.core.persona_gate import gate_checked
+from persona_ray.inference.parse import copies_exemplar, guided_regex, parse_persona
 from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, build_prefix, build_query, check_k_shot
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA
@@ -104,36 +106,40 @@ class PromptFits:
 
 
 def _expand_requests(batch: pa.Table, k_shot: int, exemplars: str | None) -> pa.Table:
-    """Each todo pair -> one PI request per side not yet written."""
+    """Each todo pair -> one PI request per side not yet written (its domain travels with it: the
+    record is checked against the exemplars its prompt showed)."""
     rows = []
     for pair in batch.to_pylist():
         for side in pair["sides"].split(",") if pair["sides"] else ():
-            rows.append({"pair_id": pair["pair_id"], "side": side,
+            rows.append({"pair_id": pair["pair_id"], "side": side, "domain": pair["domain"],
                          "prompt": build_pi_prompt(pair["prompt"], pair["chosen"], pair["rejected"], side,
                                                    pair["domain"], k_shot, exemplars)})
     return pa.Table.from_pylist(rows, schema=pa.schema([("pair_id", pa.string()), ("side", pa.string()),
-                                                        ("prompt", pa.string())]))
+                                                        ("domain", pa.string()), ("prompt", pa.string())]))
 
 
-def _to_records(batch: dict[str, np.ndarray], model: str) -> dict[str, Any]:
-    """Engine rows -> persona records."""
-    personas, valids, reasons = [], [], []
-    for text, finish, error in zip(batch["generated_text"], batch["finish_reason"], batch["error"]):
-        if error:
-            parsed_persona, valid, reason = "", False, f"engine error: {str(error)[:300]}"
-        else:
-            parsed = parse_persona(str(text), truncated=finish == "length")
-            parsed_persona, valid, reason = parsed.persona, parsed.valid, parsed.reason
-        personas.append(parsed_persona)
-        valids.append(valid)
-        reasons.append(reason)
-    n = len(personas)
+def _to_records(batch: dict[str, np.ndarray], model: str, k_shot: int, exemplars: str | None) -> dict[str, Any]:
+    """Engine rows -> persona records. Each parsed persona goes through the persona gate (the rules,
+    then the embedding check for protected attributes said indirectly: one encoder call per batch,
+    the encoder loaded once per worker), and gets `copied_exemplar`: True when the valid persona is a
+    near copy of an exemplar persona its prompt showed (k_shot of the pair's domain). A copy stays
+    valid; the flag lets later stages tell it from a persona about the pair."""
+    parsed = [ParsedPersona("", False, f"engine error: {str(error)[:300]}") if error
+              else parse_persona(str(text), truncated=finish == "length")
+              for text, finish, error in zip(batch["generated_text"], batch["finish_reason"], batch["error"])]
+    parsed = gate_checked(parsed)
+    copied = [p.valid and copies_exemplar(p.persona, str(domain), k_shot, exemplars)
+              for p, domain in zip(parsed, batch["domain"])]
+    n = len(parsed)
     return {
-        "pair_id": batch["pair_id"], "side": batch["side"], "persona": np.array(personas, dtype=object),
+        "pair_id": batch["pair_id"], "side": batch["side"],
+        "persona": np.array([p.persona for p in parsed], dtype=object),
         "raw_text": batch["generated_text"], "model": np.array([model] * n, dtype=object),
-        "template_version": np.array([TEMPLATE_VERSION] * n, dtype=object), "valid": np.array(valids, dtype=bool),
-        "reason": np.array(reasons, dtype=object), "num_input_tokens": batch["num_input_tokens"],
-        "num_output_tokens": batch["num_output_tokens"],
+        "template_version": np.array([TEMPLATE_VERSION] * n, dtype=object),
+        "valid": np.array([p.valid for p in parsed], dtype=bool),
+        "reason": np.array([p.reason for p in parsed], dtype=object),
+        "copied_exemplar": np.array(copied, dtype=bool),
+        "num_input_tokens": batch["num_input_tokens"], "num_output_tokens": batch["num_output_tokens"],
     }
 
 
@@ -197,10 +203,11 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     requests = todo.map_batches(_expand_requests, fn_args=(cfg.k_shot, cfg.exemplars), batch_format="pyarrow")
     regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.engine.guided_decoding else None
     generated = cfg.engine.generate(requests, regex=regex)
-    records = generated.map_batches(_to_records, fn_args=(cfg.engine.model,), batch_format="numpy")
+    records = generated.map_batches(_to_records, fn_args=(cfg.engine.model, cfg.k_shot, cfg.exemplars),
+                                    batch_format="numpy")
 
     writer = ShardWriter(personas_uri, PERSONA_SCHEMA, cfg.shard_size, commit_every_s=cfg.commit_every_s)
-    tokens = 0
+    tokens = copies = 0
     last_report = time.time()
     first_result_at = None
     # Nothing left to write (a rerun of a finished job): no engine is started at all.
@@ -211,6 +218,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
         progress.update(writer.rows_written + writer.buffered, expected_new, "personas")
         tokens += pc.sum(batch["num_input_tokens"]).as_py() or 0
         tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
+        copies += pc.sum(batch["copied_exemplar"]).as_py() or 0
         if time.time() - last_report >= cfg.progress_every_s:
             last_report = time.time()
             done = writer.rows_written + writer.buffered
@@ -225,6 +233,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     manifest = _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reasons, already,
                          writer.rows_written, tokens, started, validated_at, finished)
     manifest["timings_s"]["first_result"] = round((first_result_at or finished) - validated_at, 3)
+    manifest["counts"]["copied_exemplar_this_run"] = copies
     storage.write_json(manifest, storage.join(cfg.output, "manifest.json"))
     _log_summary(manifest)
     log_job_run(cfg.tracking, "infer", cfg, flat_metrics({k: manifest[k] for k in ("counts", "throughput", "timings_s")}))

@@ -1,13 +1,18 @@
-"""Reading a persona out of a PI model's text: the guided-decoding pattern and the lenient parser.
+"""Reading a persona out of a PI model's text: the guided-decoding pattern, the lenient parser,
+and whether the persona copies an exemplar its prompt showed.
 
-Whatever is parsed is then checked by the shared persona rules (persona_ray.core.persona).
+Whatever is parsed is then checked by the shared persona rules (persona_ray.core.persona); the PI
+job then runs the parsed batch through the persona gate's embedding check
+(persona_ray.core.persona_gate) and flags exemplar copies (`copies_exemplar`).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-from persona_ray.core.persona import LOOSE_OPENER, ParsedPersona, validate_persona
+from persona_ray.core.persona import LOOSE_OPENER, ParsedPersona, near_copy, validate_persona
+from persona_ray.inference.prompt import DEFAULT_DOMAIN, load_exemplars
 
 OPENER = "The user is "
 
@@ -42,3 +47,20 @@ def parse_persona(text: str | None, truncated: bool = False) -> ParsedPersona:
     elif truncated:
         return ParsedPersona("", False, "output truncated before the sentence ended")
     return validate_persona(rest)
+
+
+@lru_cache(maxsize=None)
+def shown_exemplar_personas(domain: str, k_shot: int, exemplar_path: str | None = None) -> tuple[str, ...]:
+    """The personas of the exemplars a PI prompt for `domain` shows at `k_shot` (the first k of the
+    domain, or of the default domain for an unknown one: what prompt.build_prefix shows)."""
+    exemplars = load_exemplars(exemplar_path)
+    shots = exemplars.get(domain) or exemplars[DEFAULT_DOMAIN]
+    return tuple(shot.persona for shot in shots[:k_shot])
+
+
+def copies_exemplar(persona: str, domain: str, k_shot: int, exemplar_path: str | None = None) -> bool:
+    """True when `persona` is a near copy (core.persona.near_copy) of an exemplar persona its PI
+    prompt showed. A copy is a valid persona that says nothing about its pair, so it is flagged,
+    not refused; with k_shot 0 nothing is shown and nothing is flagged."""
+    return bool(persona) and any(near_copy(persona, shown)
+                                 for shown in shown_exemplar_personas(domain, k_shot, exemplar_path))

@@ -47,6 +47,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from persona_ray.core import persona_gate
 from persona_ray.serving import openai_format as oai
 from persona_ray.serving.auth import APIKeys
 from persona_ray.serving.config import Autoscaling, ServeConfig, ServedModel
@@ -100,6 +101,7 @@ class Ingress:
         self.prober: asyncio.Task | None = None
         self.answered: dict[str, float] = {}  # deployment -> when it last answered (time.monotonic)
         self.metrics = ServingMetrics()
+        persona_gate.warm_up()  # the gate's encoder now, not inside the first request with a persona
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
         for task in (self.watcher, self.prober):
@@ -278,7 +280,8 @@ class Ingress:
             raise RequestError(f"model: {model!r} is not served; GET /v1/models lists {sorted(self.models)}",
                                status=404, param="model")
         prompt = check_prompt(prompt, self.cfg)
-        chosen = await self._persona(prompt, check_persona(persona, self.cfg))
+        # The gate encodes the persona (~15 ms on a CPU thread): off the event loop, which serves /healthz too.
+        chosen = await self._persona(prompt, await asyncio.to_thread(check_persona, persona, self.cfg))
         self.metrics.persona(chosen["persona_source"])
         return served, chosen, inference_input(prompt, chosen["persona"], persona_template=served.mode == "persona")
 
@@ -297,7 +300,7 @@ class Ingress:
         retriever = self.retriever
         hits = await self._ask(retriever.deployment_name, lambda: retriever.hits.remote(prompt, self.cfg.retrieve_k),
                                self.cfg.request_timeout_s)
-        persona, retrieved = pick_retrieved(hits, self.cfg.retrieved_side, self.cfg)
+        persona, retrieved = await asyncio.to_thread(pick_retrieved, hits, self.cfg.retrieved_side, self.cfg)
         return {"persona": persona, "persona_source": "retrieved" if persona else "none", "retrieved": retrieved}
 
     async def _ask(self, name: str, send, timeout: float):

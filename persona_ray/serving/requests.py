@@ -3,9 +3,11 @@
     ChatRequest, CompletionRequest, TailorRequest   the bodies (strict types, unknown fields refused)
     refusal_of(validation errors)                   a RequestError naming the first bad field
     check_prompt(text, cfg)                         the prompt, or RequestError naming the field
-    check_persona(text, cfg)                        a given persona through the one shared persona
-                                                    validator (PI's rules: protected attributes,
-                                                    instructions inside, degenerate text, ...)
+    check_persona(text, cfg)                        a given persona through the persona gate PI
+                                                    output goes through (the shared rules: protected
+                                                    attributes, instructions inside, degenerate
+                                                    text, ...; then the embedding check for protected
+                                                    attributes said indirectly, ~25 ms on one CPU thread)
     pick_retrieved(hits, side, cfg)                 the first retrieved persona that passes it
     chat_prompt(messages)                           the question of a chat request
     sampling_of(req, cfg)                           the request's sampling within the server's limits
@@ -23,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from persona_ray.core.persona import PersonaError, clean_persona, validate_persona
+from persona_ray.core.persona import PersonaError, clean_persona
+from persona_ray.core.persona_gate import gate_persona
 from persona_ray.serving.config import ServeConfig
 
 # Control characters but tab, line feed and carriage return; NUL included.
@@ -117,7 +120,7 @@ def check_persona(text: str | None, cfg: ServeConfig) -> str | None:
         persona = clean_persona(text, cfg.max_persona_chars)
     except PersonaError as err:
         raise RequestError(str(err), param="persona") from None
-    checked = validate_persona(persona)  # the same rules as every other place a persona enters
+    checked = gate_persona(persona)  # the same gate as PI output: the shared rules + the embedding check
     if not checked.valid:
         raise RequestError(f"persona: {checked.reason}", param="persona")
     return checked.persona
