@@ -172,8 +172,9 @@ def test_vllm_loads_the_folder(model_dir, tmp_path):
 @pytest.mark.slow
 def test_pi_with_smollm2_writes_valid_varied_personas(ray_local, model_dir, tmp_path):
     """Real language: guided PI with SmolLM2 on 10 sample pairs, judged by the full persona rules."""
-    from persona_ray.inference.infer import InferConfig, run_infer
     from persona_ray.core.shards import read_shards
+    from persona_ray.inference.infer import InferConfig, run_infer
+    from persona_ray.inference.parse import copies_exemplar
     from tests.helpers import SAMPLE_PAIRS
 
     pairs = tmp_path / "pairs.jsonl"
@@ -186,7 +187,14 @@ def test_pi_with_smollm2_writes_valid_varied_personas(ray_local, model_dir, tmp_
     manifest = run_infer(cfg)
     records = read_shards(str(tmp_path / "out" / "personas")).to_pylist()
     assert len(records) == 20 == manifest["counts"]["unique_keys"]
-    valid = [r["persona"] for r in records if r["valid"]]
-    print(f"smollm2 PI: {len(valid)}/20 valid, {len(set(valid))} distinct; e.g. {valid[:3]}")
+    valid = [r for r in records if r["valid"]]
+    copies = [r for r in valid if r["copied_exemplar"]]
+    print(f"smollm2 PI: {len(valid)}/20 valid, {len({r['persona'] for r in valid})} distinct, "
+          f"{len(copies)} copies of an exemplar; e.g. {[r['persona'] for r in valid[:3]]}")
     assert len(valid) >= 0.9 * 20, [(r["reason"], r["raw_text"][:120]) for r in records if not r["valid"]]
-    assert len(set(valid)) >= len(valid) / 2
+    # SmolLM2 asked 2-shot copies its exemplars (issue 30): PI flags each copy, and only copies.
+    domain = {json.loads(line)["id"]: json.loads(line)["domain"] for line in lines[::6][:10]}
+    assert [r["copied_exemplar"] for r in valid] == [copies_exemplar(r["persona"], domain[r["pair_id"]], 2)
+                                                      for r in valid]
+    assert manifest["counts"]["copied_exemplar_this_run"] == len(copies)
+    assert not any(r["copied_exemplar"] for r in records if not r["valid"])
