@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from persona_ray.quality.persona_stats import exemplar_personas, persona_statistics, reference_similarity
+from persona_ray.inference.prompt import exemplar_personas
+from persona_ray.quality.persona_stats import persona_statistics, reference_similarity
 from tests.helpers import paper_rows, write_jsonl
 
 HURRIED = "The user is a hurried cook on a weeknight and prefers one short tip they can use at once."

@@ -10,7 +10,7 @@ from persona_ray.core.persona import near_copy, validate_persona
 from persona_ray.dataset.reference import DOMAINS, reference_rows, write_reference
 from persona_ray.dataset.splits import prompt_key
 from persona_ray.evaluation.domains import mnemonic_term
-from persona_ray.quality.persona_stats import exemplar_personas
+from persona_ray.inference.prompt import exemplar_personas
 
 
 def test_reference_set_is_large_valid_and_specific():

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 
 from persona_ray.core.persona import LOOSE_OPENER, ParsedPersona, near_copy, validate_persona
-from persona_ray.inference.prompt import DEFAULT_DOMAIN, load_exemplars
+from persona_ray.inference.prompt import shown_exemplars
 
 OPENER = "The user is "
 
@@ -51,11 +51,8 @@ def parse_persona(text: str | None, truncated: bool = False) -> ParsedPersona:
 
 @lru_cache(maxsize=None)
 def shown_exemplar_personas(domain: str, k_shot: int, exemplar_path: str | None = None) -> tuple[str, ...]:
-    """The personas of the exemplars a PI prompt for `domain` shows at `k_shot` (the first k of the
-    domain, or of the default domain for an unknown one: what prompt.build_prefix shows)."""
-    exemplars = load_exemplars(exemplar_path)
-    shots = exemplars.get(domain) or exemplars[DEFAULT_DOMAIN]
-    return tuple(shot.persona for shot in shots[:k_shot])
+    """The personas of the exemplars a PI prompt for `domain` shows at `k_shot` (prompt.shown_exemplars)."""
+    return tuple(shot.persona for shot in shown_exemplars(domain, k_shot, exemplar_path))
 
 
 def copies_exemplar(persona: str, domain: str, k_shot: int, exemplar_path: str | None = None) -> bool:

@@ -88,15 +88,25 @@ def _block(prompt: str, response_1: str, response_2: str, preferred: int) -> str
     )
 
 
-@lru_cache(maxsize=None)
-def build_prefix(domain: str, k: int, exemplar_path: str | None = None) -> str:
-    """Instruction and k exemplars for a domain (falls back to the default domain)."""
+def exemplar_personas(path: str | None = None) -> list[str]:
+    """Every exemplar's persona, all domains (the bundled file unless `path`)."""
+    return [ex.persona for shots in load_exemplars(path).values() for ex in shots]
+
+
+def shown_exemplars(domain: str, k: int, exemplar_path: str | None = None) -> tuple[Exemplar, ...]:
+    """The k exemplars a prompt for `domain` shows (the default domain's for an unknown one)."""
     exemplars = load_exemplars(exemplar_path)
     shots = exemplars.get(domain) or exemplars[DEFAULT_DOMAIN]
     if k > len(shots):
         raise ValueError(f"k_shot={k} but domain '{domain}' has only {len(shots)} exemplars")
+    return shots[:k]
+
+
+@lru_cache(maxsize=None)
+def build_prefix(domain: str, k: int, exemplar_path: str | None = None) -> str:
+    """Instruction and k exemplars for a domain (falls back to the default domain)."""
     parts = [INSTRUCTION, ""]
-    for i, ex in enumerate(shots[:k], start=1):
+    for i, ex in enumerate(shown_exemplars(domain, k, exemplar_path), start=1):
         parts.append(f"### Example {i}")
         parts.append(_block(ex.prompt, ex.response_1, ex.response_2, ex.preferred) + " " + ex.persona)
         parts.append("")

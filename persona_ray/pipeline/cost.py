@@ -41,7 +41,7 @@ def pi_tokens(rows: list[dict], k: int, count: Callable[[str], int] | None, doma
     prompts this project builds for `rows` ({"prompt", "chosen", "rejected", "domain"?});
     output = the exemplar personas' mean length (what a PI model writes). `count`: a tokenizer's
     counter; None: characters / 4."""
-    from persona_ray.inference.prompt import DEFAULT_DOMAIN, build_pi_prompt, load_exemplars
+    from persona_ray.inference.prompt import DEFAULT_DOMAIN, build_pi_prompt, exemplar_personas
 
     if not rows:
         raise ValueError("pi_tokens: no pairs to measure")
@@ -51,7 +51,7 @@ def pi_tokens(rows: list[dict], k: int, count: Callable[[str], int] | None, doma
         where = domain or row.get("domain") or DEFAULT_DOMAIN
         for side in ("chosen", "rejected"):
             inputs.append(counter(build_pi_prompt(row["prompt"], row["chosen"], row["rejected"], side, where, k)))
-    personas = [e.persona for shots in load_exemplars().values() for e in shots]
+    personas = exemplar_personas()
     output = sum(counter(p) for p in personas) / len(personas) + PERSONA_OVERHEAD_TOKENS
     return {"input": 2 * sum(inputs) / len(inputs), "output": 2 * output, "pairs_measured": len(rows),
             "how": "tokenizer" if count else "characters / 4"}

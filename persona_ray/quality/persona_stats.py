@@ -30,13 +30,7 @@ from typing import Any
 
 from persona_ray.core.persona import near_copy, validate_persona
 from persona_ray.core.schema import SIDES
-
-
-def exemplar_personas(path: str | None = None) -> list[str]:
-    """Every persona of the PI exemplars (all domains; the bundled file unless `path`)."""
-    from persona_ray.inference.prompt import load_exemplars
-
-    return [ex.persona for exemplars in load_exemplars(path).values() for ex in exemplars]
+from persona_ray.inference.prompt import exemplar_personas
 
 
 def _valid(persona: Any) -> str | None:

@@ -33,7 +33,8 @@ from persona_ray.core.settings import Settings
 from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
 from persona_ray.core.shards import key_of
 from persona_ray.dataset.splits import TEST_SPLIT, read_split
-from persona_ray.quality.persona_stats import exemplar_personas, persona_statistics, reference_similarity
+from persona_ray.inference.prompt import exemplar_personas
+from persona_ray.quality.persona_stats import persona_statistics, reference_similarity
 from persona_ray.quality.saliency import top_traits, word_saliency
 from persona_ray.engines.asking import ask_judge
 from persona_ray.engines.settings import JudgeSettings, SamplingSettings
@@ -90,29 +91,26 @@ def load_rows(path: str, split: str, limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
-    """Chosen and rejected personas from a .jsonl/.parquet file or an augmented folder (all splits)."""
+def _all_rows(path: str, columns: list[str] | None = None) -> list[dict]:
+    """Every row of a .jsonl/.parquet file or of an augmented folder (all splits; `columns` of Parquet)."""
     if storage.is_dir(path):
         files = [f for f in storage.list_files(path, suffixes=(".parquet",)) if "/hf/" not in f]
-        rows = [r for f in files for r in storage.read_parquet(f, columns=["chosen_persona", "rejected_persona"])
-                .to_pylist()]
-    elif path.endswith(".parquet"):
-        rows = storage.read_parquet(path, columns=["chosen_persona", "rejected_persona"]).to_pylist()
-    else:
-        rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+        return [r for f in files for r in storage.read_parquet(f, columns=columns).to_pylist()]
+    if path.endswith(".parquet"):
+        return storage.read_parquet(path, columns=columns).to_pylist()
+    return [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+
+
+def load_personas_for_report(path: str) -> tuple[list[str], list[str]]:
+    """Chosen and rejected personas from a .jsonl/.parquet file or an augmented folder (all splits)."""
+    rows = _all_rows(path, ["chosen_persona", "rejected_persona"])
     pick = [(r.get("chosen_persona"), r.get("rejected_persona")) for r in rows]
     return ([c for c, _ in pick if isinstance(c, str) and c], [x for _, x in pick if isinstance(x, str) and x])
 
 
 def load_reference(path: str) -> list[dict]:
     """Reference persona rows {pair_id, chosen_persona, rejected_persona} from a file or a folder (all splits)."""
-    if storage.is_dir(path):
-        files = [f for f in storage.list_files(path, suffixes=(".parquet",)) if "/hf/" not in f]
-        rows = [r for f in files for r in storage.read_parquet(f).to_pylist()]
-    elif path.endswith(".parquet"):
-        rows = storage.read_parquet(path).to_pylist()
-    else:
-        rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+    rows = _all_rows(path)
     for i, row in enumerate(rows):
         row.setdefault("pair_id", row.get("id"))
         bad = [f for f in ("pair_id", "chosen_persona", "rejected_persona")
@@ -127,7 +125,7 @@ def _pairs_kept(path: str) -> dict[str, int] | None:
     manifest = storage.join(path, "augment_manifest.json")
     if not storage.is_dir(path) or not storage.exists(manifest):
         return None
-    counts = json.loads(storage.read_bytes(manifest))["counts"]
+    counts = storage.read_json(manifest)["counts"]
     return {"augmented_pairs": counts["augmented_pairs"], "excluded_invalid_persona": counts["excluded_invalid_persona"],
             "pairs_without_personas": counts["pairs_without_personas"]}
 
