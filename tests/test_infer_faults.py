@@ -36,7 +36,7 @@ def _one_line_failure(command: list[str], field: str, env: dict, limit_s: float 
     return lines[0]
 
 
-@pytest.mark.slow  # six `persona-ray infer` processes
+@pytest.mark.slow  # seven `persona-ray infer` processes
 def test_bad_input_output_k_shot_and_endpoints_fail_in_one_line_before_any_engine(tmp_path):
     good = {"pairs": {"input": str(SAMPLE_PAIRS)}, "output": str(tmp_path / "out"), **SETTINGS}
     a_file = tmp_path / "a-file"
@@ -50,6 +50,8 @@ def test_bad_input_output_k_shot_and_endpoints_fail_in_one_line_before_any_engin
         ({**good, "engine": {"backend": "openai", "model": "org/hosted-model",
                              "openai": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}}},
          "engine.openai.base_url", "cannot reach", env),
+        ({**good, "contrast": {"samples": 2}, "engine": {"backend": "openai", "model": "org/hosted-model"}},
+         "contrast", "engine.backend vllm", env),
         ({**good, "output": "s3://bucket/out"}, "output", "cannot write to s3://bucket/out",
          {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "x",
           "AWS_SECRET_ACCESS_KEY": "y", "PERSONA_RAY_S3_TIMEOUT_S": "2"}),

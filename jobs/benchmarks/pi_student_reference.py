@@ -8,8 +8,10 @@ One run, on the project's hand-written reference set (dataset/reference.py):
 1. teacher: the reference personas of the train split (both sides of every pair);
 2. student: `--model` + LoRA on every linear layer, SFT under Ray Train on (the zero-shot PI prompt ->
    the reference persona) (tailoring/pi_student.py), merged;
-3. on every test pair, both through `infer` (vLLM CPU, greedy): the student (k_shot 0, completion
-   prompt, the prompt it learnt) and `--model` itself asked few-shot (k_shot --k-shot, chat template);
+3. on every test pair, through `infer` (vLLM CPU): the student (k_shot 0, completion prompt, the
+   prompt it learnt) greedy, the student with contrastive selection (inference/contrast.py:
+   --contrast-samples candidates a side, 0 to skip), and `--model` itself asked few-shot (k_shot
+   --k-shot, chat template, greedy);
 4. both scored without a judge (quality/persona_stats.py): valid rate, the same persona on both
    sides, exemplar copies, distinct personas, and similarity to the reference personas (MiniLM
    cosine, mean and the paired student - few-shot difference with 95 % CIs over pairs).
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--k-shot", type=int, default=2, help="exemplars shown to the few-shot model")
+    parser.add_argument("--contrast-samples", type=int, default=4, help="candidates a side; 0: no contrast run")
     parser.add_argument("--output", default="/tmp/pi-student-reference")
     args = parser.parse_args()
 
@@ -73,11 +76,14 @@ def main() -> None:
         "student": {"model": str(student), "prompt_format": "completion", "k_shot": 0},
         f"{args.model} {args.k_shot}-shot": {"model": args.model, "prompt_format": "chat", "k_shot": args.k_shot},
     }
+    if args.contrast_samples:
+        runs["student contrast"] = {**runs["student"], "contrast": {"samples": args.contrast_samples}}
     rows_by_model, speed = {}, {}
     for name, run in runs.items():
-        folder = out / f"infer-{name.split()[0]}"
+        folder = out / f"infer-{name.replace(' ', '-')}"
         manifest = run_infer(InferConfig(
             pairs=PairSource(input=str(pairs_file)), output=str(folder), k_shot=run["k_shot"],
+            contrast=run.get("contrast"),
             max_attribute_chars=80, max_preference_chars=160,
             engine={"model": run["model"], "prompt_format": run["prompt_format"],
                     "sampling": {"max_tokens": 80, "temperature": 0.0}}))
@@ -92,8 +98,9 @@ def main() -> None:
         "reference_similarity": reference_similarity(rows_by_model, test),
         "pairs_per_s": speed,
         "student_over_fewshot_pairs_per_s": round(speed["student"] / speed[few], 2) if speed[few] else None,
-        "test_examples": [{"reference": r["chosen_persona"], "student": s["chosen_persona"], few: f["chosen_persona"]}
-                          for r, s, f in zip(test[:10], rows_by_model["student"], rows_by_model[few])],
+        "test_examples": [{"reference": r["chosen_persona"], **{name: rows[i]["chosen_persona"]
+                                                                for name, rows in rows_by_model.items()}}
+                          for i, r in enumerate(test[:10])],
     }
     print(json.dumps(result, indent=2))
 

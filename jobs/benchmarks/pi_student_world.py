@@ -3,6 +3,7 @@ model learns to write those personas, and then infers the personas of pairs it n
 
     python jobs/benchmarks/pi_student_world.py [--fraction 0.1] [--model smollm2] [--steps 80]
                                                [--learning-rate 2e-4] [--lora-modules q_proj,...]
+                                               [--contrast-samples 4] [--contrast-weight 1.0]
                                                [--output /tmp/pi-student-world]
 
 One run, on the world built from the bundled SmolLM2 responses (seed 0):
@@ -10,8 +11,9 @@ One run, on the world built from the bundled SmolLM2 responses (seed 0):
 2. student: `--model` + LoRA, SFT under Ray Train on (the zero-shot PI prompt -> teacher persona)
    (tailoring/pi_student.py), merged;
 3. the student infers both personas of every validation and test pair through `infer` (vLLM,
-   k_shot 0, guided decoding), and the personas are scored against the world's truth (the
-   length and form axes: world/measure.pi_accuracy), validation and test apart.
+   k_shot 0, guided decoding), greedy and, unless --contrast-samples is 0, by contrastive selection
+   (inference/contrast.py), and the personas are scored against the world's truth (the length and
+   form axes: world/measure.pi_accuracy), validation and test apart.
 Prints the accuracy per side and axis, the valid rate, the share of pairs whose two personas are
 the same sentence, and ten test personas beside their truth. The settings (steps, rate) are fixed
 before the run; any tuning is done on the validation numbers, never the test ones.
@@ -20,6 +22,7 @@ before the run; any tuning is done on the validation numbers, never the test one
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -35,6 +38,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--lora-modules", default="q_proj,k_proj,v_proj,o_proj",
                         help="comma-separated modules that get an adapter")
+    parser.add_argument("--contrast-samples", type=int, default=4, help="candidates a side; 0: greedy only")
+    parser.add_argument("--contrast-weight", type=float, default=1.0)
     parser.add_argument("--output", default="/tmp/pi-student-world")
     args = parser.parse_args()
 
@@ -69,25 +74,30 @@ def main() -> None:
         merge_adapter(run["checkpoint"], args.model, str(student))
     train_s = time.time() - started
 
+    modes = {"greedy": None}
+    if args.contrast_samples:
+        modes[f"contrast-{args.contrast_samples}-w{args.contrast_weight:g}"] = {
+            "samples": args.contrast_samples, "weight": args.contrast_weight}
     results = {}
-    for name, rows in (("val", val), ("test", test)):
+    for (mode, contrast), (name, rows) in itertools.product(modes.items(), (("val", val), ("test", test))):
         pairs = out / f"{name}-pairs.jsonl"
         write_pi_pairs(rows, pairs)
         started = time.time()
+        folder = out / f"infer-{name}-{mode}"
         manifest = run_infer(InferConfig(
-            pairs=PairSource(input=str(pairs)), output=str(out / f"infer-{name}"), k_shot=0,
+            pairs=PairSource(input=str(pairs)), output=str(folder), k_shot=0, contrast=contrast,
             engine={"model": str(student), "prompt_format": "completion",
                     "sampling": {"max_tokens": 80, "temperature": 0.0}}))
-        records = (read_shards(str(out / f"infer-{name}" / "personas")) or pa.table({})).to_pylist()
+        records = (read_shards(str(folder / "personas")) or pa.table({})).to_pylist()
         scored, _ = with_inferred_personas(rows, records)
         same = sum(r["chosen_persona"].strip() == r["rejected_persona"].strip() for r in scored)
-        results[name] = {"pairs": len(rows), "pairs_with_two_valid": len(scored),
+        results[f"{name} {mode}"] = {"pairs": len(rows), "pairs_with_two_valid": len(scored),
                          "valid_pct": manifest["throughput"]["valid_pct"], "same_persona_both_sides": same,
                          "infer_s": round(time.time() - started, 1),
                          "accuracy_vs_truth": {k: round(v, 3) if isinstance(v, float) else v
                                                for k, v in pi_accuracy(scored, world.cfg.types).items()}}
         if name == "test":
-            results["test_examples"] = [{"truth": r["chosen_type"], "student": r["chosen_persona"]} for r in scored[:10]]
+            results[f"test_examples {mode}"] = [{"truth": r["chosen_type"], "student": r["chosen_persona"]} for r in scored[:10]]
     print(json.dumps({"model": args.model, "fraction": args.fraction, "taught_pairs": len(taught),
                       "train_pairs": len(train), "steps": args.steps, "learning_rate": args.learning_rate,
                       "lora_modules": args.lora_modules,

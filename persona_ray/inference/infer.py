@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from persona_ray.core import preflight, progress, storage
+from persona_ray.core.errors import UserError
 from persona_ray.core.models import resolve_model
 from persona_ray.core.settings import Settings
 from persona_ray.core.tracking import TrackingSettings, flat_metrics, log_job_run, tracking_field
@@ -39,6 +40,7 @@ from persona_ray.inference.prompt import TEMPLATE_VERSION, build_pi_prompt, buil
 from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA
 from persona_ray.core.groups import group_in_order
+from persona_ray.inference.contrast import ContrastSettings, contrastive_generate
 from persona_ray.core.shards import ShardWriter, committed_rows, shards_dataset
 from persona_ray.inference.todo import of_kind, todo_dataset
 
@@ -55,6 +57,9 @@ class InferConfig(Settings):
     exemplars: str | None = Field(None, description="YAML file of exemplars per domain; default: the bundled ones")
     max_attribute_chars: int = Field(120, gt=3, description="guided decoding: longest attribute part of a persona")
     max_preference_chars: int = Field(240, gt=3, description="guided decoding: longest preference part")
+    contrast: ContrastSettings | None = Field(
+        None, description="pick each side's persona among sampled candidates by how much better its own prompt "
+        "explains it than the other side's (inference/contrast.py; vLLM only); none: one greedy persona a side")
     shard_size: int = Field(1000, gt=0, description="persona records per output shard")
     commit_every_s: float = Field(30.0, gt=0, description="also write a (smaller) shard when this many seconds "
                                   "have passed since the last one: a kill loses the rows in flight and at most "
@@ -177,6 +182,9 @@ def check_infer(cfg: InferConfig) -> str:
     preflight.check_input("pairs.input", cfg.pairs.input)
     preflight.check_output("output", cfg.output)
     check_k_shot(cfg.k_shot, cfg.exemplars)
+    if cfg.contrast is not None and cfg.engine.backend != "vllm":
+        raise UserError("contrast: scores candidates with the model's own weights, which an HTTP endpoint does not "
+                        "expose. Fix: engine.backend vllm, or leave contrast unset")
     model = preflight.check_engine("engine", cfg.engine)
     # A served model named like a local one ('tiny', a folder) still has a local tokenizer to count with.
     return resolve_model(model) if cfg.engine.backend == "openai" else model
@@ -200,9 +208,12 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
              extra={"stage": "infer", "rows": total_rows, "valid_pairs": valid_pairs,
                     "quarantined_by_reason": dict(bad_reasons), "resumed_records": already})
 
-    requests = todo.map_batches(_expand_requests, fn_args=(cfg.k_shot, cfg.exemplars), batch_format="pyarrow")
     regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.engine.guided_decoding else None
-    generated = cfg.engine.generate(requests, regex=regex)
+    if cfg.contrast is not None:
+        generated = contrastive_generate(todo, cfg, model_path, regex)
+    else:
+        requests = todo.map_batches(_expand_requests, fn_args=(cfg.k_shot, cfg.exemplars), batch_format="pyarrow")
+        generated = cfg.engine.generate(requests, regex=regex)
     records = generated.map_batches(_to_records, fn_args=(cfg.engine.model, cfg.k_shot, cfg.exemplars),
                                     batch_format="numpy")
 
@@ -248,7 +259,7 @@ def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reason
         "input": cfg.pairs.input, "output": cfg.output, "model": cfg.engine.model, "model_path": model_path,
         "engine": cfg.engine.backend, "template_version": TEMPLATE_VERSION,
         "guided_decoding": cfg.engine.guided_decoding,
-        "k_shot": cfg.k_shot,
+        "k_shot": cfg.k_shot, "contrast": cfg.contrast.model_dump() if cfg.contrast else None,
         "counts": {
             "input_rows": total_rows, "valid_pairs": valid_pairs, "quarantined": sum(bad_reasons.values()),
             "quarantine_reasons": dict(bad_reasons.most_common()), "persona_records": records,
