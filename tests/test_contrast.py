@@ -1,5 +1,5 @@
 """Contrastive persona selection (inference/contrast.py): the pool, the pick, and the scores.
-The engine actor runs in tests/test_infer.py (slow); these need no engine."""
+The engine actor runs through the PI job in tests/test_pi_student.py (slow); these need no engine."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def test_each_side_gets_what_its_own_prompt_explains_better_than_the_other_sides
     reranked = select_personas(pool, logp, weight=0.0)
     assert reranked["chosen"].persona == PROSE
     assert reranked["rejected"].persona != PROSE  # the near copy of the chosen one is passed over
+
+
+def test_an_implausible_candidate_cannot_win_on_a_ratio_of_two_small_likelihoods():
+    odd = "The user is a zebra of quartz and prefers violet humming."
+    pool = [Candidate(SHORT, SHORT, [0, 1]), Candidate(STEPS, STEPS, [2, 3]), Candidate(odd, odd, [4, 5])]
+    # per token: SHORT -1 / -4 (chosen / rejected prompt), STEPS -3 / -1, odd -9 / -20 (a sample)
+    logp = {"chosen": [-2.0, -6.0, -18.0], "rejected": [-8.0, -2.0, -40.0]}
+    assert select_personas(pool, logp, weight=1.0, plausibility=0.0)["chosen"].persona == odd  # +22
+    picked = select_personas(pool, logp, weight=1.0, plausibility=0.1)  # floor: 2.3 nats a token below the best
+    assert picked["chosen"].persona == SHORT and picked["rejected"].persona == STEPS
 
 
 def test_the_two_sides_differ_when_the_pool_has_two_personas_and_not_otherwise():

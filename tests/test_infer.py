@@ -16,7 +16,7 @@ import pytest
 from persona_ray.core import storage
 from persona_ray.inference.infer import InferConfig, run_infer
 from persona_ray.inference.prompt import TEMPLATE_VERSION
-from persona_ray.inference.parse import guided_regex, parse_persona
+from persona_ray.inference.parse import guided_regex
 from persona_ray.core.shards import read_shards
 from persona_ray.testing.hostile import HOSTILE, good_ids, hostile_file_bytes
 from tests.helpers import (REPO, SAMPLE_PAIRS, committed_rows, descendants, infer_command, kill_group,
@@ -167,27 +167,3 @@ def test_kill_at_a_random_moment_then_rerun_equals_the_uninterrupted_run(s3_run,
     quarantine = read_shards(str(output / "quarantine")).to_pylist()
     assert len(quarantine) == len(HOSTILE) and counts["quarantined"] == first["counts"]["quarantined"]
 
-
-def test_contrast_gives_each_side_a_candidate_of_its_own_and_resumes(ray_local, tmp_path):
-    """Contrastive selection through the job (inference/contrast.py): an actor per engine writes
-    each side's greedy and sampled personas with vLLM and scores the pooled candidates under both
-    sides' prompts with transformers. Every (pair, side) is written once, a record's persona is one
-    of the texts the model wrote, the two sides of a pair differ (the random model's candidates are
-    all different, so each pool holds several), and a rerun writes nothing."""
-    source = tmp_path / "pairs.jsonl"
-    source.write_text("".join(SAMPLE_PAIRS.read_text().splitlines(keepends=True)[:4]))
-    cfg = InferConfig(pairs={"input": str(source)}, output=str(tmp_path / "out"), contrast={"samples": 2},
-                      **SETTINGS)
-    manifest = run_infer(cfg)
-    assert manifest["contrast"] == {"samples": 2, "temperature": 1.0, "weight": 1.0}
-    records = personas_by_key(cfg.output)
-    assert len(records) == 8 and manifest["counts"]["written_this_run"] == 8
-    both = [pair for pair in {key[0] for key in records}
-            if records[(pair, "chosen")]["valid"] and records[(pair, "rejected")]["valid"]]
-    assert both, records
-    for pair in both:
-        chosen, rejected = records[(pair, "chosen")], records[(pair, "rejected")]
-        assert chosen["persona"] != rejected["persona"], pair
-        assert all(r["persona"] == parse_persona(r["raw_text"]).persona and r["num_output_tokens"] > 0
-                   for r in (chosen, rejected))
-    assert run_infer(cfg)["counts"]["written_this_run"] == 0

@@ -1,4 +1,6 @@
-"""The PI student's data: what it learns from (tailoring/pi_student.py). No Ray needed."""
+"""The PI student (tailoring/pi_student.py): what it learns from (no Ray needed), and, on a tiny
+synthetic set, that it learns it under Ray Train and infers its teacher's personas on pairs it
+never saw, through `persona-ray infer` with contrastive selection (slow)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from persona_ray.core import storage
+from persona_ray.core.schema import SIDES
 from persona_ray.dataset.augment import ROW_FIELDS
 from persona_ray.inference.prompt import build_pi_prompt
 from persona_ray.tailoring import TrainConfigError
@@ -59,3 +62,65 @@ def test_the_target_is_the_persona_alone_and_a_bad_split_is_refused_before_ray(t
         check_pi_student_job(cfg)
     with pytest.raises(ValueError, match="training_type"):
         PIStudentJobConfig(data="d", output="o", training_type="none")
+
+
+def _form_pairs(prompts: list[str], start: int) -> list[dict]:
+    """A tiny synthetic PI set: per prompt a short prose and a short numbered answer (world/synthetic.py),
+    preferred in turn; the teacher's persona of each side is the persona-world type of its form."""
+    from persona_ray.world.spec import DEFAULT_TYPES
+    from persona_ray.world.synthetic import synthetic_response
+
+    persona = {t.style: t.persona for t in DEFAULT_TYPES if t.length == "short"}
+    rows = []
+    for i, prompt in enumerate(prompts, start=start):
+        chosen, rejected = ("short-prose", "short-steps")[:: 1 if i % 2 == 0 else -1]
+        rows.append({"pair_id": f"form-{i:03d}", "prompt": prompt, "chosen": synthetic_response(prompt, chosen),
+                     "rejected": synthetic_response(prompt, rejected), "domain": "dialogue", "source": "test",
+                     "chosen_persona": persona[chosen], "rejected_persona": persona[rejected]})
+    return rows
+
+
+@pytest.mark.slow
+def test_a_tiny_student_learns_under_ray_train_and_infers_its_teachers_personas_on_unseen_pairs(ray_local, tmp_path):
+    """40 taught pairs (the persona of each side follows the form of its response), 12 unseen ones:
+    the tiny model + LoRA trained under Ray Train (120 steps) writes the teacher's persona for at
+    least 90 % of the unseen sides, through the PI job with contrastive selection (the student's
+    greedy and sampled personas of both sides, scored under both prompts); a rerun writes nothing.
+    Measured on the AVX2-only EPYC (2026-12-07): 100 steps already gave 40 of 40 sides with greedy
+    decoding; 60 steps gave 0 (the same persona for every side)."""
+    import json
+
+    from persona_ray.inference.infer import InferConfig, run_infer
+    from persona_ray.tailoring import merge_adapter
+    from persona_ray.tailoring.pi_student import train_pi_student
+    from persona_ray.testing.tiny_model import LINEAR_LAYERS
+    from persona_ray.world.build import world_prompts
+    from tests.test_infer import personas_by_key
+
+    prompts = world_prompts()
+    taught, unseen = _form_pairs(prompts[:40], 0), _form_pairs(prompts[150:162], 150)
+    for split, rows in (("sft_train", taught), ("sft_val", taught[:4])):
+        storage.write_parquet(pa.Table.from_pylist([{f: r[f] for f in ROW_FIELDS} for r in rows]),
+                              str(tmp_path / "teacher" / f"{split}.parquet"))
+    run = train_pi_student(PIStudentJobConfig(
+        data=str(tmp_path / "teacher"), output=str(tmp_path / "runs"), name="student", model="tiny", max_steps=120,
+        learning_rate=5e-3, per_device_batch_size=8, max_length=512, save_steps=120, logging_steps=20,
+        evaluate=False, lora={"r": 16, "alpha": 32, "target_modules": list(LINEAR_LAYERS)}))
+    student = merge_adapter(run["checkpoint"], "tiny", str(tmp_path / "student"))
+
+    pairs = tmp_path / "unseen.jsonl"
+    pairs.write_text("".join(json.dumps({k: r[k] for k in ("pair_id", "prompt", "chosen", "rejected", "domain")})
+                             + "\n" for r in unseen))
+    cfg = InferConfig(pairs={"input": str(pairs)}, output=str(tmp_path / "pi"), k_shot=0, contrast={"samples": 2},
+                      engine={"model": str(student), "sampling": {"max_tokens": 48, "temperature": 0.0},
+                              "vllm": {"batch_size": 8},
+                              # The tiny tokenizer decodes a first "The" as " The", so a pattern that
+                              # starts "The user" would push the student off the tokens it learnt.
+                              "guided_decoding": False})
+    manifest = run_infer(cfg)
+    assert manifest["contrast"]["samples"] == 2 and manifest["counts"]["written_this_run"] == 2 * len(unseen)
+    records = personas_by_key(cfg.output)
+    right = [records[(r["pair_id"], side)]["persona"] == r[f"{side}_persona"] for r in unseen for side in SIDES]
+    print(f"teacher's persona on {sum(right)} of {len(right)} unseen sides")
+    assert sum(right) >= 0.9 * len(right), records
+    assert run_infer(cfg)["counts"]["written_this_run"] == 0

@@ -12,9 +12,14 @@ model's favourite phrasing) cancels and what is left is the preference:
 Per pair (`select_personas`, no engine needed to test it):
 1. candidates: the greedy persona and `samples` sampled ones of each side, valid by the persona
    rules, pooled over both sides (one per distinct persona);
-2. chosen = the candidate with the highest score(c, chosen); rejected = the highest
+2. a side considers only plausible candidates: a mean token probability under its own prompt
+   at least `plausibility` times that of its likeliest candidate (contrastive decoding's
+   plausibility constraint: a ratio of two small likelihoods says nothing, so a sampled oddity
+   cannot win on it);
+3. chosen = the plausible candidate with the highest score(c, chosen); rejected = the highest
    score(c, rejected) among the candidates that are not near copies of the chosen one
-   (core.persona.near_copy), so the two differ whenever the pool holds two different personas.
+   (core.persona.near_copy), plausible ones first, so the two differ whenever the pool holds two
+   different personas.
 With weight 0 this is reranking by likelihood; with 1 (the default) pure contrast.
 
 `ContrastivePI` runs it in one Ray Data actor per engine: vLLM writes the candidates (guided
@@ -28,6 +33,7 @@ self-contained, so the PI job streams and commits as without contrast. vLLM engi
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +56,9 @@ class ContrastSettings(Settings):
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the candidates")
     weight: float = Field(1.0, ge=0, le=1, description="how much the other side's likelihood is subtracted "
                           "(0: rerank by likelihood; 1: pure contrast)")
+    plausibility: float = Field(0.1, ge=0, le=1, description="a side considers candidates whose mean token "
+                                "probability under its prompt is at least this share of its likeliest one's "
+                                "(0: every candidate)")
 
 
 @dataclass
@@ -70,16 +79,21 @@ def candidate_pool(outputs: list[tuple[str, list[int], bool]]) -> list[Candidate
     return list(pool.values())
 
 
-def select_personas(pool: list[Candidate], logp: dict[str, list[float]], weight: float) -> dict[str, Candidate]:
+def select_personas(pool: list[Candidate], logp: dict[str, list[float]], weight: float,
+                    plausibility: float = 0.0) -> dict[str, Candidate]:
     """The chosen and rejected persona from a pool scored under both prompts (`logp[side][i]`:
-    log-likelihood of pool[i] under that side's prompt). Ties go to the earlier candidate."""
+    log-likelihood of pool[i] under that side's prompt; see the module docstring). Ties go to
+    the earlier candidate."""
     if not pool:
         return {}
     picked: dict[str, Candidate] = {}
     for side, other in (SIDES, SIDES[::-1]):
         scores = [own - weight * theirs for own, theirs in zip(logp[side], logp[other])]
-        order = sorted(range(len(pool)), key=lambda i: -scores[i])
-        if side == "rejected" and "chosen" in picked:
+        mean = [own / max(1, len(c.token_ids)) for own, c in zip(logp[side], pool)]
+        floor = max(mean) + math.log(plausibility) if plausibility > 0 else -math.inf
+        # Plausible candidates first, each group by score; the rest only when nothing else is left.
+        order = sorted(range(len(pool)), key=lambda i: (mean[i] < floor, -scores[i]))
+        if side == "rejected":
             distinct = [i for i in order if not near_copy(pool[i].persona, picked["chosen"].persona)]
             order = distinct or order
         picked[side] = pool[order[0]]
@@ -171,7 +185,7 @@ class ContrastivePI:
         logp = {side: sequence_logprobs(self.scorer, list(sides[side][0].prompt_token_ids),
                                         [c.token_ids for c in pool]) if pool else []
                 for side in SIDES}
-        picked = select_personas(pool, logp, self.contrast.weight)
+        picked = select_personas(pool, logp, self.contrast.weight, self.contrast.plausibility)
         rows = []
         for side in _todo_sides(pair):
             greedy, sampled = sides[side]
