@@ -55,7 +55,7 @@ def test_judge_agreement_counts_only_rows_the_style_program_decides():
 
 @pytest.mark.parametrize("persona,axes", [
     (DEFAULT_TYPES[0].persona, {"length": "long", "form": "prose"}),
-    (DEFAULT_TYPES[1].persona, {"length": "short", "form": None}),
+    (DEFAULT_TYPES[1].persona, {"length": "short", "form": "prose"}),  # "a one- or two-sentence answer"
     (DEFAULT_TYPES[2].persona, {"length": "long", "form": "steps"}),
     (DEFAULT_TYPES[3].persona, {"length": "short", "form": "steps"}),
     ("The user is curious and prefers answers about animals.", {"length": None, "form": None}),
@@ -63,6 +63,15 @@ def test_judge_agreement_counts_only_rows_the_style_program_decides():
 ])
 def test_persona_axes(persona, axes):
     assert persona_axes(persona) == axes
+
+
+def test_each_types_own_persona_names_its_length_and_form():
+    """A PI model that writes the gold sentence of the right type scores 1 on both axes."""
+    for t in DEFAULT_TYPES:
+        assert persona_axes(t.persona) == {"length": t.length, "form": t.form}, t.name
+    rows = [{"chosen_type": a.name, "rejected_type": b.name, "chosen_persona": a.persona, "rejected_persona": b.persona}
+            for a in DEFAULT_TYPES for b in DEFAULT_TYPES if a != b]
+    assert all(v == 1.0 for k, v in pi_accuracy(rows, DEFAULT_TYPES).items() if k != "n")
 
 
 def test_pi_accuracy_against_the_truth():

@@ -25,7 +25,10 @@ With weight 0 this is reranking by likelihood; with 1 (the default) pure contras
 `ContrastivePI` runs it in one Ray Data actor per engine: vLLM writes the candidates (guided
 decoding, prefix caching), and the same model through transformers scores them, each side's
 prompt computed once and its KV cache reused for every candidate. A batch of pairs is
-self-contained, so the PI job streams and commits as without contrast. vLLM engines only.
+self-contained, so the PI job streams and commits as without contrast. vLLM engines only; on a
+GPU the scorer holds a second copy of the weights beside vLLM's, so leave it room
+(`engine.vllm.gpu_memory_utilization`). Cost: each side samples `samples` more personas (their
+prompt is cached) and both prompts are run once more through transformers.
 
     InferConfig(..., contrast={"samples": 4})   # persona-ray infer ... --set contrast.samples=4
 """
@@ -223,5 +226,8 @@ def contrastive_generate(todo, cfg, model_path: str, regex: str | None):
         {"num_cpus": vllm.cpus_per_engine}
     return todo.map_batches(
         ContrastivePI, fn_constructor_args=(model_path, cfg.engine, cfg.contrast, regex, cfg.k_shot, cfg.exemplars),
-        batch_size=max(1, vllm.batch_size // 2), batch_format="pyarrow", concurrency=vllm.concurrency,
+        # A batch of pairs asks about as many generations as an engine batch does, so results are
+        # committed as often: each pair makes 2 x (1 + samples).
+        batch_size=max(1, vllm.batch_size // (2 * (1 + cfg.contrast.samples))), batch_format="pyarrow",
+        concurrency=vllm.concurrency,
         runtime_env={"env_vars": engine_env(vllm)}, **resources)

@@ -154,8 +154,10 @@ AXIS_WORDS = {
                         r"minimal|little time|busy|skim",
                "long": r"detail|thorough|comprehensive|in[- ]depth|extensive|elaborat|context|full|complete|"
                        r"patient|explanation|background"},
+    # "sentence": a one- or two-sentence answer is prose (the brief-prose type's own persona says
+    # nothing else about form; without it a perfect PI scored 0 on that type's form).
     "form": {"steps": r"step|numbered|list|bullet|sequence|checklist|instructions",
-             "prose": r"paragraph|prose|narrative|flowing|connected|essay|story"},
+             "prose": r"paragraph|prose|narrative|flowing|connected|essay|story|sentence"},
 }
 
 
