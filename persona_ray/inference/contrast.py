@@ -224,10 +224,12 @@ def contrastive_generate(todo, cfg, model_path: str, regex: str | None):
     vllm = cfg.engine.vllm
     resources: dict[str, Any] = {"num_gpus": vllm.tensor_parallel_size} if vllm.gpu else \
         {"num_cpus": vllm.cpus_per_engine}
+    # A batch of pairs asks about as many generations as an engine batch does (each pair makes
+    # 2 x (1 + samples)), and is a block of its own: an actor hands back a block's rows only when
+    # the whole block is done, so results reach storage a batch at a time (engines/__init__.py).
+    pairs_per_batch = max(1, vllm.batch_size // (2 * (1 + cfg.contrast.samples)))
+    todo = todo.repartition(target_num_rows_per_block=pairs_per_batch, strict=True)
     return todo.map_batches(
         ContrastivePI, fn_constructor_args=(model_path, cfg.engine, cfg.contrast, regex, cfg.k_shot, cfg.exemplars),
-        # A batch of pairs asks about as many generations as an engine batch does, so results are
-        # committed as often: each pair makes 2 x (1 + samples).
-        batch_size=max(1, vllm.batch_size // (2 * (1 + cfg.contrast.samples))), batch_format="pyarrow",
-        concurrency=vllm.concurrency,
+        batch_size=pairs_per_batch, batch_format="pyarrow", concurrency=vllm.concurrency,
         runtime_env={"env_vars": engine_env(vllm)}, **resources)
