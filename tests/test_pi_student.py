@@ -113,7 +113,7 @@ def test_a_tiny_student_learns_under_ray_train_and_infers_its_teachers_personas_
                              + "\n" for r in unseen))
     cfg = InferConfig(pairs={"input": str(pairs)}, output=str(tmp_path / "pi"), k_shot=0, contrast={"samples": 2},
                       engine={"model": str(student), "sampling": {"max_tokens": 48, "temperature": 0.0},
-                              "vllm": {"batch_size": 8},
+                              "vllm": {"batch_size": 24},  # 4 pairs a contrast batch: 3 batches
                               # The tiny tokenizer decodes a first "The" as " The", so a pattern that
                               # starts "The user" would push the student off the tokens it learnt.
                               "guided_decoding": False})
