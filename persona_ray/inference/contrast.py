@@ -146,13 +146,17 @@ class ContrastivePI:
                        self._sampling(regex, temperature=contrast.temperature, n=contrast.samples)]
 
     def _sampling(self, regex: str | None, temperature: float, n: int):
+        """The engine path's sampling parameters (vllm_engine.sampling_params) at `temperature`, n a request."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        s = self.engine.sampling
-        return SamplingParams(n=n, temperature=temperature, top_p=s.top_p, max_tokens=s.max_tokens, stop=list(s.stop),
-                              repetition_penalty=s.repetition_penalty,
-                              structured_outputs=StructuredOutputsParams(regex=regex) if regex else None)
+        from persona_ray.engines.vllm_engine import sampling_params
+
+        params = sampling_params(self.engine.sampling.model_copy(update={"temperature": temperature}), regex, None,
+                                 per_request_seed=False)  # the engine is seeded once (vllm_engine)
+        if "structured_outputs" in params:
+            params["structured_outputs"] = StructuredOutputsParams(**params["structured_outputs"])
+        return SamplingParams(n=n, **params)
 
     def _text(self, prompt: str) -> str:
         if self.engine.prompt_format == "chat":
@@ -191,7 +195,7 @@ class ContrastivePI:
         picked = select_personas(pool, logp, self.contrast.weight, self.contrast.plausibility)
         rows = []
         for side in _todo_sides(pair):
-            greedy, sampled = sides[side]
+            greedy = sides[side][0]
             generated = sum(len(o.token_ids) for request in sides[side] for o in request.outputs)
             if side in picked:
                 rows.append(_row(pair, side, picked[side].text, len(greedy.prompt_token_ids), generated, "stop", ""))
