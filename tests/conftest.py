@@ -139,7 +139,7 @@ OWN_CLUSTERS = ("test_job_submit.py", "test_node_loss.py")
 # Then the longest files first (minutes each, measured): the free worker takes the next one, so
 # long files started last would leave one worker running alone at the end. `make test` passes
 # --no-loadscope-reorder: xdist would otherwise order them by their number of tests.
-LONGEST_FIRST = (*OWN_CLUSTERS, "test_world.py", "test_train.py", "test_infer.py", "test_retrieve.py", "test_serve.py",
+LONGEST_FIRST = (*OWN_CLUSTERS, "test_world.py", "test_pi_student.py", "test_train.py", "test_infer.py", "test_retrieve.py", "test_serve.py",
                  "test_smollm2.py", "test_infer_faults.py", "test_generate_judge.py", "test_openai_engine.py",
                  "test_augment.py", "test_pi_eval.py")
 

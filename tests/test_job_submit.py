@@ -92,9 +92,9 @@ def test_pipeline_submitted_with_the_cli_stopped_in_training_then_resubmitted_wi
     assert status == "SUCCEEDED", logs[-3000:]
     # Ray's job manager writes its own lines first; what the entrypoint printed follows.
     terminal = logs.split("Running entrypoint for job pipeline-second", 1)[1]
-    for stage in ("infer", "augment", "pi-eval", "sft"):
+    for stage in ("infer", "pi-student", "augment", "pi-eval", "sft"):
         assert f"{stage:<10} done before, skipped" in terminal
-    for stage in STAGES[4:]:
+    for stage in STAGES[STAGES.index("dpo"):]:
         assert (out / "stages" / f"{stage}.json").exists(), stage
     # The job's output shows progress lines only; Ray's and vLLM's output went to the log file.
     for word in ("Traceback", "INFO"):

@@ -144,3 +144,24 @@ def test_plan_prices_the_pi_student_route_beside_the_teacher_on_all_pairs():
                                    "0.1"])
     assert run.exit_code == 0, run.output
     assert "PI student route: teacher on 10% of the pairs" in run.output and "10,000,000" in run.output
+
+
+def test_a_pipeline_with_a_pi_student_plans_the_teacher_on_its_share_and_the_student_on_the_rest():
+    route = {"share": 0.1, "train": {"model": "smollm2", "max_steps": 50}}
+    cfg = load_config(PipelineConfig, str(PRESETS["hhh"]), {"pi_student": route})
+    plan = build_plan(cfg)
+    stage = {s["stage"]: s for s in plan["stages"]}
+    taught = round(0.1 * 1564)
+    assert stage["infer"]["requests"] == 2 * taught and "405B" in stage["infer"]["model"]
+    assert stage["pi-student"]["requests"] == 2 * (1564 - taught) and stage["pi-student"]["model"] == "smollm2"
+    # the student reads zero-shot prompts: far fewer tokens a pair than the 5-shot teacher
+    per_pair = {name: stage[name]["input_tokens"] / stage[name]["requests"] for name in ("infer", "pi-student")}
+    assert per_pair["pi-student"] < 0.5 * per_pair["infer"]
+    assert plan["pi_cost"]["student"]["fraction"] == 0.1  # the route's share prices the route
+    given = load_config(PipelineConfig, str(PRESETS["hhh"]), {"pi_student": {**route, "teacher": "reference"}})
+    assert {s["stage"]: s for s in build_plan(given)["stages"]}["infer"]["requests"] == 0
+    assert "student" not in build_plan(given)["pi_cost"]
+    for bad, message in [({"train": {"max_stepz": 3}}, "max_stepz"), ({"infer": {"engine": "tiny"}}, "infer.engine"),
+                         ({"infer": {"k_shot": -1}}, "k_shot"), ({"share": 1.0}, "share")]:
+        with pytest.raises(ValueError, match=message):
+            load_config(PipelineConfig, str(PRESETS["hhh"]), {"pi_student": {**route, **bad}})

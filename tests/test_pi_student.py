@@ -1,6 +1,6 @@
 """The PI student (tailoring/pi_student.py): what it learns from (no Ray needed), and, on a tiny
-synthetic set, that it learns it under Ray Train and infers its teacher's personas on pairs it
-never saw, through `persona-ray infer` with contrastive selection (slow)."""
+synthetic set, that the pipeline's pi-student stage trains it under Ray Train and it infers its
+teacher's personas on pairs it never saw, through `persona-ray infer` with contrastive selection (slow)."""
 
 from __future__ import annotations
 
@@ -81,46 +81,59 @@ def _form_pairs(prompts: list[str], start: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_tiny_student_learns_under_ray_train_and_infers_its_teachers_personas_on_unseen_pairs(ray_local, tmp_path):
-    """40 taught pairs (the persona of each side follows the form of its response), 12 unseen ones:
-    the tiny model + LoRA trained under Ray Train (120 steps) writes the teacher's persona for at
-    least 90 % of the unseen sides, through the PI job with contrastive selection (the student's
-    greedy and sampled personas of both sides, scored under both prompts); a rerun writes nothing.
+def test_the_pipelines_pi_student_stage_trains_a_tiny_student_that_infers_its_teachers_personas(ray_local, tmp_path):
+    """The pipeline's pi-student stage (inference/student.py) on 52 pairs whose teacher labelled 40
+    (the persona of each side follows the form of its response): the tiny model + LoRA trained
+    under Ray Train (120 steps) writes the teacher's persona for at least 90 % of the 12 unseen
+    pairs' sides, through the PI job with contrastive selection (the student's greedy and sampled
+    personas of both sides, scored under both prompts), and leaves the taught pairs to the teacher;
+    the augment stage joins both persona folders; a rerun trains and writes nothing.
     Measured on the AVX2-only EPYC (2026-12-07): 100 steps already gave 40 of 40 sides with greedy
     decoding; 60 steps gave 0 (the same persona for every side)."""
     import json
 
-    from persona_ray.inference.infer import InferConfig, run_infer
-    from persona_ray.tailoring import merge_adapter
-    from persona_ray.tailoring.pi_student import train_pi_student
+    from persona_ray.core.schema import PERSONA_SCHEMA, given_persona_record
+    from persona_ray.core.shards import ShardWriter
+    from persona_ray.pipeline.run import Pipeline, PipelineConfig
     from persona_ray.testing.tiny_model import LINEAR_LAYERS
     from persona_ray.world.build import world_prompts
     from tests.test_infer import personas_by_key
 
     prompts = world_prompts()
     taught, unseen = _form_pairs(prompts[:40], 0), _form_pairs(prompts[150:162], 150)
-    for split, rows in (("sft_train", taught), ("sft_val", taught[:4])):
-        storage.write_parquet(pa.Table.from_pylist([{f: r[f] for f in ROW_FIELDS} for r in rows]),
-                              str(tmp_path / "teacher" / f"{split}.parquet"))
-    run = train_pi_student(PIStudentJobConfig(
-        data=str(tmp_path / "teacher"), output=str(tmp_path / "runs"), name="student", model="tiny", max_steps=120,
-        learning_rate=5e-3, per_device_batch_size=8, max_length=512, save_steps=120, logging_steps=20,
-        evaluate=False, lora={"r": 16, "alpha": 32, "target_modules": list(LINEAR_LAYERS)}))
-    student = merge_adapter(run["checkpoint"], "tiny", str(tmp_path / "student"))
-
-    pairs = tmp_path / "unseen.jsonl"
+    pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({k: r[k] for k in ("pair_id", "prompt", "chosen", "rejected", "domain")})
-                             + "\n" for r in unseen))
-    cfg = InferConfig(pairs={"input": str(pairs)}, output=str(tmp_path / "pi"), k_shot=0, contrast={"samples": 2},
-                      engine={"model": str(student), "sampling": {"max_tokens": 48, "temperature": 0.0},
-                              "vllm": {"batch_size": 24},  # 4 pairs a contrast batch: 3 batches
-                              # The tiny tokenizer decodes a first "The" as " The", so a pattern that
-                              # starts "The user" would push the student off the tokens it learnt.
-                              "guided_decoding": False})
-    manifest = run_infer(cfg)
-    assert manifest["contrast"]["samples"] == 2 and manifest["counts"]["written_this_run"] == 2 * len(unseen)
-    records = personas_by_key(cfg.output)
+                             + "\n" for r in taught + unseen))
+    teacher = ShardWriter(str(tmp_path / "teacher" / "personas"), PERSONA_SCHEMA, shard_size=100)
+    teacher.add(pa.Table.from_pylist([given_persona_record(r["pair_id"], side, r[f"{side}_persona"], "gold")
+                                      for r in taught for side in SIDES], schema=PERSONA_SCHEMA))
+    teacher.close()
+    route = {"teacher": str(tmp_path / "teacher"),
+             "train": {"max_steps": 120, "learning_rate": 5e-3, "per_device_batch_size": 8, "max_length": 512,
+                       "save_steps": 120, "logging_steps": 20, "evaluate": False,
+                       "lora": {"r": 16, "alpha": 32, "target_modules": list(LINEAR_LAYERS)}},
+             "infer": {"contrast": {"samples": 2},
+                       # 4 pairs a contrast batch: 3 batches. The tiny tokenizer decodes a first "The" as
+                       # " The", so a pattern that starts "The user" would push the student off its tokens.
+                       "engine": {"vllm": {"batch_size": 24}, "guided_decoding": False}}}
+    pipeline = Pipeline(PipelineConfig(pairs={"input": str(pairs)}, output=str(tmp_path / "run"), pi_student=route,
+                                       engine={"model": "tiny", "sampling": {"max_tokens": 48, "temperature": 0.0}}))
+    assert "teacher is given" in pipeline.run_stage("infer")["skipped"]  # no PI model runs at all
+    summary = pipeline.run_stage("pi-student")
+    assert (summary["taught_pairs"], summary["student_pairs"], summary["left_to_teacher"]) == (40, 12, 40)
+    assert summary["personas"] == 2 * len(unseen) and summary["teacher_personas"] == route["teacher"]
+    records = personas_by_key(pipeline.path("pi-student", "infer"))
+    assert {pair_id for pair_id, _ in records} == {r["pair_id"] for r in unseen}
     right = [records[(r["pair_id"], side)]["persona"] == r[f"{side}_persona"] for r in unseen for side in SIDES]
     print(f"teacher's persona on {sum(right)} of {len(right)} unseen sides")
     assert sum(right) >= 0.9 * len(right), records
-    assert run_infer(cfg)["counts"]["written_this_run"] == 0
+
+    again = pipeline.stage_pi_student()  # as a resumed run does: the student is kept, nothing is written
+    assert again["train_s"] < 5 and again["personas"] == summary["personas"]
+    assert json.loads(open(pipeline.path("pi-student", "infer", "manifest.json")).read())["counts"][
+        "written_this_run"] == 0
+    joined = pipeline.run_stage("augment")
+    valid = sum(records[(r["pair_id"], "chosen")]["valid"] and records[(r["pair_id"], "rejected")]["valid"]
+                for r in unseen)
+    assert joined["augmented_pairs"] == len(taught) + valid, joined
+    assert joined["pairs_without_personas"] == joined["orphan_persona_pairs"] == 0

@@ -44,6 +44,24 @@ def test_repeated_ids_keep_the_smallest_content_hash_whatever_the_order():
     assert [r["reason"] for r in same if r["kind"] == "quarantine"] == ["field 'pair_id': exact duplicate of pair 'p1'"]
 
 
+def test_a_run_leaves_pairs_outside_its_share_and_pairs_another_run_wrote_in_full():
+    from persona_ray.inference.input_pairs import in_share
+
+    ids = [f"pair-{i}" for i in range(4000)]
+    picked = [i for i in ids if in_share(i, 0.1)]
+    assert 0.08 < len(picked) / len(ids) < 0.12 and picked == [i for i in ids if in_share(i, 0.1)]  # same every run
+    assert set(picked) <= {i for i in ids if in_share(i, 0.25)}  # a bigger share keeps the smaller one's pairs
+    inside, outside = picked[0], next(i for i in ids if i not in picked)
+    assert plan_group([{**_pair(7), "pair_id": inside}], 0.1)[0]["kind"] == "todo"
+    assert plan_group([{**_pair(7), "pair_id": outside}], 0.1) == [{"kind": "left", "pair_id": outside}]
+    # a teacher's run wrote both sides: the student leaves the pair; one side: it writes the other
+    elsewhere = [{**_done(side), "kind": "elsewhere"} for side in ("chosen", "rejected")]
+    assert plan_group([_pair(7), *elsewhere]) == [{"kind": "left", "pair_id": "p1"}]
+    assert [r["sides"] for r in plan_group([_pair(7), elsewhere[0]])] == ["rejected"]
+    bad = {**_pair(0, raw="broken"), "kind": "bad", "reason": "field 'rejected': missing"}
+    assert [r["kind"] for r in plan_group([bad, _pair(7), *elsewhere])] == ["quarantine", "left"]
+
+
 def test_bad_rows_are_quarantined_and_personas_of_unknown_pairs_left_alone():
     bad = {**_pair(0, raw="broken"), "kind": "bad", "reason": "field 'rejected': missing"}
     assert plan_group([bad]) == [{"kind": "quarantine", "pair_id": "p1", "reason": "field 'rejected': missing",

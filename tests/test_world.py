@@ -212,3 +212,25 @@ def test_pi_runs_once_per_pair_text_and_rows_take_their_texts_personas(tmp_path)
     kept, lost = with_inferred_personas(rows, records)
     assert lost == 1 and [r["pair_id"] for r in kept] == ["p0-u1", "p0-u2"]
     assert {(r["chosen_persona"], r["rejected_persona"]) for r in kept} == {("inf c", "inf r")}
+
+
+def test_a_pi_student_is_taught_the_gold_personas_of_a_share_of_the_training_pair_texts(tmp_path):
+    from persona_ray.core.shards import read_shards
+    from persona_ray.world.experiment import WorldConfig, write_teacher
+
+    types = ["detailed-prose", "brief-prose", "brief-steps"]
+    rows = [{"pair_id": f"p{i}-u{u}", "prompt": f"Q{i}", "chosen": "c", "rejected": "r", "chosen_type": types[i % 3],
+             "rejected_type": types[(i + 1) % 3], "chosen_persona": f"The user is a reader of kind {i % 3} and "
+             "prefers answers of that kind.", "rejected_persona": "The user is another reader and prefers the other "
+             "kind of answer."} for i in range(300) for u in (1, 2)]  # two users a text: one pair text
+    taught = write_teacher(rows, 0.1, str(tmp_path / "personas"))
+    records = read_shards(str(tmp_path / "personas")).to_pylist()
+    assert 15 <= taught <= 45 and len(records) == 2 * taught  # ~10 % of 300 texts, both sides, each once
+    assert len({(r["pair_id"], r["side"]) for r in records}) == len(records)
+    assert all(r["valid"] and r["model"] == "gold" for r in records)
+    by_key = {(r["pair_id"], r["side"]): r["persona"] for r in records}
+    for i in {int(key.split("-")[0][1:]) for key, _ in by_key}:
+        assert by_key[(f"p{i}-{types[i % 3]}-{types[(i + 1) % 3]}", "chosen")].startswith(f"The user is a reader of kind {i % 3}")
+    assert write_teacher(rows, 0.5, str(tmp_path / "personas")) == taught  # written once: a rerun keeps them
+    with pytest.raises(ValueError, match="the world's teacher is its gold personas"):
+        WorldConfig(output=str(tmp_path), pi_student={"teacher": "reference"})

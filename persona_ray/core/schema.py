@@ -61,6 +61,19 @@ PERSONA_SCHEMA = pa.schema(
     ]
 )
 
+
+
+def given_persona_record(pair_id: str, side: str, persona: str, source: str) -> dict:
+    """A PERSONA_SCHEMA record for a persona that no PI model wrote (a world's gold persona taught
+    to a PI student): valid by the shared rules, `source` in the model field."""
+    from persona_ray.core.persona import validate_persona
+
+    checked = validate_persona(persona)
+    return {"pair_id": pair_id, "side": side, "persona": checked.persona if checked.valid else persona,
+            "raw_text": persona, "model": source, "template_version": "given", "valid": checked.valid,
+            "reason": checked.reason or "", "copied_exemplar": False, "num_input_tokens": 0, "num_output_tokens": 0}
+
+
 QUARANTINE_SCHEMA = pa.schema([("row_id", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
 
 

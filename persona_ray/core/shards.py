@@ -29,6 +29,12 @@ def shard_files(folder: str) -> list[str]:
     return storage.list_files(folder, suffixes=(SHARD_SUFFIX,)) if storage.exists(folder) else []
 
 
+def personas_folder(uri: str) -> str:
+    """A persona-inference output folder's personas/ folder; `uri` itself when it is one."""
+    nested = storage.join(uri, "personas")
+    return nested if storage.exists(nested) else uri
+
+
 def shards_dataset(folder: str, columns: list[str]):
     """The folder's shards as a Ray dataset read by workers (None when there are none)."""
     import ray.data

@@ -40,7 +40,7 @@ from persona_ray.core import storage
 from persona_ray.core.persona import validate_persona
 from persona_ray.core.settings import Settings
 from persona_ray.core.groups import few_blocks, group_in_order
-from persona_ray.core.shards import shards_dataset
+from persona_ray.core.shards import personas_folder, shards_dataset
 from persona_ray.dataset.splits import (SPLITS, ExactBounds, SplitSettings, assign_split, exact_bounds,
                                         prompt_key, prompt_rank)
 from persona_ray.inference.input_pairs import PairSource, read_pairs
@@ -66,17 +66,13 @@ class AugmentConfig(Settings):
     """Join personas to their pairs and write deterministic splits (Parquet, JSONL, HF DatasetDict)."""
 
     pairs: PairSource
-    personas: str = Field(description="a persona-inference output folder (holding personas/) or a personas/ folder")
+    personas: str | list[str] = Field(description="a persona-inference output folder (holding personas/) or a "
+                                      "personas/ folder; or a list of them (a PI student's teacher and the student)")
     output: str = Field(description="folder or s3:// prefix for the splits and side files")
     splits: SplitSettings = SplitSettings()
     formats: list[Literal["parquet", "jsonl", "hf"]] = Field(
         default_factory=lambda: ["parquet", "jsonl", "hf"], description="file formats to write")
     push_to_hub: str | None = Field(None, description="also push the DatasetDict to this hub repo (needs $HF_TOKEN)")
-
-
-def _personas_folder(uri: str) -> str:
-    nested = storage.join(uri, "personas")
-    return nested if storage.exists(nested) else uri
 
 
 # --- the join of one pair id's rows (no Ray here) ---------------------------------------------
@@ -149,13 +145,18 @@ def _with_split(batch: pa.Table, splits: SplitSettings, bounds: ExactBounds | No
     return batch.append_column("split", pa.array(names, pa.string()))
 
 
+def persona_folders(cfg: AugmentConfig) -> list[str]:
+    return [cfg.personas] if isinstance(cfg.personas, str) else list(cfg.personas)
+
+
 def joined_dataset(cfg: AugmentConfig) -> ray.data.Dataset:
     """JOINED_SCHEMA rows, one or more per pair id, in pair id order."""
-    personas = shards_dataset(_personas_folder(cfg.personas), ["pair_id", "side", "persona", "valid", "reason"])
-    if personas is None:
-        raise FileNotFoundError(f"{cfg.personas}: no persona shards found (run `persona-ray infer` first)")
-    pairs = read_pairs(cfg.pairs).map_batches(_pair_rows, batch_format="pyarrow")
-    both = pairs.union(personas.map_batches(_persona_rows, batch_format="pyarrow"))
+    both = read_pairs(cfg.pairs).map_batches(_pair_rows, batch_format="pyarrow")
+    for folder in persona_folders(cfg):
+        personas = shards_dataset(personas_folder(folder), ["pair_id", "side", "persona", "valid", "reason"])
+        if personas is None:
+            raise FileNotFoundError(f"{folder}: no persona shards found (run `persona-ray infer` first)")
+        both = both.union(personas.map_batches(_persona_rows, batch_format="pyarrow"))
     return group_in_order(both, "pair_id", _join_group, fn_args=(cfg.splits,))
 
 
@@ -260,7 +261,8 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     from persona_ray.core.ray_runtime import ensure_ray
 
     preflight.check_input("pairs.input", cfg.pairs.input)
-    preflight.check_input("personas", cfg.personas)
+    for folder in persona_folders(cfg):
+        preflight.check_input("personas", folder)
     preflight.check_output("output", cfg.output)
     ensure_ray()
     joined = joined_dataset(cfg)

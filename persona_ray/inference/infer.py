@@ -41,7 +41,7 @@ from persona_ray.inference.input_pairs import PairSource, read_pairs
 from persona_ray.core.schema import PERSONA_SCHEMA, QUARANTINE_SCHEMA
 from persona_ray.core.groups import group_in_order
 from persona_ray.inference.contrast import ContrastSettings, contrastive_generate
-from persona_ray.core.shards import ShardWriter, committed_rows, shards_dataset
+from persona_ray.core.shards import ShardWriter, committed_rows, personas_folder, shards_dataset
 from persona_ray.inference.todo import of_kind, todo_dataset
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ class InferConfig(Settings):
     contrast: ContrastSettings | None = Field(
         None, description="pick each side's persona among sampled candidates by how much better its own prompt "
         "explains it than the other side's (inference/contrast.py; vLLM only); none: one greedy persona a side")
+    share: float | None = Field(None, gt=0, le=1, description="infer only this share of the pairs, picked by a hash "
+                                "of the pair id (the same pairs on every run); the rest are left to another run, "
+                                "e.g. a PI student's (pipeline `pi_student`)")
+    written_elsewhere: str | None = Field(None, description="a persona folder another run wrote (a PI student's "
+                                          "teacher): pairs it holds both personas of are left, not inferred again")
     shard_size: int = Field(1000, gt=0, description="persona records per output shard")
     commit_every_s: float = Field(30.0, gt=0, description="also write a (smaller) shard when this many seconds "
                                   "have passed since the last one: a kill loses the rows in flight and at most "
@@ -151,11 +156,14 @@ def _to_records(batch: dict[str, np.ndarray], model: str, k_shot: int, exemplars
 def _plan(cfg: InferConfig, model_path: str, personas_uri: str, quarantine_uri: str):
     """Read and check every input row once, meet each pair with its written personas (Ray Data,
     grouped by pair id), and write the quarantine. Returns the todo rows (materialized: in the
-    object store, spilled to disk when large), input rows, quarantine reasons, sides to write."""
+    object store, spilled to disk when large), input rows, quarantine reasons, this run's valid pairs,
+    valid pairs left to another run (`share`, `written_elsewhere`), sides to write."""
     from ray.data.aggregate import Count, Sum
 
     storage.delete(quarantine_uri)  # recomputed in full on every run: deterministic
-    planned = todo_dataset(read_pairs(cfg.pairs, PromptFits(cfg, model_path), keep_raw=True), personas_uri)
+    elsewhere = personas_folder(cfg.written_elsewhere) if cfg.written_elsewhere else None
+    planned = todo_dataset(read_pairs(cfg.pairs, PromptFits(cfg, model_path), keep_raw=True), personas_uri,
+                           elsewhere, cfg.share)
     planned = planned.materialize()
     quarantine = ShardWriter(quarantine_uri, QUARANTINE_SCHEMA, shard_size=max(cfg.shard_size, 10_000))
     reasons: Counter[str] = Counter()
@@ -167,7 +175,9 @@ def _plan(cfg: InferConfig, model_path: str, personas_uri: str, quarantine_uri: 
     todo = planned.map_batches(of_kind, fn_args=("todo",), batch_format="pyarrow")
     totals = todo.map_batches(_count_sides, batch_format="pyarrow").aggregate(Count(), Sum("n"))  # one pass
     valid_pairs, to_write = int(totals["count()"]), int(totals["sum(n)"] or 0)
-    return todo, valid_pairs + sum(reasons.values()), reasons, valid_pairs, to_write
+    left = planned.map_batches(of_kind, fn_args=("left",), batch_format="pyarrow").count() \
+        if cfg.share is not None or cfg.written_elsewhere else 0
+    return todo, valid_pairs + left + sum(reasons.values()), reasons, valid_pairs, left, to_write
 
 
 def _count_sides(batch: pa.Table) -> pa.Table:
@@ -201,11 +211,12 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
     quarantine_uri = storage.join(cfg.output, "quarantine")
 
     already = committed_rows(personas_uri)  # also removes unreadable shards: their rows are redone
-    todo, total_rows, bad_reasons, valid_pairs, expected_new = _plan(cfg, model_path, personas_uri, quarantine_uri)
+    todo, total_rows, bad_reasons, valid_pairs, left, expected_new = _plan(cfg, model_path, personas_uri,
+                                                                           quarantine_uri)
     validated_at = time.time()
-    log.info("input: %d rows, %d valid pairs, %d quarantined, %d personas already written",
-             total_rows, valid_pairs, sum(bad_reasons.values()), already,
-             extra={"stage": "infer", "rows": total_rows, "valid_pairs": valid_pairs,
+    log.info("input: %d rows, %d valid pairs (%d more left to another run), %d quarantined, %d personas already "
+             "written", total_rows, valid_pairs, left, sum(bad_reasons.values()), already,
+             extra={"stage": "infer", "rows": total_rows, "valid_pairs": valid_pairs, "left_to_another_run": left,
                     "quarantined_by_reason": dict(bad_reasons), "resumed_records": already})
 
     regex = guided_regex(cfg.max_attribute_chars, cfg.max_preference_chars) if cfg.engine.guided_decoding else None
@@ -245,6 +256,7 @@ def run_infer(cfg: InferConfig) -> dict[str, Any]:
                          writer.rows_written, tokens, started, validated_at, finished)
     manifest["timings_s"]["first_result"] = round((first_result_at or finished) - validated_at, 3)
     manifest["counts"]["copied_exemplar_this_run"] = copies
+    manifest["counts"]["left_to_another_run"] = left
     storage.write_json(manifest, storage.join(cfg.output, "manifest.json"))
     _log_summary(manifest)
     log_job_run(cfg.tracking, "infer", cfg, flat_metrics({k: manifest[k] for k in ("counts", "throughput", "timings_s")}))
@@ -260,6 +272,7 @@ def _manifest(cfg, model_path, personas_uri, total_rows, valid_pairs, bad_reason
         "engine": cfg.engine.backend, "template_version": TEMPLATE_VERSION,
         "guided_decoding": cfg.engine.guided_decoding,
         "k_shot": cfg.k_shot, "contrast": cfg.contrast.model_dump() if cfg.contrast else None,
+        "share": cfg.share, "written_elsewhere": cfg.written_elsewhere,
         "counts": {
             "input_rows": total_rows, "valid_pairs": valid_pairs, "quarantined": sum(bad_reasons.values()),
             "quarantine_reasons": dict(bad_reasons.most_common()), "persona_records": records,

@@ -43,6 +43,11 @@ def key64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
+def in_share(pair_id: str, share: float) -> bool:
+    """Whether a pair id falls in the first `share` of ids by hash: the same pairs on every run."""
+    return (key64("share\x1f" + pair_id) & 0xFFFFFFFF) < share * 2**32
+
+
 def _invalid(row_id: str, reason: str, raw: str, pair: PreferencePair | None = None) -> dict[str, Any]:
     fields = pair.as_dict() if pair else {"pair_id": row_id, "prompt": "", "chosen": "", "rejected": "",
                                           "domain": "", "source": ""}

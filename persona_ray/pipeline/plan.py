@@ -57,7 +57,8 @@ class PlanSettings(Settings):
     sample_pairs: int = Field(200, ge=1, description="pairs whose PI prompts are built and counted")
     student_fraction: float | None = Field(None, gt=0, lt=1, description="also price the PI student route for the "
                                            "config's pairs, 1 M and 10 M: the teacher on this share of the pairs, a "
-                                           "student trained on its personas, the student on the rest")
+                                           "student trained on its personas, the student on the rest; default: "
+                                           "pi_student.share when the pipeline runs that route")
     student_pairs_per_s: float = Field(STUDENT_PAIRS_PER_S, gt=0, description="one CPU machine's student PI "
                                        f"throughput, pairs a second (both sides); default: {STUDENT_MEASURED}")
     student_train_examples_per_s: float = Field(STUDENT_TRAIN_EXAMPLES_PER_S, gt=0, description="one CPU machine's "
@@ -115,20 +116,24 @@ def _pi_cost(cfg: PipelineConfig, rows: list[dict] | None, pairs: int) -> dict[s
         count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     tokens = pi_tokens(sample[:rates.sample_pairs], int(cfg.infer.get("k_shot", 3)), count)
     tokens["how"] += f" ({rates.tokenizer})" if rates.tokenizer else ""
+    route = cfg.pi_student
+    # The student's own prompts (its k_shot, usually 0: no exemplars), for the pi-student stage.
+    student_tokens = pi_tokens(sample[:rates.sample_pairs], int(route.train.get("k_shot", 0)), count) if route else None
     def cost_of(n: int) -> list[dict]:
         return pi_cost(n, tokens, rates.price_per_gpu_hour, rates.gpu_flops, rates.mfu)
 
     models = cost_of(pairs)
     found = {"pairs": pairs, "tokens": {**tokens, "measured_on": source}, "price_per_gpu_hour": rates.price_per_gpu_hour,
-             "mfu": rates.mfu, "models": models}
-    if rates.student_fraction:
+             "mfu": rates.mfu, "models": models, "student_tokens": student_tokens}
+    fraction = rates.student_fraction or (route.share if route and not route.teacher else None)
+    if fraction:
         from persona_ray.pipeline.cost import student_route
 
         student = {"pairs_per_s": rates.student_pairs_per_s, "train_examples_per_s": rates.student_train_examples_per_s,
                    "machine_price_per_hour": rates.student_machine_price_per_hour, "measured": STUDENT_MEASURED}
-        found["student"] = {**student, "fraction": rates.student_fraction, "rows": [
+        found["student"] = {**student, "fraction": fraction, "rows": [
             row for size in dict.fromkeys((pairs, 1_000_000, 10_000_000))
-            for row in student_route(size, rates.student_fraction, cost_of, student)]}
+            for row in student_route(size, fraction, cost_of, student)]}
     return found
 
 
@@ -194,8 +199,18 @@ def build_plan(cfg: PipelineConfig, pairs_override: int | None = None) -> dict[s
 
     # PI: both sides of every pair, the k-shot prompts this project builds, counted (cost.py).
     pi = _pi_cost(cfg, rows, pairs)
-    pi_in, pi_out = pairs * pi["tokens"]["input"], pairs * pi["tokens"]["output"]
-    add("infer", engine.model, engine_gpus, 2 * pairs, pi_in, pi_out, _gen_hours(engine.model, engine_gpus, pi_in, pi_out, rates))
+    route = cfg.pi_student
+    # With a PI student the PI model labels its share of the pairs (none when a teacher is given).
+    labelled = pairs if route is None else 0 if route.teacher else round(route.share * pairs)
+    pi_in, pi_out = labelled * pi["tokens"]["input"], labelled * pi["tokens"]["output"]
+    add("infer", engine.model, engine_gpus, 2 * labelled, pi_in, pi_out,
+        _gen_hours(engine.model, engine_gpus, pi_in, pi_out, rates))
+    if route is None:
+        add("pi-student", "-", 0, 0, 0, 0, None)
+    else:  # the student's training (teacher sides x its prompt) is not counted here; its PI is
+        student, left = route.train.get("model") or base, pairs - labelled
+        s_in, s_out = left * pi["student_tokens"]["input"], left * pi["student_tokens"]["output"]
+        add("pi-student", student, 1, 2 * left, s_in, s_out, _gen_hours(student, 1, s_in, s_out, rates))
     add("augment", "-", 0, 0, 0, 0, None)
     pe_in = 2 * 2 * pairs * (prompt_t + 2 * response_t + persona_t)
     add("pi-eval", judge.model, judge_gpus, 4 * pairs, pe_in, 4 * pairs, _gen_hours(judge.model, judge_gpus, pe_in, 4 * pairs, rates))

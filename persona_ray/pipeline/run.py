@@ -5,7 +5,10 @@
 Stages, each writing its own folder under `output` (the stage jobs are the same as the
 subcommands of the same name):
 
-    infer      personas for every pair                       infer/
+    infer      personas for every pair (with `pi_student`: the teacher's share, or nothing when
+               the teacher is given)                          infer/
+    pi-student the PI student route (`pi_student`): trained on the teacher's personas, it infers
+               every pair the teacher left (inference/student.py)   pi-student/
     augment    personas joined to pairs, splits               augmented/
     pi-eval    PI accuracy, persona preference, saliency      pi-eval/
     sft        PT-SFT (personas in the input), merged         runs/pt-sft, models/pt-sft
@@ -44,16 +47,17 @@ from persona_ray.engines.settings import EngineSettings, JudgeSettings, Sampling
 from persona_ray.evaluation.generate import PERSONA_SOURCES
 from persona_ray.evaluation.judge import Comparison
 from persona_ray.inference.input_pairs import PairSource
+from persona_ray.inference.student import StudentRoute
 from persona_ray.pipeline.plan import PlanSettings
 from persona_ray.tailoring.templates import TRAINING_TYPES
 
 log = logging.getLogger(__name__)
 # Stages whose jobs have no `tracking` of their own; the others log themselves as child runs.
 UNTRACKED_JOBS = ("augment", "index", "retrieve", "report")
-STAGES = ("infer", "augment", "pi-eval", "sft", "dpo", "baseline", "index", "retrieve", "generate", "judge", "report")
+STAGES = ("infer", "pi-student", "augment", "pi-eval", "sft", "dpo", "baseline", "index", "retrieve", "generate", "judge", "report")
 # What each stage writes under `output`: removed before a stage is rerun with --from / --only, so
 # it is computed again rather than resumed.
-OUTPUTS = {"infer": ["infer"], "augment": ["augmented"], "pi-eval": ["pi-eval"],
+OUTPUTS = {"infer": ["infer"], "pi-student": ["pi-student"], "augment": ["augmented"], "pi-eval": ["pi-eval"],
            "sft": ["runs/pt-sft", "models/pt-sft"], "dpo": ["runs/pt-dpo", "models/pt-dpo"],
            "baseline": ["runs/base-sft", "models/base-sft", "runs/dpo", "models/dpo"], "index": ["index"],
            "retrieve": ["retrieved"], "generate": ["generated"], "judge": ["judged"], "report": ["report"]}
@@ -92,6 +96,9 @@ class PipelineConfig(Settings):
                                    "runs use); none: engine.model, the PI model")
     infer: dict[str, Any] = Field(default_factory=dict, description="more InferConfig keys for PI, e.g. k_shot, "
                                   "max_attribute_chars")
+    pi_student: StudentRoute | None = Field(None, description="infer most personas with a small PI student "
+                                            "(inference/student.py): taught by a given teacher, or by the PI model "
+                                            "on a share of the pairs; none: the PI model infers every pair")
     splits: SplitSettings = SplitSettings()
     training_type: str = Field("all", description="persona training type of PT-SFT and PT-DPO: "
                                + ", ".join(t for t in TRAINING_TYPES if t != "none"))
@@ -199,16 +206,38 @@ class Pipeline:
     def stage_infer(self) -> dict:
         from persona_ray.inference.infer import InferConfig, run_infer
 
+        route = self.cfg.pi_student
+        if route and route.teacher:
+            return {"skipped": f"the PI student's teacher is given ({route.teacher})"}
+        share = {"share": route.share} if route else {}
         manifest = run_infer(InferConfig(pairs=self.cfg.pairs, output=self.path("infer"), engine=self.cfg.engine,
-                                         tracking=self.tracking("infer"), **self.cfg.infer))
+                                         tracking=self.tracking("infer"), **share, **self.cfg.infer))
         c = manifest["counts"]
         return {"pairs": c["valid_pairs"], "quarantined": c["quarantined"], "personas": c["persona_records"],
                 "valid_pct": manifest["throughput"]["valid_pct"]}
 
+    def stage_pi_student(self) -> dict:
+        from persona_ray.inference.student import run_student_route
+
+        route = self.cfg.pi_student
+        if route is None:
+            return {"skipped": "no pi_student: the PI model inferred every pair"}
+        return run_student_route(route, self.cfg.pairs, self.path("pi-student"), self.cfg.engine,
+                                 teacher=route.teacher or self.path("infer"), student_model=self.base_model,
+                                 tracking=self.tracking("pi-student"))
+
+    def persona_folders(self) -> list[str]:
+        """The personas augment joins: the PI run's; or the student's, with its teacher's where the
+        teacher labelled some of these pairs."""
+        if self.cfg.pi_student is None:
+            return [self.path("infer")]
+        route = storage.read_json(self.marker("pi-student"))["summary"]
+        return [path for path in (route["teacher_personas"], self.path("pi-student", "infer")) if path]
+
     def stage_augment(self) -> dict:
         from persona_ray.dataset.augment import AugmentConfig, run_augment
 
-        manifest = run_augment(AugmentConfig(pairs=self.cfg.pairs, personas=self.path("infer"),
+        manifest = run_augment(AugmentConfig(pairs=self.cfg.pairs, personas=self.persona_folders(),
                                              output=self.path("augmented"), splits=self.cfg.splits,
                                              formats=["parquet", "jsonl"]))
         return manifest["counts"]

@@ -40,6 +40,7 @@ from pydantic import Field, model_validator
 from persona_ray.core import storage
 from persona_ray.core.settings import Settings
 from persona_ray.engines.settings import EngineSettings, JudgeSettings, SamplingSettings
+from persona_ray.inference.student import StudentRoute
 from persona_ray.world.spec import DEFAULT_TYPES, PersonaType, check_types
 from persona_ray.world.write import WritingSettings
 
@@ -72,6 +73,10 @@ class WorldConfig(Settings):
     persona_sources: list[Literal["gold", "inferred"]] = Field(["gold"], description="gold: the world's persona "
                                                                "sentences; inferred: personas from the PI stage")
     infer: dict[str, Any] = Field(default_factory=dict, description="InferConfig keys for PI (engine, k_shot, ...)")
+    pi_student: StudentRoute | None = Field(None, description="infer the personas with a PI student instead "
+                                            "(inference/student.py): the world's gold personas on `share` of the "
+                                            "distinct training pairs teach it, and it infers every other pair "
+                                            "(its engine: `infer.engine`); none: `infer` on every pair")
     training_type: Literal["chosen", "rejected", "all"] = Field(
         "chosen", description="persona training type of PT-SFT and PT-DPO (the paper: chosen)")
     sft: dict[str, Any] | None = Field(default_factory=dict, description="SFTJobConfig keys for every SFT run; "
@@ -93,6 +98,8 @@ class WorldConfig(Settings):
             raise ValueError("output: a local folder")
         if (self.writer == "file") != (self.responses_file is not None):
             raise ValueError("responses_file: give it with writer file, and only then")
+        if self.pi_student and self.pi_student.teacher:
+            raise ValueError("pi_student.teacher: the world's teacher is its gold personas; leave it unset")
         return self
 
 
@@ -177,19 +184,39 @@ class World:
         rows = {split: self.read_rows(split) for split in self.cfg.splits}
         pairs_file = self.out / "infer" / "pairs.jsonl"
         distinct = write_pi_pairs([row for split_rows in rows.values() for row in split_rows], pairs_file)
-        manifest = run_infer(InferConfig(pairs=PairSource(input=str(pairs_file)), output=str(self.out / "infer"),
-                                         **self.cfg.infer))
-        records = (read_shards(str(self.out / "infer" / "personas")) or pa.table({})).to_pylist()
+        pairs = PairSource(input=str(pairs_file))
+        student = {}
+        if self.cfg.pi_student:
+            student = self.infer_with_student(rows["train"], pairs)
+            folders = [self.out / "infer" / "teacher", self.out / "infer" / "student" / "infer"]
+            valid_pct = student["valid_pct"]
+        else:
+            manifest = run_infer(InferConfig(pairs=pairs, output=str(self.out / "infer"), **self.cfg.infer))
+            folders, valid_pct = [self.out / "infer"], manifest["throughput"]["valid_pct"]
+        records = [r for folder in folders for r in (read_shards(str(folder / "personas")) or pa.table({})).to_pylist()]
         inferred, lost = {}, 0
         for split, split_rows in rows.items():
             inferred[split], missing = with_inferred_personas(split_rows, records)
             lost += missing
         write_world(inferred, self.data("inferred"))
         accuracy = pi_accuracy([r for split_rows in inferred.values() for r in split_rows], self.cfg.types)
-        return {"distinct_pairs": distinct, "rows_without_valid_personas": lost,
-                "pi_valid_pct": manifest["throughput"]["valid_pct"], "pi_accuracy_vs_truth": accuracy,
+        return {"distinct_pairs": distinct, "rows_without_valid_personas": lost, "pi_student": student,
+                "pi_valid_pct": valid_pct, "pi_accuracy_vs_truth": accuracy,
+                # test pairs are never taught: what the PI model (or the student) does on its own
+                "pi_accuracy_test": pi_accuracy(inferred["test"], self.cfg.types),
                 "examples": [{"type": r["chosen_type"], "inferred": r["chosen_persona"]}
                              for r in inferred["test"][:len(self.cfg.types)]]}
+
+    def infer_with_student(self, train_rows: list[dict], pairs) -> dict:
+        """The gold personas of `share` of the distinct training pairs as the teacher's records
+        (write_teacher), then the student route on every pair (it skips the taught ones)."""
+        from persona_ray.inference.student import run_student_route
+
+        teacher = self.out / "infer" / "teacher"
+        write_teacher(train_rows, self.cfg.pi_student.share, str(teacher / "personas"))
+        engine = EngineSettings(**self.cfg.infer.get("engine", {}))
+        return run_student_route(self.cfg.pi_student, pairs, str(self.out / "infer" / "student"), engine,
+                                 teacher=str(teacher), student_model=self.cfg.model)
 
     def read_rows(self, split: str, source: str = "gold") -> list[dict]:
         from persona_ray.dataset.splits import read_split
@@ -358,6 +385,26 @@ def write_pi_pairs(rows: list[dict], path: Path) -> int:
             f.write(json.dumps({"pair_id": _pair_text_key(row), "prompt": row["prompt"], "chosen": row["chosen"],
                                 "rejected": row["rejected"], "domain": "world"}) + "\n")
     return len(pairs)
+
+
+def write_teacher(train_rows: list[dict], share: float, folder: str) -> int:
+    """The gold personas of `share` of the distinct pair texts of `train_rows` (picked by a hash of
+    the text's key: input_pairs.in_share) as persona records in `folder`, once. Returns the taught pairs."""
+    import pyarrow as pa
+
+    from persona_ray.core.schema import PERSONA_SCHEMA, given_persona_record
+    from persona_ray.core.shards import ShardWriter, committed_rows
+    from persona_ray.inference.input_pairs import in_share
+
+    written = committed_rows(folder)
+    if written:
+        return written // 2
+    taught = [r for r in distinct_pairs(train_rows) if in_share(_pair_text_key(r), share)]
+    writer = ShardWriter(folder, PERSONA_SCHEMA, shard_size=max(1, 2 * len(taught)))
+    writer.add(pa.Table.from_pylist([given_persona_record(_pair_text_key(r), side, r[f"{side}_persona"], "gold")
+                                     for r in taught for side in ("chosen", "rejected")], schema=PERSONA_SCHEMA))
+    writer.close()
+    return len(taught)
 
 
 def with_inferred_personas(rows: list[dict], records: list[dict]) -> tuple[list[dict], int]:
