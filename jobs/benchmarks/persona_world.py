@@ -62,7 +62,8 @@ def main() -> None:
         cfg = cfg.model_copy(update={"judge": None})
     started = time.time()
     stages = run_world(cfg, only=args.only)
-    results = json.loads((Path(cfg.output) / "report" / "results.json").read_text())
+    found = Path(cfg.output) / "report" / "results.json"
+    results = json.loads(found.read_text()) if found.exists() else {}  # none yet after --only build / infer
     majority, minority = cfg.types[0].name, "minority"
 
     print(f"\npersona world: base {cfg.model}, seed {cfg.seed}, {time.time() - started:.0f} s this run")
@@ -75,7 +76,7 @@ def main() -> None:
         print(f"preference accuracy {label:>16}: " + "  ".join(f"{k} {v:.3f}" for k, v in rates.items()))
     for label, rates in (results.get("compliance") or {}).items():
         print(f"compliance {label:>25}: " + "  ".join(f"{k} {v['rate']:.3f}" for k, v in rates.items()))
-    for key in ("pi_accuracy_vs_truth", "pi_accuracy_test"):
+    for key in ("pi_accuracy_vs_truth", "pi_accuracy_val", "pi_accuracy_test"):
         pi = stages.get("infer", {}).get(key)
         if pi:
             print(f"{key}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in pi.items()))

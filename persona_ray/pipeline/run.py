@@ -231,6 +231,8 @@ class Pipeline:
         teacher labelled some of these pairs."""
         if self.cfg.pi_student is None:
             return [self.path("infer")]
+        if not self.done("pi-student"):
+            raise RuntimeError("augment: the pi-student stage has not finished; run it first (--from pi-student)")
         route = storage.read_json(self.marker("pi-student"))["summary"]
         return [path for path in (route["teacher_personas"], self.path("pi-student", "infer")) if path]
 

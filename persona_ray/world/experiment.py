@@ -202,7 +202,8 @@ class World:
         accuracy = pi_accuracy([r for split_rows in inferred.values() for r in split_rows], self.cfg.types)
         return {"distinct_pairs": distinct, "rows_without_valid_personas": lost, "pi_student": student,
                 "pi_valid_pct": valid_pct, "pi_accuracy_vs_truth": accuracy,
-                # test pairs are never taught: what the PI model (or the student) does on its own
+                # validation and test pairs are never taught: what the PI model (or the student) does alone
+                "pi_accuracy_val": pi_accuracy(inferred["val"], self.cfg.types),
                 "pi_accuracy_test": pi_accuracy(inferred["test"], self.cfg.types),
                 "examples": [{"type": r["chosen_type"], "inferred": r["chosen_persona"]}
                              for r in inferred["test"][:len(self.cfg.types)]]}
