@@ -180,10 +180,12 @@ def test_pi_with_smollm2_writes_valid_varied_personas(ray_local, model_dir, tmp_
     pairs = tmp_path / "pairs.jsonl"
     lines = [line for line in SAMPLE_PAIRS.read_text().splitlines() if line.strip()]
     pairs.write_text("\n".join(lines[::6][:10]) + "\n")  # 10 pairs across the four domains
+    # float32 on both kinds of machine: where the CPU has bf16 instructions the engine's auto dtype is
+    # bfloat16, whose greedy personas differ (16 of 20 valid on an avx512_bf16 EPYC, 2026-12-07).
     cfg = InferConfig(pairs={"input": str(pairs)}, output=str(tmp_path / "out"), k_shot=2,
                       max_attribute_chars=80, max_preference_chars=120,
                       engine={"model": "smollm2", "prompt_format": "chat", "sampling": {"max_tokens": 96},
-                              "vllm": {"batch_size": 16}})
+                              "vllm": {"batch_size": 16, "dtype": "float32"}})
     manifest = run_infer(cfg)
     records = read_shards(str(tmp_path / "out" / "personas")).to_pylist()
     assert len(records) == 20 == manifest["counts"]["unique_keys"]
