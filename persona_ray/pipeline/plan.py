@@ -253,12 +253,12 @@ def _engine_gpus(settings) -> int:
 def format_plan(plan: dict[str, Any]) -> str:
     lines = [f"{plan['pairs']} pairs, {plan['test_rows']} test rows ({plan['sizes_from']}); tokens ≈ characters / "
              f"{CHARS_PER_TOKEN}", "",
-             f"{'stage':<9} {'model':<48} {'accel.':>6} {'wts GB':>6} {'requests':>9} {'input tok':>12} "
+             f"{'stage':<10} {'model':<48} {'accel.':>6} {'wts GB':>6} {'requests':>9} {'input tok':>12} "
              f"{'output tok':>11} {'acc-h':>7}"]
     for s in plan["stages"]:
         hours = "-" if s["accelerator_hours"] is None else f"{s['accelerator_hours']:.2f}"
         weights = "-" if s["weights_gb"] is None else f"{s['weights_gb']:.0f}"
-        lines.append(f"{s['stage']:<9} {s['model'][-48:]:<48} {str(s['accelerators']):>6} {weights:>6} {s['requests']:>9} "
+        lines.append(f"{s['stage']:<10} {s['model'][-48:]:<48} {str(s['accelerators']):>6} {weights:>6} {s['requests']:>9} "
                      f"{s['input_tokens']:>12,} {s['output_tokens']:>11,} {hours:>7}")
     lines += ["", f"estimated accelerator-hours: {plan['accelerator_hours']} (rough: the rates in the config's plan "
               "block; ColBERT and CPU stages not counted)"]
