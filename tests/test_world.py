@@ -230,7 +230,8 @@ def test_a_pi_student_is_taught_the_gold_personas_of_a_share_of_the_training_pai
     assert all(r["valid"] and r["model"] == "gold" for r in records)
     by_key = {(r["pair_id"], r["side"]): r["persona"] for r in records}
     for i in {int(key.split("-")[0][1:]) for key, _ in by_key}:
-        assert by_key[(f"p{i}-{types[i % 3]}-{types[(i + 1) % 3]}", "chosen")].startswith(f"The user is a reader of kind {i % 3}")
+        key = f"p{i}-{types[i % 3]}-{types[(i + 1) % 3]}"
+        assert by_key[(key, "chosen")].startswith(f"The user is a reader of kind {i % 3}")
     assert write_teacher(rows, 0.5, str(tmp_path / "personas")) == taught  # written once: a rerun keeps them
     with pytest.raises(ValueError, match="the world's teacher is its gold personas"):
         WorldConfig(output=str(tmp_path), pi_student={"teacher": "reference"})

@@ -140,7 +140,8 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
     log.info("PI student: %d taught pairs -> %d pairs inferred by the student (%.1f%% valid personas)",
              taught, counts["valid_pairs"], manifest["throughput"]["valid_pct"],
              extra={"stage": "pi-student", "taught_pairs": taught, "student_pairs": counts["valid_pairs"]})
-    return {"taught_pairs": taught, "teacher_personas": elsewhere, "student": student, "student_pairs": counts["valid_pairs"],
+    return {"taught_pairs": taught, "teacher_personas": elsewhere, "student": student,
+            "student_pairs": counts["valid_pairs"],
             "left_to_teacher": counts["left_to_another_run"], "personas": counts["persona_records"],
             "valid_pct": manifest["throughput"]["valid_pct"], "train_s": round(trained_s, 1),
             "infer_s": manifest["timings_s"]["total"]}

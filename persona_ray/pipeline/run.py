@@ -54,7 +54,8 @@ from persona_ray.tailoring.templates import TRAINING_TYPES
 log = logging.getLogger(__name__)
 # Stages whose jobs have no `tracking` of their own; the others log themselves as child runs.
 UNTRACKED_JOBS = ("augment", "index", "retrieve", "report")
-STAGES = ("infer", "pi-student", "augment", "pi-eval", "sft", "dpo", "baseline", "index", "retrieve", "generate", "judge", "report")
+STAGES = ("infer", "pi-student", "augment", "pi-eval", "sft", "dpo", "baseline", "index", "retrieve", "generate",
+          "judge", "report")
 # What each stage writes under `output`: removed before a stage is rerun with --from / --only, so
 # it is computed again rather than resumed.
 OUTPUTS = {"infer": ["infer"], "pi-student": ["pi-student"], "augment": ["augmented"], "pi-eval": ["pi-eval"],
