@@ -62,7 +62,6 @@ PERSONA_SCHEMA = pa.schema(
 )
 
 
-
 def given_persona_record(pair_id: str, side: str, persona: str, source: str) -> dict:
     """A PERSONA_SCHEMA record for a persona that no PI model wrote (a world's gold persona taught
     to a PI student): valid by the shared rules, `source` in the model field."""

@@ -107,8 +107,8 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
                       tracking: TrackingSettings | None = None) -> dict[str, Any]:
     """Teach, train and merge the student (once), then infer every pair the teacher left.
     `teacher`: route.teacher when None; `student_model`: the student's base when route.train names
-    none (default: engine.model). Returns a summary; the student's personas are in <output>/infer, and
-    `teacher_personas` names the teacher's persona folder where it labelled some of `pairs`."""
+    none (default: engine.model). Returns a summary: `student_personas` is the student's PI output
+    folder, `teacher_personas` the teacher's where it labelled some of `pairs` (else None)."""
     from persona_ray.inference.infer import InferConfig, run_infer
     from persona_ray.tailoring import merge_adapter
     from persona_ray.tailoring.pi_student import PIStudentJobConfig, train_pi_student
@@ -132,7 +132,8 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
     settings = {k: v for k, v in route.infer.items() if k != "engine"}
     student_engine = EngineSettings(**{**engine.model_dump(), "backend": "vllm", "model": student,
                                        "prompt_format": "completion", **route.infer.get("engine", {})})
-    manifest = run_infer(InferConfig(**{"pairs": pairs, "output": os.path.join(output, "infer"),
+    infer_output = os.path.join(output, "infer")
+    manifest = run_infer(InferConfig(**{"pairs": pairs, "output": infer_output,
                                         "engine": student_engine, "k_shot": train.k_shot,
                                         "exemplars": train.exemplars, "written_elsewhere": elsewhere,
                                         **({"tracking": tracking} if tracking else {}), **settings}))
@@ -141,7 +142,7 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
              taught, counts["valid_pairs"], manifest["throughput"]["valid_pct"],
              extra={"stage": "pi-student", "taught_pairs": taught, "student_pairs": counts["valid_pairs"]})
     return {"taught_pairs": taught, "teacher_personas": elsewhere, "student": student,
-            "student_pairs": counts["valid_pairs"],
+            "student_personas": infer_output, "student_pairs": counts["valid_pairs"],
             "left_to_teacher": counts["left_to_another_run"], "personas": counts["persona_records"],
             "valid_pct": manifest["throughput"]["valid_pct"], "train_s": round(trained_s, 1),
             "infer_s": manifest["timings_s"]["total"]}

@@ -235,7 +235,7 @@ class Pipeline:
         if not self.done("pi-student"):
             raise RuntimeError("augment: the pi-student stage has not finished; run it first (--from pi-student)")
         route = storage.read_json(self.marker("pi-student"))["summary"]
-        return [path for path in (route["teacher_personas"], self.path("pi-student", "infer")) if path]
+        return [path for path in (route["teacher_personas"], route["student_personas"]) if path]
 
     def stage_augment(self) -> dict:
         from persona_ray.dataset.augment import AugmentConfig, run_augment

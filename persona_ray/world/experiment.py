@@ -188,7 +188,7 @@ class World:
         student = {}
         if self.cfg.pi_student:
             student = self.infer_with_student(rows["train"], pairs)
-            folders = [self.out / "infer" / "teacher", self.out / "infer" / "student" / "infer"]
+            folders = [Path(student["teacher_personas"]), Path(student["student_personas"])]
             valid_pct = student["valid_pct"]
         else:
             manifest = run_infer(InferConfig(pairs=pairs, output=str(self.out / "infer"), **self.cfg.infer))
