@@ -31,12 +31,12 @@ from persona_ray.quality.pi_eval import PIEvalConfig
 from persona_ray.retrieval.batch import RetrieveConfig
 from persona_ray.retrieval.index import IndexConfig
 from persona_ray.serving.config import ServeConfig
-from persona_ray.tailoring import DPOJobConfig, PIStudentJobConfig, SFTJobConfig
+from persona_ray.tailoring import DPOJobConfig, PIStudentDPOJobConfig, PIStudentJobConfig, SFTJobConfig
 from persona_ray.world.experiment import STAGES as WORLD_STAGES, WorldConfig
 
 # Every job config, in pipeline order: `persona-ray config-reference` documents them.
 JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, ImportReleasedConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig,
-               PIStudentJobConfig, IndexConfig, RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig, WorldConfig]
+               PIStudentJobConfig, PIStudentDPOJobConfig, IndexConfig, RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig, WorldConfig]
 
 
 def _setup_logging() -> None:
@@ -311,11 +311,14 @@ def _pipeline(cfg: PipelineConfig, start: str | None, only: str | None, verbose:
 
 MODEL = Flag("engine.model", "model")
 train = click.Group("train", help="Training with TRL + LoRA under Ray Train: persona-tailoring SFT, DPO from the "
-                    "merged SFT model, or a PI student (pi) that learns a teacher's personas.")
+                    "merged SFT model, or a PI student that learns a teacher's personas (pi), then tells a pair's "
+                    "two sides apart (pi-dpo, from the merged pi student).")
 TRAIN_FLAGS = [Flag("data"), Flag("output"), Flag("training_type"), Flag("num_workers"), Flag("max_steps")]
 train.add_command(job_command("sft", SFTJobConfig, _train("train_sft"), [*TRAIN_FLAGS, Flag("model")]))
 train.add_command(job_command("dpo", DPOJobConfig, _train("train_dpo"), [*TRAIN_FLAGS, Flag("sft_model")]))
 train.add_command(job_command("pi", PIStudentJobConfig, _train("train_pi_student"), [*TRAIN_FLAGS, Flag("model")]))
+train.add_command(job_command("pi-dpo", PIStudentDPOJobConfig, _train("train_pi_student_dpo"),
+                              [*TRAIN_FLAGS, Flag("sft_model")]))
 
 def _world(stage: str | None) -> Callable[..., dict]:
     def run(cfg: WorldConfig, only: str | None = None, **_: Any) -> dict:

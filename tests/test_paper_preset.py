@@ -162,6 +162,7 @@ def test_a_pipeline_with_a_pi_student_plans_the_teacher_on_its_share_and_the_stu
     assert {s["stage"]: s for s in build_plan(given)["stages"]}["infer"]["requests"] == 0
     assert "student" not in build_plan(given)["pi_cost"]
     for bad, message in [({"train": {"max_stepz": 3}}, "max_stepz"), ({"infer": {"engine": "tiny"}}, "infer.engine"),
-                         ({"infer": {"k_shot": -1}}, "k_shot"), ({"share": 1.0}, "share")]:
+                         ({"infer": {"k_shot": -1}}, "k_shot"), ({"share": 1.0}, "share"),
+                         ({"dpo": {"beta": "x"}}, "beta"), ({"dpo": {"k_shot": 2}}, "come from `train`")]:
         with pytest.raises(ValueError, match=message):
             load_config(PipelineConfig, str(PRESETS["hhh"]), {"pi_student": {**route, **bad}})

@@ -1,6 +1,7 @@
-"""The PI student (tailoring/pi_student.py): what it learns from (no Ray needed), and, on a tiny
-synthetic set, that the pipeline's pi-student stage trains it under Ray Train and it infers its
-teacher's personas on pairs it never saw, through `persona-ray infer` with contrastive selection (slow)."""
+"""The PI student (tailoring/pi_student.py): what its SFT and DPO learn from (no Ray needed), and,
+on a tiny synthetic set, that the pipeline's pi-student stage trains it under Ray Train (SFT, then
+DPO from it) and it infers its teacher's personas on pairs it never saw, through `persona-ray infer`
+with contrastive selection (slow)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from persona_ray.core.schema import SIDES
 from persona_ray.dataset.augment import ROW_FIELDS
 from persona_ray.inference.prompt import build_pi_prompt
 from persona_ray.tailoring import TrainConfigError
-from persona_ray.tailoring.pi_student import PIStudentJobConfig, check_pi_student_job, student_examples
-from persona_ray.tailoring.templates import IGNORE_INDEX, tokenize_sft
+from persona_ray.tailoring.pi_student import (PIStudentDPOJobConfig, PIStudentJobConfig, check_pi_student_dpo_job,
+                                              check_pi_student_job, student_dpo_examples, student_examples)
+from persona_ray.tailoring.templates import IGNORE_INDEX, tokenize_dpo, tokenize_sft
 
 ROW = {"pair_id": "p1", "prompt": "How do I keep basil alive?", "chosen": "Water it when the soil is dry.",
        "rejected": "1. Find sun. 2. Water. 3. Prune.", "domain": "safety_qa", "source": "test",
@@ -64,6 +66,30 @@ def test_the_target_is_the_persona_alone_and_a_bad_split_is_refused_before_ray(t
         PIStudentJobConfig(data="d", output="o", training_type="none")
 
 
+def test_student_dpo_makes_each_sides_persona_beat_the_other_sides_under_the_same_prompt(tiny_model, tmp_path):
+    examples = student_dpo_examples(ROW, "all")
+    for example, sft in zip(examples, student_examples(ROW, "all")):
+        other = "rejected" if example["persona_side"] == "chosen" else "chosen"
+        assert example["prompt"] == sft["input"] and example["chosen"] == sft["response"]
+        assert example["rejected"] == ROW[f"{other}_persona"]
+    assert [e["persona_side"] for e in student_dpo_examples(ROW, "rejected")] == ["rejected"]
+    # two personas that say the same thing teach nothing about which side is which: no example
+    same = {**ROW, "rejected_persona": ROW["chosen_persona"].replace("single", "one")}
+    assert student_dpo_examples(same, "all") == []
+    with pytest.raises(ValueError, match="rejected_persona"):
+        student_dpo_examples({**ROW, "rejected_persona": "prefers lists"}, "all")
+    from transformers import AutoTokenizer
+
+    tokens = tokenize_dpo(examples[0], AutoTokenizer.from_pretrained(tiny_model), 1024)
+    assert tokens["prompt_input_ids"] and tokens["chosen_input_ids"] != tokens["rejected_input_ids"]
+    storage.write_parquet(pa.Table.from_pylist([{f: ROW[f] for f in ROW_FIELDS}]),
+                          str(tmp_path / "sft_train.parquet"))
+    with pytest.raises(TrainConfigError, match="sft_model"):  # DPO starts from the SFT student
+        check_pi_student_dpo_job(PIStudentDPOJobConfig(data=str(tmp_path), output=str(tmp_path / "runs")))
+    assert check_pi_student_dpo_job(PIStudentDPOJobConfig(data=str(tmp_path), output=str(tmp_path / "runs"),
+                                                          sft_model=tiny_model))[1] == 1
+
+
 def _form_pairs(prompts: list[str], start: int) -> list[dict]:
     """A tiny synthetic PI set: per prompt a short prose and a short numbered answer (world/synthetic.py),
     preferred in turn; the teacher's persona of each side is the persona-world type of its form."""
@@ -84,12 +110,15 @@ def _form_pairs(prompts: list[str], start: int) -> list[dict]:
 def test_the_pipelines_pi_student_stage_trains_a_tiny_student_that_infers_its_teachers_personas(ray_local, tmp_path):
     """The pipeline's pi-student stage (inference/student.py) on 52 pairs whose teacher labelled 40
     (the persona of each side follows the form of its response): the tiny model + LoRA trained
-    under Ray Train (120 steps) writes the teacher's persona for at least 90 % of the 12 unseen
-    pairs' sides, through the PI job with contrastive selection (the student's greedy and sampled
-    personas of both sides, scored under both prompts), and leaves the taught pairs to the teacher;
-    the augment stage joins both persona folders; a rerun trains and writes nothing.
-    Measured on the AVX2-only EPYC (2026-12-07): 100 steps already gave 40 of 40 sides with greedy
-    decoding; 60 steps gave 0 (the same persona for every side)."""
+    under Ray Train (120 steps), then 8 steps of DPO from it (each side's persona ahead of the
+    other side's), writes the teacher's persona for at least 90 % of the 12 unseen pairs' sides,
+    through the PI job with contrastive selection (the student's greedy and sampled personas of
+    both sides, scored under both prompts), and leaves the taught pairs to the teacher; the
+    augment stage joins both persona folders; a rerun trains and writes nothing.
+    Measured on the AVX2-only EPYC (2026-12-07): 100 SFT steps already gave 40 of 40 sides with
+    greedy decoding; 60 steps gave 0 (the same persona for every side). On the avx512_bf16 EPYC the
+    same day, 40 DPO steps at 5e-3 from those 60 gave 0 of 24 valid: DPO moves the tokens that
+    differ between the two personas, it does not teach fluent text, so SFT must come first."""
     import json
 
     from persona_ray.core.schema import PERSONA_SCHEMA, given_persona_record
@@ -108,10 +137,13 @@ def test_the_pipelines_pi_student_stage_trains_a_tiny_student_that_infers_its_te
     teacher.add(pa.Table.from_pylist([given_persona_record(r["pair_id"], side, r[f"{side}_persona"], "gold")
                                       for r in taught for side in SIDES], schema=PERSONA_SCHEMA))
     teacher.close()
+    lora = {"r": 16, "alpha": 32, "target_modules": list(LINEAR_LAYERS)}
     route = {"teacher": str(tmp_path / "teacher"),
              "train": {"max_steps": 120, "learning_rate": 5e-3, "per_device_batch_size": 8, "max_length": 512,
-                       "save_steps": 120, "logging_steps": 20, "evaluate": False,
-                       "lora": {"r": 16, "alpha": 32, "target_modules": list(LINEAR_LAYERS)}},
+                       "save_steps": 120, "logging_steps": 20, "evaluate": False, "lora": lora},
+             # DPO from it, a few steps: the mechanics (trained, merged, the model that infers)
+             "dpo": {"max_steps": 8, "learning_rate": 5e-4, "per_device_batch_size": 8, "save_steps": 8,
+                     "logging_steps": 4, "evaluate": False, "lora": lora},
              "infer": {"contrast": {"samples": 2},
                        # 4 pairs a contrast batch: 3 batches. The tiny tokenizer decodes a first "The" as
                        # " The", so a pattern that starts "The user" would push the student off its tokens.
@@ -122,6 +154,10 @@ def test_the_pipelines_pi_student_stage_trains_a_tiny_student_that_infers_its_te
     summary = pipeline.run_stage("pi-student")
     assert (summary["taught_pairs"], summary["student_pairs"], summary["left_to_teacher"]) == (40, 12, 40)
     assert summary["personas"] == 2 * len(unseen) and summary["teacher_personas"] == route["teacher"]
+    assert summary["student"] == pipeline.path("pi-student", "model-dpo")  # the DPO student infers
+    logged = [json.loads(line) for line in open(pipeline.path("pi-student", "runs", "student-dpo", "metrics.jsonl"))]
+    margins = [(step["step"], step["rewards/margins"]) for step in logged if "rewards/margins" in step]
+    assert [s for s, _ in margins] == [4, 8] and margins[-1][1] > 0, logged  # own side's persona now ahead
     records = personas_by_key(pipeline.path("pi-student", "infer"))
     assert {pair_id for pair_id, _ in records} == {r["pair_id"] for r in unseen}
     right = [records[(r["pair_id"], side)]["persona"] == r[f"{side}_persona"] for r in unseen for side in SIDES]

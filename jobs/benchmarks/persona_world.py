@@ -1,7 +1,8 @@
 """The persona world with SmolLM2: does persona tailoring serve minority users where plain DPO fails?
 
     python jobs/benchmarks/persona_world.py [--config cluster/jobs/world.yaml] [--output DIR] [--only STAGE]
-                                            [--pi-student SHARE] [--no-judge]
+                                            [--pi-student SHARE [--pi-student-dpo STEPS]]
+                                            [--no-judge]
 
 Runs the whole world experiment (persona_ray/world/experiment.py; sizes and why in the config's
 header) and prints, side by side from this one run:
@@ -32,6 +33,10 @@ STUDENT = {"train": {"max_steps": 120, "learning_rate": 5e-4, "per_device_batch_
                      "bf16": "auto", "save_steps": 120, "logging_steps": 10,
                      "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"]}}}
+# --pi-student-dpo STEPS: DPO from that student, each side's persona beating the other side's
+# (tailoring/pi_student.py). Set before the run; compare settings on the validation numbers.
+STUDENT_DPO = {"learning_rate": 2e-4, "beta": 0.1, "per_device_batch_size": 4, "cpus_per_worker": 2, "bf16": "auto",
+               "logging_steps": 4, "lora": STUDENT["train"]["lora"]}
 
 
 def _points(gap: dict | None) -> str:
@@ -47,6 +52,8 @@ def main() -> None:
     parser.add_argument("--only", help="run (again) just this stage")
     parser.add_argument("--pi-student", type=float, metavar="SHARE",
                         help="infer personas with a PI student taught this share of the training pairs")
+    parser.add_argument("--pi-student-dpo", type=int, metavar="STEPS",
+                        help="with --pi-student: DPO from the SFT student for STEPS steps (STUDENT_DPO)")
     parser.add_argument("--no-judge", action="store_true",
                         help="skip the LLM judge (compliance comes from the style program either way)")
     args = parser.parse_args()
@@ -57,6 +64,9 @@ def main() -> None:
     overrides = {"output": args.output} if args.output else {}
     if args.pi_student:
         overrides["pi_student"] = {**STUDENT, "share": args.pi_student}
+        if args.pi_student_dpo:
+            overrides["pi_student"]["dpo"] = {**STUDENT_DPO, "max_steps": args.pi_student_dpo,
+                                              "save_steps": args.pi_student_dpo}
     cfg = load_config(WorldConfig, args.config, overrides)
     if args.no_judge:
         cfg = cfg.model_copy(update={"judge": None})

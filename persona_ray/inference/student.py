@@ -4,6 +4,8 @@ the personas of every pair the teacher left.
     teacher -> training rows                       <output>/teacher/   (or the teacher's own folder)
             -> `train pi` (tailoring/pi_student.py) under Ray Train, merged
                                                    <output>/runs/, <output>/model/
+            -> `train pi-dpo` from it, when the route sets `dpo`, merged
+                                                   <output>/runs/, <output>/model-dpo/
             -> `infer` with the student on the pairs the teacher did not label
                                                    <output>/infer/     (persona records, as PI writes)
 
@@ -57,6 +59,9 @@ class StudentRoute(Settings):
                          "`teacher` is none, picked by a hash of the pair id; the student infers the rest")
     train: dict[str, Any] = Field(default_factory=dict, description="PIStudentJobConfig keys, e.g. model (the "
                                   "student's base; default: the pipeline's base model), max_steps, learning_rate, lora")
+    dpo: dict[str, Any] | None = Field(None, description="PIStudentDPOJobConfig keys: DPO from the merged SFT "
+                                       "student, each side's persona beating the other side's (tailoring/"
+                                       "pi_student.py), e.g. {max_steps: 40}; none: the SFT student infers")
     infer: dict[str, Any] = Field(default_factory=dict, description="InferConfig keys of the student's PI run, e.g. "
                                   "contrast; its `engine` keys replace the PI engine's (the model is the student, "
                                   "prompts are completions)")
@@ -64,16 +69,21 @@ class StudentRoute(Settings):
     @model_validator(mode="after")
     def _parts_are_valid(self):
         from persona_ray.inference.infer import InferConfig
-        from persona_ray.tailoring.pi_student import PIStudentJobConfig
+        from persona_ray.tailoring.pi_student import PIStudentDPOJobConfig, PIStudentJobConfig
 
         if "engine" in self.infer and not isinstance(self.infer["engine"], dict):
             raise ValueError("infer.engine: a mapping of EngineSettings keys")
         try:  # checked when the config is read, not an hour into the run
             PIStudentJobConfig(data="-", output="-", **self.train)
+            if self.dpo is not None:
+                PIStudentDPOJobConfig(data="-", output="-", **self.dpo)
+                if {"k_shot", "exemplars", "sft_model"} & set(self.dpo):
+                    raise ValueError("dpo: k_shot, exemplars and sft_model come from `train` (DPO starts from the "
+                                     "SFT student and keeps its prompt); set them there")
             InferConfig(pairs=PairSource(input="-"), output="-", **{k: v for k, v in self.infer.items()
                                                                      if k != "engine"})
         except ValueError as exc:
-            raise ValueError(f"train / infer: {exc}") from None
+            raise ValueError(f"train / dpo / infer: {exc}") from None
         return self
 
 
@@ -111,7 +121,8 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
     folder, `teacher_personas` the teacher's where it labelled some of `pairs` (else None)."""
     from persona_ray.inference.infer import InferConfig, run_infer
     from persona_ray.tailoring import merge_adapter
-    from persona_ray.tailoring.pi_student import PIStudentJobConfig, train_pi_student
+    from persona_ray.tailoring.pi_student import (PIStudentDPOJobConfig, PIStudentJobConfig, train_pi_student,
+                                                  train_pi_student_dpo)
 
     teacher = teacher or route.teacher
     if not teacher:
@@ -127,6 +138,17 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
         run = train_pi_student(train)
         shutil.rmtree(student, ignore_errors=True)  # a half-merged folder from a killed run
         merge_adapter(run["checkpoint"], train.model, student)
+    if route.dpo is not None:
+        dpo = PIStudentDPOJobConfig(**{"data": rows, "output": train.output, "name": "student-dpo",
+                                       "sft_model": student, "train_split": train.train_split,
+                                       "k_shot": train.k_shot, "exemplars": train.exemplars,
+                                       "max_length": train.max_length,
+                                       **({"tracking": tracking} if tracking else {}), **route.dpo})
+        student = os.path.join(output, "model-dpo")
+        if not os.path.exists(os.path.join(student, "config.json")):
+            run = train_pi_student_dpo(dpo)
+            shutil.rmtree(student, ignore_errors=True)
+            merge_adapter(run["checkpoint"], dpo.sft_model, student)
     trained_s = time.time() - started
 
     settings = {k: v for k, v in route.infer.items() if k != "engine"}

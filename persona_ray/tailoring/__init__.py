@@ -8,7 +8,7 @@
 
 Modules: templates (the exact model inputs and targets), fewshot (PT-fs prompts), base (the job
 config, the method interface, pre-flight checks), sft / dpo (the two methods: config, examples,
-tokenising, TRL trainer), pi_student (a third method: SFT that teaches a small model a teacher's
+tokenising, TRL trainer), pi_student (SFT, then DPO, that teach a small model a teacher's
 personas from the PI prompt), ray_loop (any method under Ray Train), merge (adapter -> model folder).
 Each job validates its config, split files, rows and model before any Ray worker starts
 (TrainConfigError names the field and the fix). Test hook: PERSONA_RAY_TRAIN_FAIL_AT_STEP=N makes
@@ -23,7 +23,8 @@ _EXPORTS = {
     "merge_adapter": "merge", "FAIL_AT_STEP_ENV": "ray_loop", "plan_steps": "ray_loop",
     "SFT": "sft", "SFTJobConfig": "sft", "check_sft_job": "sft", "train_sft": "sft",
     "PIStudent": "pi_student", "PIStudentJobConfig": "pi_student", "check_pi_student_job": "pi_student",
-    "train_pi_student": "pi_student",
+    "train_pi_student": "pi_student", "PIStudentDPO": "pi_student", "PIStudentDPOJobConfig": "pi_student",
+    "check_pi_student_dpo_job": "pi_student", "train_pi_student_dpo": "pi_student",
 }
 __all__ = list(_EXPORTS)
 
