@@ -39,8 +39,12 @@ def test_every_request_of_a_domain_shares_the_prefix():
 def test_sides_swap_which_response_is_preferred():
     chosen = build_query("Q?", "CHOSEN", "REJECTED", "chosen")
     rejected = build_query("Q?", "CHOSEN", "REJECTED", "rejected")
-    assert chosen == "Prompt: Q?\nResponse 1: CHOSEN\nResponse 2: REJECTED\nPreferred: Response 1\nPersona:"
-    assert rejected == "Prompt: Q?\nResponse 1: REJECTED\nResponse 2: CHOSEN\nPreferred: Response 1\nPersona:"
+    # each response's length in words beside it (a small PI model cannot count)
+    assert chosen == ("Prompt: Q?\nResponse 1 (1 words): CHOSEN\nResponse 2 (1 words): REJECTED\n"
+                      "Preferred: Response 1\nPersona:")
+    assert rejected == ("Prompt: Q?\nResponse 1 (1 words): REJECTED\nResponse 2 (1 words): CHOSEN\n"
+                        "Preferred: Response 1\nPersona:")
+    assert "Response 1 (4 words): a b c\nd" in build_query("Q?", "a b c\nd", "e", "chosen")
     with pytest.raises(ValueError, match="side"):
         build_query("Q?", "a", "b", "both")
 

@@ -17,7 +17,8 @@ import yaml
 # Written on every PI record and in the manifest: bump it whenever the instruction or the bundled
 # exemplars change what a prompt looks like (a resumed run keys by pair and side only, so start a
 # new output folder after a bump). pi-v2: a very short, general persona; 5 exemplars per domain.
-TEMPLATE_VERSION = "pi-v2"
+# pi-v3: each response's length in words beside it.
+TEMPLATE_VERSION = "pi-v3"
 DEFAULT_DOMAIN = "safety_qa"
 
 INSTRUCTION = (
@@ -79,10 +80,12 @@ def check_k_shot(k: int, exemplar_path: str | None = None) -> None:
 
 
 def _block(prompt: str, response_1: str, response_2: str, preferred: int) -> str:
+    # Each response's length is written out: how long an answer is often decides a preference, and
+    # a small PI model cannot count the words of a long text it reads.
     return (
         f"Prompt: {prompt.strip()}\n"
-        f"Response 1: {response_1.strip()}\n"
-        f"Response 2: {response_2.strip()}\n"
+        f"Response 1 ({len(response_1.split())} words): {response_1.strip()}\n"
+        f"Response 2 ({len(response_2.split())} words): {response_2.strip()}\n"
         f"Preferred: Response {preferred}\n"
         "Persona:"
     )
