@@ -36,7 +36,8 @@ from persona_ray.world.experiment import STAGES as WORLD_STAGES, WorldConfig
 
 # Every job config, in pipeline order: `persona-ray config-reference` documents them.
 JOB_CONFIGS = [PipelineConfig, InferConfig, AugmentConfig, ImportReleasedConfig, PIEvalConfig, SFTJobConfig, DPOJobConfig,
-               PIStudentJobConfig, PIStudentDPOJobConfig, IndexConfig, RetrieveConfig, GenerateConfig, JudgeConfig, ServeConfig, WorldConfig]
+               PIStudentJobConfig, PIStudentDPOJobConfig, IndexConfig, RetrieveConfig, GenerateConfig, JudgeConfig,
+               ServeConfig, WorldConfig]
 
 
 def _setup_logging() -> None:

@@ -140,6 +140,10 @@ def test_plan_prices_the_pi_student_route_beside_the_teacher_on_all_pairs():
     assert alone[0]["student_infer_machine_hours"] == pytest.approx(500 / 0.5 / 3600, abs=0.05)
     assert alone[0]["student_cost"] == pytest.approx(500 / 0.5 + 1000 / 1.0, abs=1)
     assert alone[0]["teacher_on_fraction"] == 50 and alone[0]["teacher_on_all"] == 100
+    with_dpo = student_route(1000, 0.5, lambda n: [{"model": "T", "cost": n / 10}],
+                             {"pairs_per_s": 0.5, "train_examples_per_s": 1.0, "machine_price_per_hour": 3600.0,
+                              "dpo_cost": 2.0})  # SFT's 1000 examples, then DPO's at twice the price each
+    assert with_dpo[0]["student_cost"] == pytest.approx(500 / 0.5 + 3 * 1000 / 1.0, abs=1)
     run = CliRunner().invoke(app, ["pipeline", "--config", str(PRESETS["hhh"]), "--plan", "--plan-student-fraction",
                                    "0.1"])
     assert run.exit_code == 0, run.output
@@ -158,6 +162,11 @@ def test_a_pipeline_with_a_pi_student_plans_the_teacher_on_its_share_and_the_stu
     per_pair = {name: stage[name]["input_tokens"] / stage[name]["requests"] for name in ("infer", "pi-student")}
     assert per_pair["pi-student"] < 0.5 * per_pair["infer"]
     assert plan["pi_cost"]["student"]["fraction"] == 0.1  # the route's share prices the route
+    assert plan["pi_cost"]["student"]["dpo_cost"] == 0
+    with_dpo = build_plan(load_config(PipelineConfig, str(PRESETS["hhh"]), {"pi_student": {**route, "dpo": {}}}))
+    assert with_dpo["pi_cost"]["student"]["dpo_cost"] > 1  # a DPO example holds two personas + a reference pass
+    assert (with_dpo["pi_cost"]["student"]["rows"][0]["student_train_machine_hours"]
+            > plan["pi_cost"]["student"]["rows"][0]["student_train_machine_hours"])
     given = load_config(PipelineConfig, str(PRESETS["hhh"]), {"pi_student": {**route, "teacher": "reference"}})
     assert {s["stage"]: s for s in build_plan(given)["stages"]}["infer"]["requests"] == 0
     assert "student" not in build_plan(given)["pi_cost"]

@@ -31,7 +31,8 @@ def test_a_student_learns_the_prompt_infer_sends_for_each_side_and_the_teachers_
         assert example["input"].endswith("Persona:") and example["response"] == ROW[f"{side}_persona"]
         assert example["persona_side"] == side and example["pair_id"] == "p1"
     # the rejected side's prompt shows the rejected response as the preferred one
-    assert "Response 1 (7 words): 1. Find sun." in rejected["input"] and "Response 1 (7 words): Water it" in chosen["input"]
+    assert "Response 1 (7 words): 1. Find sun." in rejected["input"]
+    assert "Response 1 (7 words): Water it" in chosen["input"]
     assert [e["persona_side"] for e in student_examples(ROW, "chosen")] == ["chosen"]
     with_shots = student_examples(ROW, "chosen", k_shot=2)[0]["input"]
     assert with_shots == build_pi_prompt(ROW["prompt"], ROW["chosen"], ROW["rejected"], "chosen", "safety_qa", 2)

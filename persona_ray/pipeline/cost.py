@@ -72,11 +72,12 @@ def pi_cost(pairs: int, tokens: dict, price_per_gpu_hour: float, gpu_flops: floa
 
 def student_route(pairs: int, fraction: float, teacher_cost: Callable[[int], list[dict]], student: dict) -> list[dict]:
     """Per teacher size: the teacher on all `pairs` against the teacher on `fraction` of them + a
-    student trained on those (both sides, one epoch) + the student inferring the rest.
-    `teacher_cost(n)`: pi_cost's rows for n pairs. `student`: {"pairs_per_s", "train_examples_per_s",
-    "machine_price_per_hour"} of one CPU machine, measured (PlanSettings)."""
+    student trained on those (both sides, one epoch, and one of DPO when `dpo_cost`) + the student
+    inferring the rest. `teacher_cost(n)`: pi_cost's rows for n pairs. `student`: {"pairs_per_s",
+    "train_examples_per_s", "machine_price_per_hour"} of one CPU machine, measured (PlanSettings), and
+    "dpo_cost": what one DPO example costs in SFT examples (0: no DPO)."""
     taught = round(fraction * pairs)
-    train_hours = 2 * taught / student["train_examples_per_s"] / 3600
+    train_hours = 2 * taught * (1 + student.get("dpo_cost", 0.0)) / student["train_examples_per_s"] / 3600
     infer_hours = (pairs - taught) / student["pairs_per_s"] / 3600
     student_cost = (train_hours + infer_hours) * student["machine_price_per_hour"]
     rows = []
@@ -89,8 +90,9 @@ def student_route(pairs: int, fraction: float, teacher_cost: Callable[[int], lis
 
 
 def format_student_route(fraction: float, rows: list[dict], student: dict) -> str:
+    dpo = f", then one of DPO at {student['dpo_cost']:g}x an SFT example" if student.get("dpo_cost") else ""
     lines = [f"PI student route: teacher on {fraction:.0%} of the pairs, a student trained on its personas (both "
-             f"sides, one epoch), the student on the rest, on CPU machines at ${student['machine_price_per_hour']:g} an "
+             f"sides, one epoch{dpo}), the student on the rest, on CPU machines at ${student['machine_price_per_hour']:g} an "
              f"hour ({student['pairs_per_s']:g} pairs/s, {student['train_examples_per_s']:g} training examples/s a "
              f"machine: {student['measured']})",
              f"{'pairs':>12} {'teacher':<20} {'teacher on all':>15} {'teacher on f':>13} {'student m-h':>12} "

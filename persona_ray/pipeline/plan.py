@@ -36,6 +36,9 @@ STUDENT_MEASURED = ("a SmolLM2-135M student on a 2-core AVX2 EPYC, engine and Ra
                     "(jobs/benchmarks/README.md)")
 STUDENT_PAIRS_PER_S = round(92 / 193, 3)
 STUDENT_TRAIN_EXAMPLES_PER_S = round(120 * 4 / (37.2 * 60), 3)
+# One DPO example of the student (the route's `dpo`: two personas and the reference pass) costs this
+# many SFT examples: 0.165 against 0.375 examples/s in one world run (the avx512_bf16 EPYC, 2026-12-08).
+STUDENT_DPO_COST = round(0.375 / 0.165, 2)
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*[bB](?![a-z])")
 
 
@@ -130,7 +133,8 @@ def _pi_cost(cfg: PipelineConfig, rows: list[dict] | None, pairs: int) -> dict[s
         from persona_ray.pipeline.cost import student_route
 
         student = {"pairs_per_s": rates.student_pairs_per_s, "train_examples_per_s": rates.student_train_examples_per_s,
-                   "machine_price_per_hour": rates.student_machine_price_per_hour, "measured": STUDENT_MEASURED}
+                   "machine_price_per_hour": rates.student_machine_price_per_hour, "measured": STUDENT_MEASURED,
+                   "dpo_cost": STUDENT_DPO_COST if route and route.dpo is not None else 0.0}
         found["student"] = {**student, "fraction": fraction, "rows": [
             row for size in dict.fromkeys((pairs, 1_000_000, 10_000_000))
             for row in student_route(size, fraction, cost_of, student)]}
