@@ -34,7 +34,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
@@ -112,6 +112,18 @@ def teacher_rows(route: StudentRoute, teacher: str, pairs: PairSource, output: s
     return folder, teacher, taught
 
 
+def merged_once(folder: str, train: Callable[[Any], dict], cfg: Any, base: str) -> str:
+    """`folder`, holding `train(cfg)`'s adapter merged into `base`; trained only when no merged
+    model is there yet (a rerun keeps it)."""
+    from persona_ray.tailoring import merge_adapter
+
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        run = train(cfg)
+        shutil.rmtree(folder, ignore_errors=True)  # a half-merged folder from a killed run
+        merge_adapter(run["checkpoint"], base, folder)
+    return folder
+
+
 def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engine: EngineSettings,
                       teacher: str | None = None, student_model: str | None = None,
                       tracking: TrackingSettings | None = None) -> dict[str, Any]:
@@ -120,7 +132,6 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
     none (default: engine.model). Returns a summary: `student_personas` is the student's PI output
     folder, `teacher_personas` the teacher's where it labelled some of `pairs` (else None)."""
     from persona_ray.inference.infer import InferConfig, run_infer
-    from persona_ray.tailoring import merge_adapter
     from persona_ray.tailoring.pi_student import (PIStudentDPOJobConfig, PIStudentJobConfig, train_pi_student,
                                                   train_pi_student_dpo)
 
@@ -132,23 +143,15 @@ def run_student_route(route: StudentRoute, pairs: PairSource, output: str, engin
     train = PIStudentJobConfig(**{"data": rows, "output": os.path.join(output, "runs"), "name": "student",
                                   "model": student_model or engine.model, "val_split": None,
                                   **({"tracking": tracking} if tracking else {}), **route.train})
-    student = os.path.join(output, "model")
     started = time.time()
-    if not os.path.exists(os.path.join(student, "config.json")):
-        run = train_pi_student(train)
-        shutil.rmtree(student, ignore_errors=True)  # a half-merged folder from a killed run
-        merge_adapter(run["checkpoint"], train.model, student)
+    student = merged_once(os.path.join(output, "model"), train_pi_student, train, train.model)
     if route.dpo is not None:
         dpo = PIStudentDPOJobConfig(**{"data": rows, "output": train.output, "name": "student-dpo",
                                        "sft_model": student, "train_split": train.train_split,
                                        "k_shot": train.k_shot, "exemplars": train.exemplars,
                                        "max_length": train.max_length,
                                        **({"tracking": tracking} if tracking else {}), **route.dpo})
-        student = os.path.join(output, "model-dpo")
-        if not os.path.exists(os.path.join(student, "config.json")):
-            run = train_pi_student_dpo(dpo)
-            shutil.rmtree(student, ignore_errors=True)
-            merge_adapter(run["checkpoint"], dpo.sft_model, student)
+        student = merged_once(os.path.join(output, "model-dpo"), train_pi_student_dpo, dpo, student)
     trained_s = time.time() - started
 
     settings = {k: v for k, v in route.infer.items() if k != "engine"}

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from persona_ray.core.persona import near_copy, validate_persona
+from persona_ray.core.settings import Settings
 from persona_ray.inference.prompt import build_pi_prompt
 from persona_ray.tailoring.base import TrainConfig
 from persona_ray.tailoring.dpo import DPO, DPOJobConfig
@@ -41,17 +42,22 @@ from persona_ray.tailoring.sft import SFT
 from persona_ray.tailoring.templates import _field, _sides
 
 
-class PIStudentJobConfig(TrainConfig):
-    """PI student: (the PI prompt for a pair and side) -> the teacher's persona for that side."""
+class PIPromptFields(Settings):
+    """What the student's SFT and DPO share: the teacher's rows and the PI prompt they are shown as."""
 
     train_split: str = Field("sft_train", description="split to train on (its personas are the teacher's)")
-    val_split: str | None = Field("sft_val", description="split to evaluate on; none: no evaluation")
     training_type: Literal["all", "chosen", "rejected"] = Field(
         "all", description="sides learned: all (both, as PI infers both), chosen or rejected")
-    model: str = Field("tiny", description="the student's base model: a local folder, 'tiny', or 'smollm2'")
     k_shot: int = Field(0, ge=0, description="exemplars in the student's PI prompt; infer with the same k_shot")
     exemplars: str | None = Field(None, description="exemplar YAML (inference/prompt.py); none: the bundled one")
     max_length: int = Field(1024, ge=2, description="tokens per example; the PI prompt is cut from the left")
+
+
+class PIStudentJobConfig(PIPromptFields, TrainConfig):
+    """PI student: (the PI prompt for a pair and side) -> the teacher's persona for that side."""
+
+    val_split: str | None = Field("sft_val", description="split to evaluate on; none: no evaluation")
+    model: str = Field("tiny", description="the student's base model: a local folder, 'tiny', or 'smollm2'")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
 
 
@@ -84,17 +90,11 @@ class PIStudent(SFT):
         return student_examples(row, training_type, self.k_shot, self.exemplars)
 
 
-class PIStudentDPOJobConfig(DPOJobConfig):
+class PIStudentDPOJobConfig(PIPromptFields, DPOJobConfig):
     """PI student DPO from the merged SFT student: under each side's PI prompt the teacher's persona
-    for that side beats the teacher's persona for the other side."""
+    for that side beats the teacher's persona for the other side (the SFT student's k_shot and exemplars)."""
 
-    train_split: str = Field("sft_train", description="split to train on (its personas are the teacher's)")
     val_split: str | None = Field(None, description="split to evaluate on; none: no evaluation")
-    training_type: Literal["all", "chosen", "rejected"] = Field(
-        "all", description="sides learned: all (both, as PI infers both), chosen or rejected")
-    k_shot: int = Field(0, ge=0, description="exemplars in the student's PI prompt: the SFT student's k_shot")
-    exemplars: str | None = Field(None, description="exemplar YAML (inference/prompt.py); none: the bundled one")
-    max_length: int = Field(1024, ge=2, description="tokens per example; the PI prompt is cut from the left")
     learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
 
 
